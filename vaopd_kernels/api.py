@@ -1,0 +1,307 @@
+"""Public functions: the one place where user input is checked, then dispatched to a backend."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from vaopd_kernels import objective
+from vaopd_kernels.backends import resolve_backend
+from vaopd_kernels.results import ObjectiveResult, VAKLResult, VAOPDLossResult
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+DIVERGENCES = ("reverse", "forward", "jsd")
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_tensor(name: str, value, ndim: int) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(value.shape)}")
+
+
+def _check_float(name: str, value, ndim: int) -> None:
+    _check_tensor(name, value, ndim)
+    if value.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32, bfloat16, float16 or float64, got {value.dtype}")
+
+
+def _check_int(name: str, value, ndim: int) -> None:
+    _check_tensor(name, value, ndim)
+    if value.dtype not in _INT_DTYPES:
+        raise TypeError(f"{name}: expected an integer dtype, got {value.dtype}")
+
+
+def _check_same_device(**tensors) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    first = next(iter(devices.values()))
+    for name, device in devices.items():
+        if device != first:
+            raise ValueError(f"{name}: expected a tensor on {first} like the other inputs, got {device}")
+    return first
+
+
+def _check_pair(hidden_name, hidden, weight_name, weight) -> None:
+    _check_float(hidden_name, hidden, 2)
+    _check_float(weight_name, weight, 2)
+    if weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"{weight_name}: expected hidden size {hidden.shape[1]} (from {hidden_name}), "
+                         f"got shape {tuple(weight.shape)}")
+
+
+def _check_rows(expected: int, **tensors) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.shape[0] != expected:
+            raise ValueError(f"{name}: expected {expected} rows, got {t.shape[0]}")
+
+
+def _resolve_vocab(vocab_size: Optional[int], **weights) -> int:
+    rows = {name: w.shape[0] for name, w in weights.items()}
+    if vocab_size is None:
+        if len(set(rows.values())) > 1:
+            raise ValueError(f"vocab_size: required when LM heads differ in rows ({rows}); "
+                             "pass the tokenizer's vocabulary size")
+        return next(iter(rows.values()))
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
+    for name, n in rows.items():
+        if vocab_size > n:
+            raise ValueError(f"vocab_size: {vocab_size} exceeds the {n} rows of {name}")
+    return vocab_size
+
+
+def _check_targets(targets, num_rows: int, vocab_size: int) -> torch.Tensor:
+    _check_int("targets", targets, 1)
+    _check_rows(num_rows, targets=targets)
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab_size):
+        raise ValueError(f"targets: expected token ids in [0, {vocab_size}), got range "
+                         f"[{int(targets.min())}, {int(targets.max())}]")
+    return targets.long()
+
+
+def _check_positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _check_divergence(divergence: str, beta) -> None:
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence: expected one of {DIVERGENCES}, got {divergence!r}")
+    if divergence == "jsd" and not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
+        raise ValueError(f"beta: expected 0 < beta < 1 for divergence='jsd', got {beta!r}")
+
+
+def _check_rollouts(cu_seqlens, prompt_ids, num_rows: int, device: torch.device):
+    _check_int("cu_seqlens", cu_seqlens, 1)
+    _check_int("prompt_ids", prompt_ids, 1)
+    _check_same_device(token_rows=torch.empty(0, device=device), cu_seqlens=cu_seqlens, prompt_ids=prompt_ids)
+    if cu_seqlens.numel() < 2:
+        raise ValueError("cu_seqlens: expected at least 2 entries [0, ..., N]")
+    cu = cu_seqlens.long()
+    if int(cu[0]) != 0 or int(cu[-1]) != num_rows:
+        raise ValueError(f"cu_seqlens: expected to start at 0 and end at N={num_rows}, "
+                         f"got {int(cu[0])} ... {int(cu[-1])}")
+    if bool((cu[1:] <= cu[:-1]).any()):
+        raise ValueError("cu_seqlens: expected strictly increasing offsets (no empty rollout)")
+    if prompt_ids.numel() != cu.numel() - 1:
+        raise ValueError(f"prompt_ids: expected one id per rollout ({cu.numel() - 1}), got {prompt_ids.numel()}")
+    return cu, prompt_ids.long()
+
+
+def _check_objective_options(high_fraction, high_weight, temperature, eps) -> None:
+    if not isinstance(high_fraction, (int, float)) or not 0.0 < high_fraction <= 1.0:
+        raise ValueError(f"high_fraction: expected 0 < high_fraction <= 1, got {high_fraction!r}")
+    if not isinstance(high_weight, (int, float)) or not 0.0 <= high_weight <= 1.0:
+        raise ValueError(f"high_weight: expected 0 <= high_weight <= 1, got {high_weight!r}")
+    _check_positive("temperature", temperature)
+    _check_positive("eps", eps)
+
+
+def _check_count(name: str, value) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
+    return value
+
+
+def _check_student_teacher(sh, sw, th, tw, vocab_size, extra_rows=None) -> int:
+    _check_pair("student_hidden", sh, "student_weight", sw)
+    _check_pair("teacher_hidden", th, "teacher_weight", tw)
+    _check_rows(sh.shape[0], teacher_hidden=th, **(extra_rows or {}))
+    _check_same_device(student_hidden=sh, student_weight=sw, teacher_hidden=th, teacher_weight=tw,
+                       **(extra_rows or {}))
+    return _resolve_vocab(vocab_size, student_weight=sw, teacher_weight=tw)
+
+
+def _check_degraded(th_degraded, th) -> None:
+    if th_degraded is not None:
+        _check_float("teacher_hidden_degraded", th_degraded, 2)
+        if th_degraded.shape != th.shape:
+            raise ValueError(f"teacher_hidden_degraded: expected shape {tuple(th.shape)} like teacher_hidden, "
+                             f"got {tuple(th_degraded.shape)}")
+
+
+# ----------------------------------------------------------------------------- kernels
+def linear_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *, divergence="reverse",
+              beta=0.5, temperature=1.0, vocab_size=None, backend="auto") -> torch.Tensor:
+    """Per-token divergence between student and teacher next-token distributions, [N] float32.
+
+    Computed from hidden states and LM heads without materialising [N, V] logits (backend
+    permitting). Differentiable w.r.t. ``student_hidden`` and ``student_weight`` only.
+    """
+    vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size)
+    _check_divergence(divergence, beta)
+    temperature = _check_positive("temperature", temperature)
+    impl = resolve_backend(backend, student_hidden.device)
+    return impl.linear_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+                          divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab)
+
+
+def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None, backend="auto") -> torch.Tensor:
+    """log softmax(weight[:V] @ hidden / T)[targets], [N] float32, differentiable."""
+    _check_pair("hidden", hidden, "weight", weight)
+    vocab = _resolve_vocab(vocab_size, weight=weight)
+    _check_same_device(hidden=hidden, weight=weight, targets=targets if isinstance(targets, torch.Tensor) else None)
+    targets = _check_targets(targets, hidden.shape[0], vocab)
+    temperature = _check_positive("temperature", temperature)
+    impl = resolve_backend(backend, hidden.device)
+    return impl.linear_logprob(hidden, weight, targets, temperature=temperature, vocab_size=vocab)
+
+
+def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_size=None, clamp=True,
+                     backend="auto") -> torch.Tensor:
+    """Teacher log-prob gap of ``targets`` between the original and degraded image, [N], detached.
+
+    ``max(lp_full - lp_degraded, 0)``, or the signed gap with ``clamp=False``.
+    """
+    _check_pair("hidden_full", hidden_full, "weight", weight)
+    _check_float("hidden_degraded", hidden_degraded, 2)
+    if hidden_degraded.shape != hidden_full.shape:
+        raise ValueError(f"hidden_degraded: expected shape {tuple(hidden_full.shape)} like hidden_full, "
+                         f"got {tuple(hidden_degraded.shape)}")
+    vocab = _resolve_vocab(vocab_size, weight=weight)
+    _check_same_device(hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight,
+                       targets=targets if isinstance(targets, torch.Tensor) else None)
+    targets = _check_targets(targets, hidden_full.shape[0], vocab)
+    impl = resolve_backend(backend, hidden_full.device)
+    lp_full, lp_degraded = impl.teacher_logprobs(hidden_full.detach(), weight.detach(), targets,
+                                                 hidden_degraded.detach(), vocab_size=vocab)
+    gap = lp_full - lp_degraded
+    return gap.clamp_min(0.0) if clamp else gap
+
+
+def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, *,
+          teacher_hidden_degraded=None, vocab_size=None, backend="auto") -> VAKLResult:
+    """Reverse KL (differentiable) plus VA and the per-token statistics, sharing the teacher pass."""
+    vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
+                                   extra_rows={"teacher_hidden_degraded": teacher_hidden_degraded})
+    _check_degraded(teacher_hidden_degraded, teacher_hidden)
+    targets = _check_targets(targets, student_hidden.shape[0], vocab)
+    impl = resolve_backend(backend, student_hidden.device)
+    degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
+    return impl.va_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+                      targets, degraded, vocab_size=vocab)
+
+
+# ----------------------------------------------------------------------------- objectives
+def _check_token_values(name, value, num_rows=None) -> None:
+    _check_float(name, value, 1)
+    if num_rows is not None:
+        _check_rows(num_rows, **{name: value})
+
+
+def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
+                     temperature=1.0, eps=1e-6, num_prompts=None) -> ObjectiveResult:
+    """VA-OPD loss from per-token KL and VA (DESIGN.md): sibling-softmax rollout weights and a
+    lambda / (1 - lambda) split between each rollout's top-VA tokens and the rest, over P prompts
+    (``num_prompts`` overrides P, e.g. the global count under data parallelism)."""
+    _check_token_values("token_kl", token_kl)
+    _check_token_values("visual_advantage", visual_advantage, token_kl.shape[0])
+    cu, pid = _check_rollouts(cu_seqlens, prompt_ids, token_kl.shape[0], token_kl.device)
+    _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
+    _check_objective_options(high_fraction, high_weight, temperature, eps)
+    if not bool(torch.isfinite(visual_advantage).all()):
+        raise ValueError("visual_advantage: expected finite values, got NaN or inf")
+    weights = objective.va_opd_weights(visual_advantage, cu, pid, high_fraction=float(high_fraction),
+                                       high_weight=float(high_weight), temperature=float(temperature),
+                                       eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
+    return objective.reduce_kl(token_kl, weights)
+
+
+def opd_objective(token_kl, cu_seqlens, *, num_rollouts=None) -> ObjectiveResult:
+    """Standard OPD loss: mean over rollouts of each rollout's mean token KL."""
+    _check_token_values("token_kl", token_kl)
+    cu, _ = _check_rollouts(cu_seqlens, torch.zeros(max(cu_seqlens.numel() - 1, 0), dtype=torch.long,
+                                                    device=token_kl.device) if isinstance(cu_seqlens, torch.Tensor)
+                            else cu_seqlens, token_kl.shape[0], token_kl.device)
+    weights = objective.opd_weights(cu, token_kl.shape[0], _check_count("num_rollouts", num_rollouts))
+    return objective.reduce_kl(token_kl, weights)
+
+
+def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens, prompt_ids, *,
+                teacher_hidden_degraded=None, vocab_size=None, high_fraction=0.2, high_weight=0.5, temperature=1.0,
+                eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto") -> VAOPDLossResult:
+    """The full VA-OPD loss from hidden states (standard OPD when ``teacher_hidden_degraded`` is None).
+
+    The coefficients depend on the teacher only, so the teacher views are scored first (no
+    grad), then one student pass forms the weighted KL and its gradients.
+    """
+    vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
+                                   extra_rows={"teacher_hidden_degraded": teacher_hidden_degraded})
+    _check_degraded(teacher_hidden_degraded, teacher_hidden)
+    targets = _check_targets(targets, student_hidden.shape[0], vocab)
+    cu, pid = _check_rollouts(cu_seqlens, prompt_ids, student_hidden.shape[0], student_hidden.device)
+    _check_objective_options(high_fraction, high_weight, temperature, eps)
+    num_prompts = _check_count("num_prompts", num_prompts)
+    num_rollouts = _check_count("num_rollouts", num_rollouts)
+    impl = resolve_backend(backend, student_hidden.device)
+    th, tw = teacher_hidden.detach(), teacher_weight.detach()
+
+    va = None
+    if teacher_hidden_degraded is None:
+        weights = objective.opd_weights(cu, student_hidden.shape[0], num_rollouts)
+    else:
+        lp_full, lp_degraded = impl.teacher_logprobs(th, tw, targets, teacher_hidden_degraded.detach(),
+                                                     vocab_size=vocab)
+        va = (lp_full - lp_degraded).clamp_min(0.0)
+        if not bool(torch.isfinite(va).all()):
+            raise ValueError("teacher_hidden/teacher_hidden_degraded: visual advantage is not finite "
+                             "(NaN or inf in the teacher's hidden states?)")
+        weights = objective.va_opd_weights(va, cu, pid, high_fraction=float(high_fraction),
+                                           high_weight=float(high_weight), temperature=float(temperature),
+                                           eps=float(eps), num_prompts=num_prompts)
+    loss, kl, student_lp, entropy, teacher_lp = impl.weighted_kl(student_hidden, student_weight, th, tw, targets,
+                                                                 weights.token_weight, vocab_size=vocab)
+    result = objective.reduce_kl(kl, weights, loss=loss)
+    result.metrics["entropy_mean"] = float(entropy.double().mean())
+    result.metrics["student_logprob_mean"] = float(student_lp.double().mean())
+    return VAOPDLossResult(loss=result.loss, kl=kl, visual_advantage=va, token_weight=result.token_weight,
+                           rollout_weight=result.rollout_weight, high_mask=result.high_mask,
+                           student_logprob=student_lp, teacher_logprob=teacher_lp, student_entropy=entropy,
+                           metrics=result.metrics)
+
+
+class VAOPDLoss(torch.nn.Module):
+    """:func:`va_opd_loss` with its options fixed at construction (standard OPD when no degraded
+    hidden states are passed to ``forward``)."""
+
+    def __init__(self, *, vocab_size=None, high_fraction=0.2, high_weight=0.5, temperature=1.0, eps=1e-6,
+                 backend="auto"):
+        super().__init__()
+        _check_objective_options(high_fraction, high_weight, temperature, eps)
+        self.options = dict(vocab_size=vocab_size, high_fraction=high_fraction, high_weight=high_weight,
+                            temperature=temperature, eps=eps, backend=backend)
+
+    def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens,
+                prompt_ids, teacher_hidden_degraded=None, num_prompts=None, num_rollouts=None) -> VAOPDLossResult:
+        return va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens,
+                           prompt_ids, teacher_hidden_degraded=teacher_hidden_degraded, num_prompts=num_prompts,
+                           num_rollouts=num_rollouts, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())

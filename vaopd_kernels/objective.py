@@ -1,0 +1,135 @@
+"""The VA-OPD and OPD reductions of per-token KL to a loss (backend independent).
+
+Everything here is vectorised over packed rollouts: no Python loop over rollouts.
+Inputs are assumed validated by ``api.py``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from vaopd_kernels.results import ObjectiveResult
+
+
+def rollout_index(cu_seqlens: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """[N] rollout id of every packed row."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths,
+                                   output_size=num_rows)
+
+
+def _segment_sum(values: torch.Tensor, index: torch.Tensor, num_segments: int) -> torch.Tensor:
+    return torch.zeros(num_segments, dtype=values.dtype, device=values.device).index_add_(0, index, values)
+
+
+def sibling_softmax_weights(rollout_mean_va: torch.Tensor, prompt_ids: torch.Tensor,
+                            temperature: float, eps: float) -> torch.Tensor:
+    """w_r = softmax over siblings of (abar_r - mean) / (population std + eps) / temperature."""
+    _, group = torch.unique(prompt_ids, return_inverse=True)
+    num_groups = int(group.max()) + 1
+    count = _segment_sum(torch.ones_like(rollout_mean_va), group, num_groups)
+    mean = _segment_sum(rollout_mean_va, group, num_groups) / count
+    centered = rollout_mean_va - mean[group]
+    std = torch.sqrt(_segment_sum(centered * centered, group, num_groups) / count)
+    score = centered / (std[group] + eps) / temperature
+    group_max = torch.full_like(mean, -math.inf).scatter_reduce(0, group, score, reduce="amax")
+    expd = torch.exp(score - group_max[group])
+    return expd / _segment_sum(expd, group, num_groups)[group]
+
+
+def top_fraction_mask(values: torch.Tensor, rollout: torch.Tensor, lengths: torch.Tensor,
+                      high_fraction: float) -> torch.Tensor:
+    """[N] bool: each rollout's ceil(f * T_r) largest values, ties going to the earlier token."""
+    num_rows = values.numel()
+    # Stable sorts: by value (descending) then by rollout keeps, inside each rollout, larger
+    # values first and equal values in token order.
+    by_value = torch.sort(values, descending=True, stable=True).indices
+    order = by_value[torch.sort(rollout[by_value], stable=True).indices]
+    starts = torch.cumsum(lengths, 0) - lengths
+    rank = torch.empty(num_rows, dtype=torch.long, device=values.device)
+    rank[order] = torch.arange(num_rows, device=values.device) - starts[rollout[order]]
+    # ceil(f*T) in float64 with a tolerance, so 0.2 * 15 counts as 3 and not 4.
+    k = torch.ceil(lengths.double() * high_fraction - 1e-9).long().clamp(1)
+    return rank < k[rollout]
+
+
+@dataclass
+class TokenWeights:
+    """Detached per-token coefficients: the loss is sum(token_weight * KL)."""
+
+    token_weight: torch.Tensor  # [N] float64
+    rollout_weight: torch.Tensor  # [R] float64
+    high_mask: torch.Tensor  # [N] bool
+    visual_advantage: Optional[torch.Tensor]  # [N] float64, None for OPD
+
+
+def va_opd_weights(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, prompt_ids: torch.Tensor, *,
+                   high_fraction: float, high_weight: float, temperature: float, eps: float,
+                   num_prompts: Optional[int]) -> TokenWeights:
+    """The paper's coefficients: (1/P) w_r [lambda/|H_r| on H_r, (1-lambda)/|L_r| on L_r]."""
+    num_rows = visual_advantage.shape[0]
+    num_rollouts = prompt_ids.numel()
+    va = visual_advantage.detach().to(torch.float64)
+    rollout = rollout_index(cu_seqlens, num_rows)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    rollout_mean_va = _segment_sum(va, rollout, num_rollouts) / lengths
+    rollout_weight = sibling_softmax_weights(rollout_mean_va, prompt_ids, temperature, eps)
+
+    high = top_fraction_mask(va, rollout, lengths, high_fraction)
+    high_count = _segment_sum(high.double(), rollout, num_rollouts)
+    low_count = lengths.double() - high_count
+    # A one-token rollout has no low group: its high group takes the whole rollout weight.
+    high_mass = torch.where(low_count > 0, torch.full_like(high_count, high_weight), torch.ones_like(high_count))
+    group_coef = torch.where(high, high_mass[rollout] / high_count[rollout],
+                             (1.0 - high_mass[rollout]) / low_count[rollout].clamp(min=1))
+    num_prompts = num_prompts or int(torch.unique(prompt_ids).numel())
+    token_weight = rollout_weight[rollout] * group_coef / num_prompts
+    return TokenWeights(token_weight, rollout_weight, high, va)
+
+
+def opd_weights(cu_seqlens: torch.Tensor, num_rows: int, num_rollouts: Optional[int]) -> TokenWeights:
+    """Standard OPD: (1/R) sum_r mean_{n in r} KL_n."""
+    rollout = rollout_index(cu_seqlens, num_rows)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).double()
+    token_weight = 1.0 / ((num_rollouts or lengths.numel()) * lengths[rollout])
+    high = torch.zeros(num_rows, dtype=torch.bool, device=cu_seqlens.device)
+    return TokenWeights(token_weight, torch.ones_like(lengths), high, None)
+
+
+def reduce_kl(token_kl: torch.Tensor, weights: TokenWeights,
+              loss: Optional[torch.Tensor] = None) -> ObjectiveResult:
+    """The objective's result; ``loss`` is sum(token_weight * token_kl) unless already computed."""
+    if loss is None:
+        loss = (weights.token_weight.to(token_kl.dtype) * token_kl).sum()
+    metrics = _metrics(token_kl.detach(), weights)
+    return ObjectiveResult(loss, weights.token_weight.float(), weights.rollout_weight.float(),
+                           weights.high_mask, metrics)
+
+
+def _mean_or_nan(values: torch.Tensor) -> float:
+    return float(values.double().mean()) if values.numel() else math.nan
+
+
+def _metrics(kl: torch.Tensor, weights: TokenWeights) -> dict:
+    kl = kl.double()
+    metrics = {
+        "kl_mean": _mean_or_nan(kl),
+        "rollout_weight_min": float(weights.rollout_weight.min()),
+        "rollout_weight_max": float(weights.rollout_weight.max()),
+    }
+    va, high = weights.visual_advantage, weights.high_mask
+    if va is not None:
+        total_va = float(va.sum())
+        high_va = va[high]
+        metrics.update({
+            "va_mean": _mean_or_nan(va),
+            "va_high_share": float(high_va.sum()) / total_va if total_va > 0 else 0.0,
+            "high_zero_va_fraction": _mean_or_nan((high_va == 0).double()),
+            "high_token_fraction": _mean_or_nan(high.double()),
+            "kl_high_mean": _mean_or_nan(kl[high]),
+            "kl_low_mean": _mean_or_nan(kl[~high]),
+        })
+    return metrics

@@ -1,0 +1,53 @@
+"""Result containers returned by the public API (plain dataclasses, tensors + python floats)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import torch
+
+
+@dataclass
+class VAKLResult:
+    """Per-token outputs of :func:`vaopd_kernels.va_kl`; every tensor is [N].
+
+    ``kl`` (reverse KL) is differentiable w.r.t. the student's hidden states and head; the rest
+    are detached statistics.
+    """
+
+    kl: torch.Tensor
+    visual_advantage: Optional[torch.Tensor]
+    student_logprob: torch.Tensor
+    teacher_logprob: torch.Tensor
+    student_entropy: torch.Tensor
+
+
+@dataclass
+class ObjectiveResult:
+    """The reduction of per-token KL to the (VA-)OPD loss.
+
+    ``loss == (token_weight * token_kl).sum()``; ``token_weight`` and ``rollout_weight`` are
+    detached; ``high_mask`` marks each rollout's top-VA group (all False for OPD).
+    """
+
+    loss: torch.Tensor
+    token_weight: torch.Tensor
+    rollout_weight: torch.Tensor
+    high_mask: torch.Tensor
+    metrics: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class VAOPDLossResult:
+    """Everything :func:`vaopd_kernels.va_opd_loss` computed: the loss and its ingredients."""
+
+    loss: torch.Tensor
+    kl: torch.Tensor
+    visual_advantage: Optional[torch.Tensor]
+    token_weight: torch.Tensor
+    rollout_weight: torch.Tensor
+    high_mask: torch.Tensor
+    student_logprob: torch.Tensor
+    teacher_logprob: torch.Tensor
+    student_entropy: torch.Tensor
+    metrics: Dict[str, float] = field(default_factory=dict)
