@@ -113,22 +113,23 @@ def _scan(
         y = targets[rows] if targets is not None else None
         z_s = s_head.logits(student[0].detach()[rows], temperature) if student else None
         z_t = t_head.logits(teacher[0].detach()[rows], temperature) if teacher else None
+        # Probabilities are needed for any divergence and for student statistics; a teacher
+        # view needs them only for forward KL / JSD.
+        s = cm.softmax(z_s) if student else None
+        t = cm.softmax(z_t, with_probs=want_kl and divergence != "reverse") if teacher else None
         grad_z = None
         if want_kl:
-            kl, dkl = cm.divergence(z_s, z_t, divergence, beta, with_grad=row_grad is not None)
-            out.kl[rows] = kl
-            grad_z = dkl
+            out.kl[rows], grad_z = cm.divergence(s, t, divergence, beta, with_grad=row_grad is not None)
         if y is not None and student:
-            lse_s = torch.logsumexp(z_s, dim=-1)
-            out.student_logprob[rows] = cm.target_logit(z_s, y) - lse_s
-            out.student_entropy[rows] = cm.entropy(z_s, lse_s)
+            out.student_logprob[rows] = cm.logprob(s, y)
+            out.student_entropy[rows] = cm.entropy(s)
             if want_logprob_grad and row_grad is not None:
-                grad_z = cm.logprob_grad(z_s, lse_s, y)
+                grad_z = cm.logprob_grad(s, y)
         if y is not None and teacher:
-            out.teacher_logprob[rows] = cm.logprob(z_t, y)
+            out.teacher_logprob[rows] = cm.logprob(t, y)
         if y is not None and degraded_hidden is not None:
             z_d = t_head.logits(degraded_hidden.detach()[rows], temperature)
-            out.degraded_logprob[rows] = cm.logprob(z_d, y)
+            out.degraded_logprob[rows] = cm.logprob(cm.softmax(z_d, with_probs=False), y)
             del z_d
         if row_grad is not None:
             # chain rule through z = W h / T
@@ -136,7 +137,7 @@ def _scan(
             h = student[0].detach()[rows].to(dtype)
             out.grad_hidden[rows] = grad_z @ s_head.weight
             out.grad_weight.addmm_(grad_z.T, h)
-        del z_s, z_t, grad_z
+        del z_s, z_t, s, t, grad_z
     return out
 
 
@@ -170,19 +171,25 @@ class _RecomputeGrad(torch.autograd.Function):
 
 
 class _PrecomputedGradLoss(torch.autograd.Function):
-    """A scalar whose gradients were formed during forward; backward only rescales them."""
+    """A scalar whose gradients were formed during forward; backward only rescales them.
+
+    The first backward scales them in place and hands them over (no second [V, D] copy);
+    a repeated backward (retain_graph, gradcheck) gets them recomputed by ``recompute()``.
+    """
 
     @staticmethod
-    def forward(ctx, loss, sh, sw, grad_hidden, grad_weight):
-        ctx.save_for_backward(grad_hidden, grad_weight)
+    def forward(ctx, loss, sh, sw, grad_hidden, grad_weight, recompute):
+        ctx.grads = (grad_hidden, grad_weight)
+        ctx.recompute = recompute
         ctx.dtypes = (sh.dtype, sw.dtype)
         return loss.clone()
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (None, (grad_hidden * grad_loss).to(ctx.dtypes[0]),
-                (grad_weight * grad_loss).to(ctx.dtypes[1]), None, None)
+        grad_hidden, grad_weight = ctx.grads if ctx.grads is not None else ctx.recompute()
+        ctx.grads = None
+        return (None, grad_hidden.mul_(grad_loss).to(ctx.dtypes[0]),
+                grad_weight.mul_(grad_loss).to(ctx.dtypes[1]), None, None, None)
 
 
 def _with_grad(value, hidden, weight, **scan_options):
@@ -225,10 +232,14 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
 
 
 def weighted_kl(sh, sw, th, tw, targets, token_weight, *, vocab_size):
+    options = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, row_grad=token_weight, vocab_size=vocab_size)
     with torch.no_grad():
-        out = _scan(student=(sh, sw), teacher=(th, tw), targets=targets, vocab_size=vocab_size,
-                    want_kl=True, row_grad=token_weight)
+        out = _scan(targets=targets, **options)
         loss = (token_weight.to(out.kl.dtype) * out.kl).sum()
-    if sh.requires_grad or sw.requires_grad:
-        loss = _PrecomputedGradLoss.apply(loss, sh, sw, out.grad_hidden, _full_weight_grad(out.grad_weight, sw))
+    if (sh.requires_grad or sw.requires_grad) and torch.is_grad_enabled():
+        def recompute():
+            again = _scan(**options)
+            return again.grad_hidden, _full_weight_grad(again.grad_weight, sw)
+        loss = _PrecomputedGradLoss.apply(loss, sh, sw, out.grad_hidden,
+                                          _full_weight_grad(out.grad_weight, sw), recompute)
     return loss, out.kl, out.student_logprob, out.student_entropy, out.teacher_logprob

@@ -1,0 +1,73 @@
+"""Shared test inputs: fresh random problems, the same values in any dtype, and error metrics."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Problem:
+    student_hidden: torch.Tensor
+    student_weight: torch.Tensor
+    teacher_hidden: torch.Tensor
+    teacher_weight: torch.Tensor
+    teacher_hidden_degraded: torch.Tensor
+    targets: torch.Tensor
+    vocab_size: Optional[int]
+
+    def to(self, dtype: torch.dtype, requires_grad: bool = True, device=None) -> "Problem":
+        """A copy of the same values in ``dtype``; student tensors are fresh grad leaves."""
+        def conv(t, grad=False):
+            return t.detach().to(device=device, dtype=dtype).requires_grad_(grad)
+        return replace(
+            self,
+            student_hidden=conv(self.student_hidden, requires_grad),
+            student_weight=conv(self.student_weight, requires_grad),
+            teacher_hidden=conv(self.teacher_hidden),
+            teacher_weight=conv(self.teacher_weight),
+            teacher_hidden_degraded=conv(self.teacher_hidden_degraded),
+            targets=self.targets.to(device),
+        )
+
+    @property
+    def kl_args(self):
+        return (self.student_hidden, self.student_weight, self.teacher_hidden, self.teacher_weight)
+
+
+def make_problem(num_rows=9, student_dim=12, teacher_dim=20, vocab=37, head_padding=0, dtype=torch.float32,
+                 logit_scale=1.0, seed=None) -> Problem:
+    """Random hidden states/heads whose logits have roughly ``logit_scale`` standard deviation.
+
+    Values are drawn fresh each call (unless ``seed``) and rounded to ``dtype``.
+    ``head_padding`` extra LM-head rows model padded vocabularies (they must never matter).
+    """
+    gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31, (1,))))
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+    sh = randn(num_rows, student_dim)
+    th = randn(num_rows, teacher_dim)
+    sw = randn(vocab + head_padding, student_dim, scale=logit_scale / student_dim ** 0.5)
+    tw = randn(vocab + head_padding, teacher_dim, scale=logit_scale / teacher_dim ** 0.5)
+    degraded = (th.double() + 0.5 * torch.randn(num_rows, teacher_dim, generator=gen, dtype=torch.float64)).to(dtype)
+    targets = torch.randint(0, vocab, (num_rows,), generator=gen)
+    vocab_size = vocab if head_padding else None
+    return Problem(sh.requires_grad_(), sw.requires_grad_(), th, tw, degraded, targets, vocab_size)
+
+
+# fp32 evaluates sum p (z_s - z_t) and lse_t - lse_s, two numbers of logit size whose difference
+# is the KL: that costs ~1e-6 absolute whatever the formula, so a KL of 0.05 on a single row
+# cannot meet 1e-5 relative. Errors are judged relative to max(|ref|, ABS_FLOOR) per element norm.
+ABS_FLOOR = 0.2
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """Norm-wise relative error with a small absolute floor; NaN anywhere counts as infinitely wrong."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    scale = max(float(ref.norm()), ABS_FLOOR * ref.numel() ** 0.5)
+    return float((out - ref).norm()) / scale

@@ -1,0 +1,57 @@
+"""The torch backend never materialises [N, V] logits: peak RSS growth in a fresh process."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+N, D, V = 2048, 32, 32768
+FULL_LOGITS_MB = N * V * 4 / 2**20  # one fp32 [N, V] tensor: 256 MiB
+
+SCRIPT = textwrap.dedent(f"""
+    import json, resource, sys, torch
+    import vaopd_kernels as vk
+    torch.set_num_threads(1)
+    backend = sys.argv[1]
+    vk.set_chunk_budget(16 << 20)
+    g = torch.Generator().manual_seed(0)
+    sh = torch.randn({N}, {D}, generator=g).requires_grad_()
+    sw = (torch.randn({V}, {D}, generator=g) / 6).requires_grad_()
+    th, tw = torch.randn({N}, {D}, generator=g), torch.randn({V}, {D}, generator=g) / 6
+    thd = th + 0.1 * torch.randn({N}, {D}, generator=g)
+    y = torch.randint(0, {V}, ({N},), generator=g)
+    cu = torch.arange(0, {N} + 1, 64)
+    pid = torch.arange(cu.numel() - 1) // 4
+    # Warm up allocator and kernels on a small slice, then take the baseline.
+    vk.va_opd_loss(sh[:64], sw, th[:64], tw, y[:64], torch.tensor([0, 64]), torch.tensor([0]),
+                   teacher_hidden_degraded=thd[:64], backend=backend).loss.backward()
+    sh.grad = sw.grad = None
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = vk.va_opd_loss(sh, sw, th, tw, y, cu, pid, teacher_hidden_degraded=thd, backend=backend)
+    r.loss.backward()
+    kl = vk.linear_kl(sh, sw, th, tw, backend=backend)
+    kl.sum().backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({{"growth_mb": (peak - base) / 1024}}))
+""")
+
+
+def _growth_mb(backend: str) -> float:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, backend], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])["growth_mb"]
+
+
+@pytest.mark.slow
+def test_torch_backend_stays_far_below_full_logits():
+    growth = _growth_mb("torch")
+    assert growth < 0.25 * FULL_LOGITS_MB, f"torch backend grew {growth:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_the_check_catches_a_backend_that_materialises_logits():
+    growth = _growth_mb("reference")
+    assert growth > FULL_LOGITS_MB, f"reference grew only {growth:.0f} MiB: the memory check is too weak"

@@ -1,0 +1,110 @@
+"""Bad input raises a clear error naming the argument; nothing runs on garbage."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vaopd_kernels as vk
+from problems import make_problem
+
+
+@pytest.fixture
+def p():
+    return make_problem(6, 4, 5, 11, head_padding=2)
+
+
+def _loss(p, **overrides):
+    args = dict(student_hidden=p.student_hidden, student_weight=p.student_weight, teacher_hidden=p.teacher_hidden,
+                teacher_weight=p.teacher_weight, targets=p.targets, cu_seqlens=torch.tensor([0, 2, 6]),
+                prompt_ids=torch.tensor([0, 0]), teacher_hidden_degraded=p.teacher_hidden_degraded,
+                vocab_size=p.vocab_size)
+    args.update(overrides)
+    positional = [args.pop(k) for k in ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight",
+                                        "targets", "cu_seqlens", "prompt_ids")]
+    return vk.va_opd_loss(*positional, **args)
+
+
+@pytest.mark.parametrize("overrides,error,name", [
+    (lambda p: dict(student_hidden=p.student_hidden[0]), ValueError, "student_hidden"),
+    (lambda p: dict(student_weight=p.student_weight[:, :3]), ValueError, "student_weight"),
+    (lambda p: dict(teacher_hidden=p.teacher_hidden[:5]), ValueError, "teacher_hidden"),
+    (lambda p: dict(teacher_hidden_degraded=p.teacher_hidden_degraded[:, :2]), ValueError, "teacher_hidden_degraded"),
+    (lambda p: dict(targets=p.targets.float()), TypeError, "targets"),
+    (lambda p: dict(targets=p.targets[:4]), ValueError, "targets"),
+    (lambda p: dict(targets=torch.full_like(p.targets, 11)), ValueError, "targets"),
+    (lambda p: dict(targets=torch.full_like(p.targets, -1)), ValueError, "targets"),
+    (lambda p: dict(vocab_size=14), ValueError, "vocab_size"),
+    (lambda p: dict(vocab_size=0), ValueError, "vocab_size"),
+    (lambda p: dict(vocab_size=None, student_weight=p.student_weight[:12]), ValueError, "vocab_size"),
+    (lambda p: dict(cu_seqlens=torch.tensor([0, 2, 5])), ValueError, "cu_seqlens"),
+    (lambda p: dict(cu_seqlens=torch.tensor([1, 2, 6])), ValueError, "cu_seqlens"),
+    (lambda p: dict(cu_seqlens=torch.tensor([0, 2, 2, 6]), prompt_ids=torch.tensor([0, 0, 0])), ValueError,
+     "cu_seqlens"),
+    (lambda p: dict(cu_seqlens=torch.tensor([0.0, 2.0, 6.0])), TypeError, "cu_seqlens"),
+    (lambda p: dict(prompt_ids=torch.tensor([0, 0, 1])), ValueError, "prompt_ids"),
+    (lambda p: dict(prompt_ids=torch.tensor([0.0, 1.0])), TypeError, "prompt_ids"),
+    (lambda p: dict(high_fraction=0.0), ValueError, "high_fraction"),
+    (lambda p: dict(high_fraction=1.5), ValueError, "high_fraction"),
+    (lambda p: dict(high_weight=-0.1), ValueError, "high_weight"),
+    (lambda p: dict(high_weight=1.1), ValueError, "high_weight"),
+    (lambda p: dict(temperature=0.0), ValueError, "temperature"),
+    (lambda p: dict(eps=-1.0), ValueError, "eps"),
+    (lambda p: dict(num_prompts=0), ValueError, "num_prompts"),
+    (lambda p: dict(teacher_hidden=torch.full_like(p.teacher_hidden, float("nan"))), ValueError, "teacher_hidden"),
+    (lambda p: dict(backend="nope"), ValueError, "backend"),
+    (lambda p: dict(student_hidden=p.student_hidden.detach().to("meta")), ValueError, "meta"),
+    (lambda p: dict(student_hidden=p.student_hidden.detach().int()), TypeError, "student_hidden"),
+    (lambda p: dict(student_hidden=p.student_hidden.detach().numpy()), TypeError, "student_hidden"),
+])
+def test_va_opd_loss_rejects(p, overrides, error, name):
+    with pytest.raises(error, match=name):
+        _loss(p, **overrides(p))
+
+
+def test_kernel_functions_reject_bad_options(p):
+    with pytest.raises(ValueError, match="divergence"):
+        vk.linear_kl(*p.kl_args, divergence="kl", vocab_size=11)
+    for beta in (0.0, 1.0, 2.0):
+        with pytest.raises(ValueError, match="beta"):
+            vk.linear_kl(*p.kl_args, divergence="jsd", beta=beta, vocab_size=11)
+    with pytest.raises(ValueError, match="temperature"):
+        vk.linear_kl(*p.kl_args, temperature=-1.0, vocab_size=11)
+    with pytest.raises(ValueError, match="temperature"):
+        vk.linear_logprob(p.student_hidden, p.student_weight, p.targets, temperature=float("inf"))
+    with pytest.raises(ValueError, match="hidden_degraded"):
+        vk.visual_advantage(p.teacher_hidden, p.teacher_hidden[:3], p.teacher_weight, p.targets)
+    with pytest.raises(ValueError, match="targets"):
+        vk.va_kl(*p.kl_args, p.targets + 100, vocab_size=11)
+
+
+def test_objective_rejects_bad_input():
+    kl, va, cu, pid = torch.rand(4), torch.rand(4), torch.tensor([0, 4]), torch.tensor([0])
+    with pytest.raises(ValueError, match="visual_advantage"):
+        vk.va_opd_objective(kl, torch.tensor([0.1, float("nan"), 0.2, 0.3]), cu, pid)
+    with pytest.raises(ValueError, match="visual_advantage"):
+        vk.va_opd_objective(kl, va[:3], cu, pid)
+    with pytest.raises(ValueError, match="token_kl"):
+        vk.va_opd_objective(kl[None], va, cu, pid)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        vk.opd_objective(kl, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="num_rollouts"):
+        vk.opd_objective(kl, cu, num_rollouts=-2)
+
+
+def test_unavailable_backend_names_the_reason(p):
+    for name in ("triton", "cuda"):
+        if name in vk.available_backends():
+            continue
+        with pytest.raises(RuntimeError, match=name):
+            vk.linear_kl(*p.kl_args, vocab_size=11, backend=name)
+
+
+def test_module_form_matches_function(p):
+    module = vk.VAOPDLoss(vocab_size=p.vocab_size, high_fraction=0.5, backend="torch")
+    r1 = module(*p.kl_args, p.targets, torch.tensor([0, 2, 6]), torch.tensor([0, 0]),
+                teacher_hidden_degraded=p.teacher_hidden_degraded)
+    r2 = _loss(p, high_fraction=0.5, backend="torch")
+    assert torch.equal(r1.loss.detach(), r2.loss.detach())
+    with pytest.raises(ValueError, match="high_weight"):
+        vk.VAOPDLoss(high_weight=2.0)
+    assert "torch" in vk.available_backends() and "reference" in vk.available_backends()
