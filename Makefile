@@ -3,18 +3,26 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # Never replace an existing torch; on a fresh machine take the CPU build that lies on disk.
 TORCH_PIN ?= torch==2.13.0
+EXTRAS ?= dev,triton,train,bench
+# Installed once; reinstalled when pyproject.toml changes.
+STAMP := .install.stamp
 
 .PHONY: install test demo demo-loss bench
 
-install:
+$(STAMP): pyproject.toml setup.py
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_PIN)"
-	@$(PYTHON) -c "import vaopd_kernels, pytest, hypothesis, triton" 2>/dev/null \
-		|| $(PIP) install -q -e ".[dev,triton]"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+install: $(STAMP)
 
 test: install
 	$(PYTHON) -m pytest tests -q
 
-demo: demo-loss
+# The tiny offline VA-OPD run on the CPU (trainer + tiny Qwen3-VL models built locally).
+demo: install
+	$(PYTHON) -m vaopd_trainer --config configs/demo.yaml
 
+# The loss alone at the real Qwen3-VL vocabulary, torch backend vs the full-logit reference.
 demo-loss: install
 	$(PYTHON) examples/loss_demo.py

@@ -1,0 +1,91 @@
+// vaopd CUDA kernels: row statistics of fp32/fp64 logit chunks (plain CUDA C++, no torch headers).
+//
+// Every function takes raw device pointers, sizes, row strides (in elements of the logit type) and
+// a cudaStream_t, launches its kernel(s) on that stream and returns the launch's cudaError_t
+// (cudaSuccess on success; invalid arguments give cudaErrorInvalidValue before any launch).
+//
+// Logit chunks hold z = W h (NOT divided by the temperature); the kernels scale by inv_temperature.
+// Math (DESIGN.md section 1): lse, reverse/forward KL with the accurate log-normaliser gap,
+// generalized JSD, target log-probs, student entropy, and d(row_grad[n] * D_n)/d(W h) written in
+// place over the student logits.
+#pragma once
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+namespace vaopd {
+
+enum class LogitType : int { kFloat32 = 0, kFloat64 = 1 };
+
+// How the in-place gradient is stored in the student logit buffer.
+//   kSame:     same type as the logits, element v of row n at logits[n * ld + v].
+//   kBFloat16 / kFloat16 (float32 logits only): packed at the start of each row's storage,
+//              element v of row n at ((uint16_t*)(logits + n * ld))[v], i.e. a half-precision
+//              [rows, V] matrix with row stride 2 * ld (elements), ready for a bf16/fp16 GEMM.
+enum class GradFormat : int { kSame = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+enum class Divergence : int { kReverse = 0, kForward = 1, kJSD = 2 };
+
+constexpr int kMaxViews = 3;
+
+// Per-view statistics for up to kMaxViews views of the same rows (one launch, grid y = view).
+struct ViewStatsArgs {
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  LogitType type = LogitType::kFloat32;
+  int num_views = 0;
+  const void* logits[kMaxViews] = {nullptr, nullptr, nullptr};
+  int64_t ld[kMaxViews] = {0, 0, 0};
+  const int64_t* targets = nullptr;   // [rows] or null (no target log-prob)
+  double inv_temperature = 1.0;
+  // outputs, each [rows] of the logit type, any may be null
+  void* lse[kMaxViews] = {nullptr, nullptr, nullptr};
+  void* target_logprob[kMaxViews] = {nullptr, nullptr, nullptr};
+  void* entropy[kMaxViews] = {nullptr, nullptr, nullptr};
+};
+
+// Divergence between student and teacher chunks, optional statistics and in-place gradient.
+struct DivergenceArgs {
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  LogitType type = LogitType::kFloat32;
+  Divergence divergence = Divergence::kReverse;
+  double beta = 0.5;                   // JSD only, 0 < beta < 1
+  double inv_temperature = 1.0;
+  void* student = nullptr;             // [rows, ld_student]; overwritten by the gradient if row_grad
+  int64_t ld_student = 0;
+  const void* teacher = nullptr;       // [rows, ld_teacher]
+  int64_t ld_teacher = 0;
+  const int64_t* targets = nullptr;    // [rows] or null
+  const void* row_grad = nullptr;      // [rows] of the logit type, or null (no gradient)
+  GradFormat grad_format = GradFormat::kSame;
+  // outputs, [rows] of the logit type; kl required, the rest may be null
+  void* kl = nullptr;
+  void* student_lse = nullptr;
+  void* student_logprob = nullptr;     // needs targets
+  void* student_entropy = nullptr;
+  void* teacher_logprob = nullptr;     // needs targets
+};
+
+// d(row_grad[n] * log p_s[y_n]) / d(W h) = row_grad[n] * inv_T * (onehot(y_n) - p_s), in place.
+struct LogprobGradArgs {
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  LogitType type = LogitType::kFloat32;
+  double inv_temperature = 1.0;
+  void* student = nullptr;
+  int64_t ld_student = 0;
+  const void* lse = nullptr;           // [rows] lse of the scaled student logits (from view_stats)
+  const int64_t* targets = nullptr;    // [rows]
+  const void* row_grad = nullptr;      // [rows]
+  GradFormat grad_format = GradFormat::kSame;
+};
+
+cudaError_t view_stats(const ViewStatsArgs& args, cudaStream_t stream);
+cudaError_t divergence_stats(const DivergenceArgs& args, cudaStream_t stream);
+cudaError_t logprob_grad(const LogprobGradArgs& args, cudaStream_t stream);
+
+// Human-readable name of the last argument-validation failure of this thread ("" if none).
+const char* last_argument_error();
+
+}  // namespace vaopd

@@ -1,0 +1,74 @@
+"""A torch emulation of the torch.ops.vaopd kernels (csrc/), same signatures and in-place semantics.
+
+Lets the cuda backend's orchestration (chunking, GEMM routes, packed half gradients, autograd
+wiring) run on a CPU; the real kernels are checked against the same tests on a GPU.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+_HALF = {1: torch.bfloat16, 2: torch.float16}
+
+
+def _stats(z):
+    lse = torch.logsumexp(z, -1)
+    p = torch.exp(z - lse[:, None])
+    return lse, p
+
+
+class EmulatedOps:
+    @staticmethod
+    def view_stats(views, targets, inv_temperature, want_entropy):
+        lse, lp, ent = [], [], []
+        for v in views:
+            z = v * inv_temperature
+            l, p = _stats(z)
+            lse.append(l)
+            ent.append(l - (p * z).sum(-1))
+            if targets is not None:
+                lp.append(z.gather(-1, targets[:, None]).squeeze(-1) - l)
+        empty = views[0].new_empty(0, 0)
+        return (torch.stack(lse), torch.stack(lp) if targets is not None else empty,
+                torch.stack(ent) if want_entropy else empty)
+
+    @staticmethod
+    def divergence(student, teacher, targets, row_grad, divergence, beta, inv_temperature, grad_format):
+        zs, zt = student * inv_temperature, teacher * inv_temperature
+        lse_s, p_s = _stats(zs)
+        lse_t, p_t = _stats(zt)
+        lps, lpt = zs - lse_s[:, None], zt - lse_t[:, None]
+        if divergence == 0:
+            div = (p_s * (lps - lpt)).sum(-1)
+            grad = p_s * (lps - lpt - div[:, None])
+        elif divergence == 1:
+            div = (p_t * (lpt - lps)).sum(-1)
+            grad = p_s - p_t
+        else:
+            logm = torch.logaddexp(lpt + math.log(beta), lps + math.log(1 - beta))
+            kl_t = (p_t * (lpt - logm)).sum(-1)
+            kl_s = (p_s * (lps - logm)).sum(-1)
+            div = beta * kl_t + (1 - beta) * kl_s
+            grad = (1 - beta) * p_s * (lps - logm - kl_s[:, None])
+        ent = lse_s - (p_s * zs).sum(-1)
+        empty = student.new_empty(0)
+        lp_s = zs.gather(-1, targets[:, None]).squeeze(-1) - lse_s if targets is not None else empty
+        lp_t = zt.gather(-1, targets[:, None]).squeeze(-1) - lse_t if targets is not None else empty
+        if row_grad is not None:
+            _write_grad(student, grad * (row_grad * inv_temperature)[:, None], grad_format)
+        return div, lse_s, lp_s, ent, lp_t
+
+    @staticmethod
+    def logprob_grad(student, lse, targets, row_grad, inv_temperature, grad_format):
+        zs = student * inv_temperature
+        grad = -torch.exp(zs - lse[:, None])
+        grad.scatter_add_(-1, targets[:, None], torch.ones_like(grad[:, :1]))
+        _write_grad(student, grad * (row_grad * inv_temperature)[:, None], grad_format)
+
+
+def _write_grad(student, grad, grad_format):
+    if grad_format == 0:
+        student.copy_(grad)
+    else:
+        student.view(_HALF[grad_format])[:, : student.shape[1]].copy_(grad.to(_HALF[grad_format]))

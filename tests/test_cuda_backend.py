@@ -1,0 +1,239 @@
+"""Correctness matrix of the "cuda" backend against the reference backend in float64.
+
+* ``*_gpu`` tests run the real CUDA kernels (skipped without a CUDA device / buildable extension).
+* ``*_emulated`` tests run the backend's orchestration (chunking, GEMM routes, packed half
+  gradients, autograd wiring) on the CPU with a torch emulation of the kernels
+  (``tests/_cuda_emulation.py``), so that part is covered on every machine.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _cuda_emulation import EmulatedOps
+from vaopd_kernels.backends import cuda as cuda_backend
+from vaopd_kernels.backends import reference
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _gpu_skip_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    return cuda_backend.unavailable_reason()
+
+
+_GPU_REASON = _gpu_skip_reason()
+needs_gpu = pytest.mark.skipif(_GPU_REASON is not None, reason=f"cuda backend unavailable: {_GPU_REASON}")
+
+
+def make_inputs(n=12, ds=16, dt=24, vocab=37, pad=3, dtype=torch.float32, device="cpu", seed=0, close=False):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    sh, sw = r(n, ds), r(vocab + pad, ds) * (2.0 / ds ** 0.5)
+    th, tw = r(n, dt), r(vocab + pad + 2, dt) * (2.0 / dt ** 0.5)
+    if close:  # student ~ teacher: exercises the accurate lse-gap branch
+        dt = ds
+        th, tw = sh + 1e-3 * r(n, ds), sw.clone()
+        tw = torch.cat([tw + 1e-3 * r(*tw.shape), r(2, ds)])
+    thd = th + 0.7 * r(*th.shape)
+    targets = torch.randint(0, vocab, (n,), generator=g)
+    token_weight = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    upstream = torch.randn(n, generator=g, dtype=torch.float64)
+    cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    return dict(sh=cast(sh), sw=cast(sw), th=cast(th), tw=cast(tw), thd=cast(thd), y=targets.to(device),
+                token_weight=token_weight.to(device=device, dtype=torch.float32), upstream=upstream.to(device),
+                vocab=vocab)
+
+
+CASES = [
+    ("linear_kl", dict(divergence="reverse", temperature=1.0)),
+    ("linear_kl", dict(divergence="reverse", temperature=0.7)),
+    ("linear_kl", dict(divergence="forward", temperature=1.3)),
+    ("linear_kl", dict(divergence="jsd", beta=0.3, temperature=1.0)),
+    ("linear_logprob", dict(temperature=1.0)),
+    ("linear_logprob", dict(temperature=0.5)),
+    ("teacher_logprobs", {}),
+    ("va_kl", {}),
+    ("weighted_kl", {}),
+]
+
+
+def run_case(impl, name, options, x):
+    """Run one contract function; returns ({output name: tensor}, {grad name: tensor})."""
+    sh = x["sh"].detach().clone().requires_grad_(True)
+    sw = x["sw"].detach().clone().requires_grad_(True)
+    th, tw, thd, y, vocab = x["th"], x["tw"], x["thd"], x["y"], x["vocab"]
+    up = x["upstream"]
+    outs, scalar = {}, None
+    if name == "linear_kl":
+        kl = impl.linear_kl(sh, sw, th, tw, divergence=options["divergence"], beta=options.get("beta", 0.5),
+                            temperature=options["temperature"], vocab_size=vocab)
+        outs["kl"], scalar = kl, (kl * up.to(kl.dtype)).sum()
+    elif name == "linear_logprob":
+        lp = impl.linear_logprob(sh, sw, y, temperature=options["temperature"], vocab_size=vocab)
+        outs["logprob"], scalar = lp, (lp * up.to(lp.dtype)).sum()
+    elif name == "teacher_logprobs":
+        with torch.no_grad():
+            lp, lpd = impl.teacher_logprobs(th, tw, y, thd, vocab_size=vocab)
+            lp1, none = impl.teacher_logprobs(th, tw, y, None, vocab_size=vocab)
+        assert none is None
+        outs.update(lp=lp, lp_degraded=lpd, lp_single=lp1)
+    elif name == "va_kl":
+        r = impl.va_kl(sh, sw, th, tw, y, thd, vocab_size=vocab)
+        outs.update(kl=r.kl, va=r.visual_advantage, slp=r.student_logprob, tlp=r.teacher_logprob,
+                    ent=r.student_entropy)
+        scalar = (r.kl * up.to(r.kl.dtype)).sum()
+    elif name == "weighted_kl":
+        loss, kl, slp, ent, tlp = impl.weighted_kl(sh, sw, th, tw, y, x["token_weight"], vocab_size=vocab)
+        outs.update(loss=loss, kl=kl, slp=slp, ent=ent, tlp=tlp)
+        scalar = 2.5 * loss
+    grads = {}
+    if scalar is not None:
+        scalar.backward()
+        grads = {"d_sh": sh.grad, "d_sw": sw.grad}
+    return {k: v.detach() for k, v in outs.items()}, grads
+
+
+def oracle(name, options, x):
+    x64 = {k: (v.detach().double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in x.items()}
+    return run_case(reference, name, options, x64)
+
+
+_TOL = {  # (values atol, values rtol, gradient relative-norm tolerance)
+    torch.float64: (1e-9, 1e-9, 1e-9),
+    torch.float32: (2e-5, 2e-5, 2e-4),
+    torch.bfloat16: (2e-4, 2e-4, 2e-2),
+    torch.float16: (2e-4, 2e-4, 2e-2),
+}
+
+
+def compare(got, want, dtype, label=""):
+    atol, rtol, gtol = _TOL[dtype]
+    outs, grads = got
+    w_outs, w_grads = want
+    assert outs.keys() == w_outs.keys()
+    for k in outs:
+        expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        assert outs[k].dtype == expected_dtype, f"{label}{k}: dtype {outs[k].dtype}"
+        torch.testing.assert_close(outs[k].double(), w_outs[k].double(), atol=atol, rtol=rtol,
+                                   msg=lambda m, k=k: f"{label}{k}: {m}")
+    assert grads.keys() == w_grads.keys()
+    for k in grads:
+        assert grads[k] is not None, f"{label}{k} missing"
+        err = (grads[k].double() - w_grads[k].double()).norm() / w_grads[k].double().norm().clamp_min(1e-30)
+        assert err <= gtol, f"{label}{k}: relative gradient error {float(err):.3g} > {gtol}"
+
+
+@pytest.fixture
+def chunk_budget():
+    saved = cuda_backend.get_chunk_budget()
+    yield cuda_backend.set_chunk_budget
+    cuda_backend.set_chunk_budget(saved)
+
+
+# ----------------------------------------------------------------------------- emulated (CPU)
+@pytest.fixture
+def emulated_ops():
+    saved = (cuda_backend._ops, cuda_backend._load_error)
+    cuda_backend._set_ops_for_testing(EmulatedOps())
+    yield
+    cuda_backend._ops, cuda_backend._load_error = saved
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+@pytest.mark.parametrize("chunks", ["one", "many"])
+def test_matches_reference_emulated(emulated_ops, chunk_budget, name, options, dtype, chunks):
+    x = make_inputs(dtype=dtype)
+    if chunks == "many":
+        chunk_budget(5 * x["vocab"] * 8)  # a handful of rows per chunk, ragged last chunk
+    compare(run_case(cuda_backend, name, options, x), oracle(name, options, x), dtype)
+
+
+def test_close_distributions_emulated(emulated_ops):
+    x = make_inputs(close=True, dtype=torch.float64)
+    compare(run_case(cuda_backend, "va_kl", {}, x), oracle("va_kl", {}, x), torch.float64)
+
+
+def test_rows_per_chunk_respects_budget(chunk_budget):
+    chunk_budget(1 << 30)
+    rows = cuda_backend._rows_per_chunk(8192, 151936, 2, torch.float32)
+    assert rows % 128 == 0 and rows * 151936 * 4 * 2 <= 1 << 30
+    assert cuda_backend._rows_per_chunk(3, 151936, 2, torch.float32) == 3
+    chunk_budget(1)
+    assert cuda_backend._rows_per_chunk(100, 10, 3, torch.float32) == 1
+
+
+def test_backend_contract_surface():
+    for fn in ("linear_kl", "linear_logprob", "teacher_logprobs", "va_kl", "weighted_kl",
+               "unavailable_reason", "supports_device"):
+        assert callable(getattr(cuda_backend, fn))
+    assert cuda_backend.supports_device(torch.device("cpu")) is False
+    if not torch.cuda.is_available():
+        assert cuda_backend.unavailable_reason() is not None
+
+
+# ----------------------------------------------------------------------------- real kernels (GPU)
+_GPU_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", _GPU_DTYPES)
+@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+@pytest.mark.parametrize("shape", ["unaligned", "aligned-chunked"])
+def test_matches_reference_gpu(chunk_budget, name, options, dtype, shape):
+    if shape == "unaligned":  # V = 37: scalar (non-vectorised) path, one chunk
+        x = make_inputs(dtype=dtype, device="cuda")
+    else:  # V = 1024: 16-byte vector path, several chunks
+        x = make_inputs(n=40, ds=64, dt=96, vocab=1024, pad=8, dtype=dtype, device="cuda", seed=1)
+        chunk_budget(16 * 1024 * 8)
+    compare(run_case(cuda_backend, name, options, x), oracle(name, options, x), dtype)
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_close_distributions_gpu(dtype):
+    x = make_inputs(n=16, ds=64, vocab=2048, pad=0, close=True, dtype=dtype, device="cuda", seed=3)
+    compare(run_case(cuda_backend, "va_kl", {}, x), oracle("va_kl", {}, x), dtype)
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_public_api_va_opd_loss_gpu():
+    import vaopd_kernels as vk
+
+    x = make_inputs(n=24, ds=64, dt=96, vocab=1000, pad=8, dtype=torch.bfloat16, device="cuda", seed=4)
+    cu = torch.tensor([0, 5, 11, 12, 20, 24], device="cuda")
+    pid = torch.tensor([0, 0, 0, 1, 1], device="cuda")
+    results, grads = {}, {}
+    for backend in ("cuda", "reference"):
+        sh = x["sh"].detach().clone().requires_grad_(True)
+        sw = x["sw"].detach().clone().requires_grad_(True)
+        r = vk.va_opd_loss(sh, sw, x["th"], x["tw"], x["y"], cu, pid, teacher_hidden_degraded=x["thd"],
+                           vocab_size=x["vocab"], backend=backend)
+        r.loss.backward()
+        results[backend], grads[backend] = r, (sh.grad.double(), sw.grad.double())
+    torch.testing.assert_close(results["cuda"].loss.double(), results["reference"].loss.double(),
+                               atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(results["cuda"].kl.double(), results["reference"].kl.double(), atol=1e-3, rtol=1e-3)
+    for got, want in zip(grads["cuda"], grads["reference"]):
+        assert float((got - want).norm() / want.norm()) < 3e-2
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_ops_under_torch_compile_gpu():
+    cuda_backend._load_ops()
+    zs = torch.randn(4, 64, device="cuda")
+    zt = torch.randn(4, 64, device="cuda")
+
+    def f(a, b):
+        kl, *_ = torch.ops.vaopd.divergence(a.clone(), b, None, None, 0, 0.5, 1.0, 0)
+        return kl * 2
+
+    eager = f(zs, zt)
+    compiled = torch.compile(f, fullgraph=True)(zs, zt)
+    torch.testing.assert_close(compiled, eager)

@@ -1,0 +1,82 @@
+"""Command line: ``vaopd-train [--config FILE] [--field value ...]`` and ``vaopd-train prepare ...``."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from .config import ConfigError, load_config, parse_overrides
+
+
+def _summary(outputs: dict) -> str:
+    history = outputs["history"]
+    rows = []
+    if history:
+        first, last = history[0], history[-1]
+        for key in ("loss", "kl_mean", "va_high_share", "rollout_weight_max", "entropy_mean", "response_length",
+                    "tokens_per_s"):
+            if key in last:
+                rows.append((key, f"{first[key]:.4g}", f"{last[key]:.4g}"))
+        for key in sorted(k for k in last if k.startswith("peak_mem_")):
+            rows.append((key, f"{first[key]:.0f}", f"{last[key]:.0f}"))
+    evals = outputs["evals"]
+    for key in ("eval_accuracy", "eval_visual_reliance"):
+        before, after = evals.get("before", {}).get(key), evals.get("after", {}).get(key)
+        rows.append((key, "-" if before is None else f"{before:.4g}", "-" if after is None else f"{after:.4g}"))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'metric':<{width}}  {'first/before':>12}  {'last/after':>12}", "-" * (width + 28)]
+    lines += [f"{name:<{width}}  {a:>12}  {b:>12}" for name, a, b in rows]
+    lines.append(f"steps: {len(history)}  train time: {outputs['train_seconds']:.1f}s")
+    for key in ("metrics", "curves", "va_page", "checkpoint", "student"):
+        if outputs.get(key):
+            lines.append(f"{key:<10} {os.path.abspath(str(outputs[key]))}")
+    return "\n".join(lines)
+
+
+def prepare_main(argv: List[str]) -> int:
+    from .data import prepare
+
+    parser = argparse.ArgumentParser(prog="vaopd-train prepare",
+                                     description="Raw Geometry3K / ViRL39K parquet -> train.parquet + val.parquet")
+    parser.add_argument("--format", required=True, choices=("geometry3k", "virl39k"))
+    parser.add_argument("--source", required=True, help="the downloaded parquet file")
+    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--val_size", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image_root", default=None, help="ViRL39K: folder its image paths are relative to")
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.source):
+        parser.error(f"--source: file not found: {args.source}")
+    for path in prepare(args.source, args.format, args.out_dir, args.val_size, args.seed, args.image_root):
+        print(path)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["prepare"]:
+        return prepare_main(argv[1:])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__.strip() + "\nFields: see vaopd_trainer/config.py (TrainConfig) or docs/trainer.md.")
+        return 0
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            print("error: --config: a file is required", file=sys.stderr)
+            return 2
+        config_path = argv[i + 1]
+        del argv[i:i + 2]
+    try:
+        cfg = load_config(config_path, parse_overrides(argv))
+    except ConfigError as err:  # before any model is loaded
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    from .train import Trainer  # heavy imports only once the config is known good
+
+    trainer = Trainer(cfg)
+    outputs = trainer.train()
+    if trainer.acc.is_main_process:
+        print(_summary(outputs))
+    return 0

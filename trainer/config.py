@@ -1,0 +1,208 @@
+"""Training configuration: one dataclass, read from YAML, overridden from the command line.
+
+Field names follow TRL where TRL has one. ``validate`` checks every value and every input path
+before anything heavy happens, so a typo fails in a second instead of after a model load.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+TINY = "tiny"  # model name that means "build the tiny offline Qwen3-VL models locally"
+DATASETS = ("synthetic", "geometry3k", "virl39k", "prepared")
+METHODS = ("va_opd", "opd")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field."""
+
+
+@dataclass
+class TrainConfig:
+    # models ("tiny" builds a small offline teacher/student pair under output_dir/tiny_models)
+    student_model: str = TINY
+    teacher_model: str = TINY
+    # data
+    dataset: str = "synthetic"
+    train_file: Optional[str] = None
+    eval_file: Optional[str] = None
+    image_root: Optional[str] = None  # ViRL39K stores image paths relative to this folder
+    num_train_samples: int = 64  # synthetic only
+    num_eval_samples: int = 16  # synthetic only; real data evaluates the whole eval_file
+    image_size: int = 64  # synthetic only
+    max_pixels: int = 64 * 64  # images are resized by the image processor to at most this
+    # method
+    method: str = "va_opd"
+    high_fraction: float = 0.2
+    high_weight: float = 0.5
+    pixelate_ratio: float = 0.1
+    va_temperature: float = 1.0  # tau of the softmax over sibling rollouts' VA z-scores
+    kernel_backend: str = "auto"
+    # rollouts
+    per_device_train_batch_size: int = 16  # prompts per device per step
+    num_generations: int = 4  # rollouts per prompt (K)
+    max_completion_length: int = 4096
+    temperature: float = 0.7
+    top_p: float = 0.95
+    micro_batch_size: int = 0  # rollouts per student forward/backward; 0 = the whole batch at once
+    # optimisation
+    learning_rate: float = 1e-6
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.05
+    num_train_epochs: int = 5
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    # bookkeeping
+    output_dir: str = "runs/vaopd"
+    seed: int = 42
+    logging_steps: int = 1
+    save_steps: int = 0  # 0 = only the final checkpoint
+    eval_steps: int = 0  # 0 = only at the end
+    val_before_train: bool = True
+    resume: Optional[str] = None  # a checkpoint folder, or "latest" (the newest in output_dir)
+    num_visualize: int = 4  # rollouts shown in the token-level VA page
+    report_to: str = "auto"  # "auto" (TensorBoard when installed), "tensorboard" or "none"
+
+    @property
+    def rollouts_per_device(self) -> int:
+        return self.per_device_train_batch_size * self.num_generations
+
+
+def _coerce(name: str, value: Any, typ: Any) -> Any:
+    """Turn a YAML or command-line value into the field's type, or raise naming the field."""
+    optional = isinstance(typ, str) and typ.startswith("Optional[")
+    base = typ[len("Optional["):-1] if optional else typ
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{name}: a value is required")
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if base == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {base}, got {value!r}") from None
+
+
+def _apply(cfg: TrainConfig, values: Dict[str, Any], source: str) -> TrainConfig:
+    known = {f.name: f.type for f in fields(TrainConfig)}
+    updates = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{key}: unknown config field (from {source})")
+        updates[key] = _coerce(key, value, known[key])
+    return dataclasses.replace(cfg, **updates)
+
+
+def parse_overrides(argv: List[str]) -> Dict[str, str]:
+    """``--name value`` / ``--name=value`` pairs; a bare ``--flag`` means true."""
+    out: Dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"{arg}: expected --field value")
+        key = arg[2:].replace("-", "_")
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+            i += 1
+        else:
+            value = "true"
+        out[key] = value
+        i += 1
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """Defaults < YAML file < overrides, then ``validate``."""
+    cfg = TrainConfig()
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config: file not found: {path}")
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: {path} must hold a mapping of field: value")
+        cfg = _apply(cfg, data, path)
+    cfg = _apply(cfg, overrides or {}, "overrides")
+    validate(cfg)
+    return cfg
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {message}")
+
+
+def _check_model(name: str, value: str) -> None:
+    if value != TINY:
+        _check(os.path.isfile(os.path.join(value, "config.json")), name,
+               f"expected '{TINY}' or a local model folder with config.json, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the first bad field. Touches only the filesystem."""
+    _check(cfg.method in METHODS, "method", f"must be one of {METHODS}, got {cfg.method!r}")
+    _check(cfg.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {cfg.dataset!r}")
+    _check(cfg.report_to in ("auto", "tensorboard", "none"), "report_to", "must be auto, tensorboard or none")
+    _check_model("student_model", cfg.student_model)
+    _check_model("teacher_model", cfg.teacher_model)
+    for name in ("per_device_train_batch_size", "num_generations", "max_completion_length", "num_train_epochs",
+                 "logging_steps", "image_size", "max_pixels"):
+        _check(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
+    for name in ("micro_batch_size", "save_steps", "eval_steps", "num_visualize", "seed"):
+        _check(getattr(cfg, name) >= 0, name, f"must be >= 0, got {getattr(cfg, name)}")
+    _check(cfg.max_steps == -1 or cfg.max_steps >= 1, "max_steps", f"must be -1 or >= 1, got {cfg.max_steps}")
+    for name in ("learning_rate", "temperature", "va_temperature", "high_fraction", "pixelate_ratio"):
+        value = getattr(cfg, name)
+        _check(math.isfinite(value) and value > 0, name, f"must be a positive finite number, got {value}")
+    _check(cfg.top_p <= 1.0 and cfg.top_p > 0, "top_p", f"must be in (0, 1], got {cfg.top_p}")
+    _check(cfg.high_fraction <= 1.0, "high_fraction", f"must be in (0, 1], got {cfg.high_fraction}")
+    _check(cfg.pixelate_ratio < 1.0, "pixelate_ratio", f"must be in (0, 1), got {cfg.pixelate_ratio}")
+    for name in ("high_weight", "warmup_ratio", "adam_beta1", "adam_beta2"):
+        value = getattr(cfg, name)
+        _check(0.0 <= value < 1.0 or (name == "high_weight" and value == 1.0), name, f"must be in [0, 1), got {value}")
+    for name in ("weight_decay", "max_grad_norm"):
+        _check(getattr(cfg, name) >= 0, name, f"must be >= 0, got {getattr(cfg, name)}")
+    if cfg.dataset == "synthetic":
+        _check(cfg.num_train_samples >= cfg.per_device_train_batch_size, "num_train_samples",
+               f"must be >= per_device_train_batch_size ({cfg.per_device_train_batch_size})")
+        _check(cfg.num_eval_samples >= 1, "num_eval_samples", "must be >= 1")
+    else:
+        for name in ("train_file", "eval_file"):
+            path = getattr(cfg, name)
+            _check(path is not None and os.path.isfile(path), name, f"file not found: {path!r} (dataset={cfg.dataset})")
+        if cfg.dataset == "virl39k":
+            _check(cfg.image_root is not None and os.path.isdir(cfg.image_root), "image_root",
+                   f"folder not found: {cfg.image_root!r} (ViRL39K image paths are relative to it)")
+    if cfg.resume not in (None, "latest"):
+        _check(os.path.isdir(cfg.resume), "resume", f"checkpoint folder not found: {cfg.resume!r}")
+
+
+def to_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    return dataclasses.asdict(cfg)

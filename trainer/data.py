@@ -1,0 +1,173 @@
+"""Image-question samples: the synthetic fine-detail set, Geometry3K / ViRL39K parquet, pixelation.
+
+Every source yields ``Sample(image, question, answer)``; ``prepare`` turns a raw download into the
+trainer's own parquet layout (``image`` PNG bytes, ``question``, ``answer``) with a held-out split.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+SYNTHETIC_QUESTION = "How many red dots?"
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Image.Image
+    question: str
+    answer: str
+
+
+def pixelate(image: Image.Image, ratio: float) -> Image.Image:
+    """DESIGN.md's degraded view: bilinear down to floor(ratio * side) (>= 1 px), nearest back up.
+
+    The size is unchanged, so the processor yields the same visual-token grid as the original.
+    """
+    w, h = image.size
+    small = image.resize((max(1, math.floor(w * ratio)), max(1, math.floor(h * ratio))), Image.BILINEAR)
+    return small.resize((w, h), Image.NEAREST)
+
+
+def synthetic_sample(seed: int, index: int, size: int = 64) -> Sample:
+    """Red and blue 2x2 dots on a grey field; the answer is the red count.
+
+    Dots are a few pixels wide, so pixelation to 10% smears them into colour blobs and the count
+    (the fine detail) is lost while the overall picture stays similar.
+    """
+    rng = np.random.default_rng([seed, index])
+    pixels = np.full((size, size, 3), 200, dtype=np.uint8)
+    cells = max(2, size // 8)  # one dot per cell at most, so dots never touch
+    n_red, n_blue = int(rng.integers(1, 10)), int(rng.integers(0, 5))
+    chosen = rng.choice(cells * cells, size=min(n_red + n_blue, cells * cells), replace=False)
+    step = size // cells
+    for k, cell in enumerate(chosen):
+        y = (cell // cells) * step + int(rng.integers(0, max(1, step - 2)))
+        x = (cell % cells) * step + int(rng.integers(0, max(1, step - 2)))
+        pixels[y:y + 2, x:x + 2] = (220, 30, 30) if k < n_red else (30, 30, 220)
+    return Sample(Image.fromarray(pixels), SYNTHETIC_QUESTION, str(min(n_red, len(chosen))))
+
+
+def synthetic_dataset(seed: int, count: int, size: int, offset: int = 0) -> List[Sample]:
+    return [synthetic_sample(seed, offset + i, size) for i in range(count)]
+
+
+def _strip_image_tag(text: str) -> str:
+    return re.sub(r"\s*<image>\s*", " ", text).strip()
+
+
+def _unbox(answer: str) -> str:
+    """ViRL39K answers come as ``\\boxed{x}``; keep the content so every source stores bare answers."""
+    match = re.fullmatch(r"\s*\\boxed\{(.*)\}\s*", answer, flags=re.S)
+    return match.group(1) if match else answer.strip()
+
+
+def _open_image(data) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _read_table(path: str, columns: Sequence[str]):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; found {table.column_names}")
+    return table.select(list(columns)).to_pylist()
+
+
+def load_geometry3k(path: str) -> List[Sample]:
+    """hiyouga/geometry3k layout: ``images`` (list of {bytes, path}), ``problem``, ``answer``."""
+    out = []
+    for row in _read_table(path, ("images", "problem", "answer")):
+        if len(row["images"]) != 1:  # one image per prompt: the pixelated view replaces it
+            continue
+        out.append(Sample(_open_image(row["images"][0]["bytes"]), _strip_image_tag(row["problem"]), _unbox(row["answer"])))
+    return out
+
+
+def load_virl39k(path: str, image_root: str) -> List[Sample]:
+    """TIGER-Lab/ViRL39K layout: ``question``, ``answer``, ``image`` (paths relative to image_root)."""
+    out = []
+    for row in _read_table(path, ("question", "answer", "image")):
+        images = row["image"] if isinstance(row["image"], list) else [row["image"]]
+        if len(images) != 1:
+            continue
+        image_path = os.path.join(image_root, images[0])
+        if not os.path.isfile(image_path):
+            raise FileNotFoundError(f"{path}: image not found: {image_path}")
+        with open(image_path, "rb") as f:
+            image = _open_image(f.read())
+        out.append(Sample(image, _strip_image_tag(row["question"]), _unbox(row["answer"])))
+    return out
+
+
+def load_prepared(path: str) -> List[Sample]:
+    return [Sample(_open_image(r["image"]), r["question"], r["answer"]) for r in _read_table(path, ("image", "question", "answer"))]
+
+
+def write_prepared(samples: Sequence[Sample], path: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def png(image):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    table = pa.table({"image": [png(s.image) for s in samples], "question": [s.question for s in samples],
+                      "answer": [s.answer for s in samples]})
+    tmp = path + ".tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def prepare(source: str, fmt: str, out_dir: str, val_size: int = 200, seed: int = 0,
+            image_root: Optional[str] = None) -> List[str]:
+    """Load a raw Geometry3K / ViRL39K parquet, shuffle with ``seed``, write train/val parquet files."""
+    if fmt == "geometry3k":
+        samples = load_geometry3k(source)
+    elif fmt == "virl39k":
+        if image_root is None:
+            raise ValueError("image_root: required for virl39k")
+        samples = load_virl39k(source, image_root)
+    else:
+        raise ValueError(f"format: must be geometry3k or virl39k, got {fmt!r}")
+    if len(samples) <= val_size:
+        raise ValueError(f"val_size: {val_size} leaves no training samples out of {len(samples)}")
+    order = np.random.default_rng(seed).permutation(len(samples))
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, "train.parquet"), os.path.join(out_dir, "val.parquet")]
+    write_prepared([samples[i] for i in order[val_size:]], paths[0])
+    write_prepared([samples[i] for i in order[:val_size]], paths[1])
+    return paths
+
+
+def load_split(cfg, split: str) -> List[Sample]:
+    """The train or eval samples the config names."""
+    if cfg.dataset == "synthetic":
+        if split == "train":
+            return synthetic_dataset(cfg.seed, cfg.num_train_samples, cfg.image_size)
+        # held out: indices past the training ones
+        return synthetic_dataset(cfg.seed, cfg.num_eval_samples, cfg.image_size, offset=cfg.num_train_samples)
+    path = cfg.train_file if split == "train" else cfg.eval_file
+    if cfg.dataset == "geometry3k":
+        return load_geometry3k(path)
+    if cfg.dataset == "virl39k":
+        return load_virl39k(path, cfg.image_root)
+    return load_prepared(path)
+
+
+def step_prompts(num_samples: int, global_batch: int, step: int, seed: int) -> np.ndarray:
+    """Sample indices for optimizer step ``step`` (0-based): a fresh permutation per epoch, last partial
+    batch dropped. A pure function of (step, seed), so resuming needs only the step number."""
+    per_epoch = num_samples // global_batch
+    epoch, within = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    return order[within * global_batch:(within + 1) * global_batch]

@@ -1,0 +1,467 @@
+"""The "cuda" backend: chunked cuBLAS GEMMs + hand-written CUDA row-statistics kernels (``csrc/``).
+
+Per chunk of token rows, each view's logits ``z = W[:V] h`` come from cuBLAS (torch matmul; bf16/fp16
+operands with fp32 output via ``out_dtype`` where torch has it) into ONE reusable fp32 (fp64 for
+float64 inputs) buffer per view, sized by a memory budget (``set_chunk_budget`` or
+``VAOPD_CUDA_CHUNK_MB``, default 2048 MiB for all views together). The CUDA kernels then make one
+pass over the chunk for the statistics (online lse of every view, reverse/forward KL or JSD,
+target log-probs, student entropy) and, when a gradient is wanted, write ``row_grad / T * dD/dz``
+in place over the student logits (bf16/fp16 packed at the start of each row for half-precision
+heads, so the next GEMMs read it directly). The GEMMs for d(hidden) and d(weight) follow.
+
+Gradients: ``weighted_kl`` knows its row weights up front and forms d(hidden)/d(weight) during
+forward; ``linear_kl``/``va_kl``/``linear_logprob`` recompute chunk by chunk in backward.
+
+Loading: an installed ``vaopd_kernels._cuda_ext`` (built by setup.py), else a JIT build of the
+``csrc/`` sources with ``torch.utils.cpp_extension.load`` under ``~/.cache/vaopd`` (override
+with ``VAOPD_CUDA_BUILD_DIR``), done lazily the first time the backend runs on a CUDA device.
+``VAOPD_CUDA_ARCH`` (e.g. ``"90a"`` or ``"80;90a"``) overrides the JIT target architectures.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+
+from vaopd_kernels.backends._common import compute_dtype
+from vaopd_kernels.results import VAKLResult
+
+_MIB = 1 << 20
+_chunk_budget_bytes = int(float(os.environ.get("VAOPD_CUDA_CHUNK_MB", "2048")) * _MIB)
+_HALF = (torch.bfloat16, torch.float16)
+_GRAD_FORMAT = {None: 0, torch.bfloat16: 1, torch.float16: 2}
+_DIVERGENCE = {"reverse": 0, "forward": 1, "jsd": 2}
+
+_CSRC = Path(__file__).resolve().parents[2] / "csrc"
+_SOURCES = ("vaopd_kernels.cu", "bindings.cpp")
+_EXT_NAME = "vaopd_cuda_ext"
+
+_lock = threading.Lock()
+_ops = None                      # object with view_stats / divergence / logprob_grad
+_load_error: Optional[str] = None
+BUILD_INFO: Dict[str, object] = {}   # how the extension was loaded (for benchmarks/reports)
+GEMM_PATHS: Dict[str, str] = {}      # which matmul route each (op, dtype, device) took
+
+
+# ----------------------------------------------------------------------------- budget
+def set_chunk_budget(num_bytes: int) -> None:
+    """Cap the bytes of the per-view [rows, V] chunk buffers the cuda backend keeps alive at once."""
+    global _chunk_budget_bytes
+    if int(num_bytes) < 1:
+        raise ValueError(f"num_bytes: expected a positive byte count, got {num_bytes}")
+    _chunk_budget_bytes = int(num_bytes)
+
+
+def get_chunk_budget() -> int:
+    return _chunk_budget_bytes
+
+
+def _rows_per_chunk(num_rows: int, vocab_size: int, num_views: int, dtype: torch.dtype) -> int:
+    per_row = vocab_size * torch.finfo(dtype).bits // 8 * max(1, num_views)
+    rows = max(1, _chunk_budget_bytes // per_row)
+    if rows >= 256:
+        rows -= rows % 128  # GEMM-friendly tile multiples
+    return max(1, min(num_rows, rows))
+
+
+# ----------------------------------------------------------------------------- loading
+def arch_flags(capability=None) -> list:
+    """nvcc -gencode flags: ``VAOPD_CUDA_ARCH`` ("80;90a"), else the given/current device's arch."""
+    spec = os.environ.get("VAOPD_CUDA_ARCH")
+    if spec:
+        archs = [a.strip().replace(".", "") for a in spec.replace(",", ";").split(";") if a.strip()]
+    else:
+        if capability is None:
+            capability = torch.cuda.get_device_capability()
+        major, minor = capability
+        archs = [f"{major}{minor}" + ("a" if (major, minor) in ((9, 0), (10, 0)) else "")]
+    return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+
+
+def _build_dir() -> Path:
+    override = os.environ.get("VAOPD_CUDA_BUILD_DIR")
+    if override:
+        return Path(override)
+    tag = f"torch{torch.__version__}-cu{torch.version.cuda}".replace("+", "_")
+    return Path(os.path.expanduser("~")) / ".cache" / "vaopd" / "cuda_ext" / tag
+
+
+def _cuda_home() -> Optional[str]:
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+    except Exception:  # pragma: no cover - broken torch install
+        return None
+    return CUDA_HOME
+
+
+def jit_build(verbose: bool = False):
+    """Compile csrc/ with torch.utils.cpp_extension.load (registers torch.ops.vaopd.*)."""
+    from torch.utils.cpp_extension import load
+
+    build_dir = _build_dir()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    flags = arch_flags()
+    start = time.perf_counter()
+    load(name=_EXT_NAME, sources=[str(_CSRC / s) for s in _SOURCES],
+         extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "-lineinfo", *flags],
+         extra_include_paths=[str(_CSRC)], build_directory=str(build_dir),
+         is_python_module=False, verbose=verbose)
+    BUILD_INFO.update(source="jit", build_dir=str(build_dir), arch_flags=flags,
+                      seconds=round(time.perf_counter() - start, 2))
+
+
+def _load_ops():
+    """The ops namespace, building/loading the extension on first use (thread-safe)."""
+    global _ops, _load_error
+    if _ops is not None:
+        return _ops
+    with _lock:
+        if _ops is not None:
+            return _ops
+        if _load_error is not None:
+            raise RuntimeError(_load_error)
+        try:
+            try:
+                import vaopd_kernels._cuda_ext  # noqa: F401  (registers the ops on import)
+                BUILD_INFO.update(source="installed", module="vaopd_kernels._cuda_ext")
+            except ImportError:
+                jit_build(verbose=os.environ.get("VAOPD_CUDA_VERBOSE", "") not in ("", "0"))
+            ops = torch.ops.vaopd
+            _register_fakes()
+            _ops = ops
+        except Exception as exc:
+            _load_error = f"the vaopd CUDA extension failed to build/load: {type(exc).__name__}: {exc}"
+            raise RuntimeError(_load_error) from exc
+    return _ops
+
+
+def _register_fakes() -> None:
+    """Shape-only implementations so the ops trace under torch.compile / FakeTensor."""
+    register = getattr(torch.library, "register_fake", None)
+    if register is None:  # torch < 2.4
+        return
+
+    def _fake_view_stats(views, targets, inv_temperature, want_entropy):
+        v = views[0]
+        n, rows = len(views), v.shape[0]
+        return (v.new_empty(n, rows), v.new_empty((n, rows) if targets is not None else (0, 0)),
+                v.new_empty((n, rows) if want_entropy else (0, 0)))
+
+    def _fake_divergence(student, teacher, targets, row_grad, divergence, beta, inv_temperature, grad_format):
+        rows = student.shape[0]
+        lp = (rows,) if targets is not None else (0,)
+        return (student.new_empty(rows), student.new_empty(rows), student.new_empty(lp),
+                student.new_empty(rows), student.new_empty(lp))
+
+    def _fake_logprob_grad(student, lse, targets, row_grad, inv_temperature, grad_format):
+        return None
+
+    for name, fn in (("vaopd::view_stats", _fake_view_stats), ("vaopd::divergence", _fake_divergence),
+                     ("vaopd::logprob_grad", _fake_logprob_grad)):
+        try:
+            register(name, fn)
+        except RuntimeError as exc:  # already registered (module reloaded)
+            if "already" not in str(exc):
+                raise
+
+
+def _set_ops_for_testing(ops) -> None:
+    """Substitute the kernel ops (tests run the orchestration on CPU with a torch emulation)."""
+    global _ops, _load_error
+    _ops, _load_error = ops, None
+
+
+def unavailable_reason() -> Optional[str]:
+    if _ops is not None:
+        return None
+    if torch.version.cuda is None:
+        return "torch is a CPU-only build (torch.version.cuda is None)"
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    if _load_error is not None:
+        return _load_error
+    if importlib.util.find_spec("vaopd_kernels._cuda_ext") is not None:
+        return None
+    if _cuda_home() is None:
+        return "extension not built (vaopd_kernels._cuda_ext missing) and no CUDA toolkit for a JIT build"
+    if not all((_CSRC / s).is_file() for s in _SOURCES):
+        return f"extension not built and the csrc/ sources are missing under {_CSRC}"
+    if shutil.which("ninja") is None:
+        try:
+            import ninja  # noqa: F401
+        except ImportError:
+            return "extension not built and ninja (needed for the JIT build) is missing"
+    return None
+
+
+def supports_device(device: torch.device) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+# ----------------------------------------------------------------------------- GEMMs
+def _gemm_candidates(kind: str):
+    f32 = torch.float32
+    if kind == "mm":  # out[m, n] = a @ b with half a, b and fp32 out
+        return [
+            ("mm(out_dtype, out=)", lambda out, a, b: torch.mm(a, b, out_dtype=f32, out=out)),
+            ("mm(out_dtype)+copy", lambda out, a, b: out.copy_(torch.mm(a, b, out_dtype=f32))),
+            ("upcast fp32 mm", lambda out, a, b: torch.mm(a.float(), b.float(), out=out)),
+        ]
+    return [  # acc[m, n] += a @ b
+        ("addmm(out_dtype, out=acc)", lambda acc, a, b: torch.addmm(acc, a, b, out_dtype=f32, out=acc)),
+        ("acc += mm(out_dtype)", lambda acc, a, b: acc.add_(torch.mm(a, b, out_dtype=f32))),
+        ("upcast fp32 addmm_", lambda acc, a, b: acc.addmm_(a.float(), b.float())),
+    ]
+
+
+_gemm_choice: Dict[tuple, object] = {}
+
+
+def _pick_gemm(kind: str, dtype: torch.dtype, device: torch.device):
+    """First candidate that runs and matches an fp32 reference on a small probe (cached)."""
+    key = (kind, dtype, device.type, device.index)
+    if key in _gemm_choice:
+        return _gemm_choice[key]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(40, 72, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(72, 24, generator=gen).to(device=device, dtype=dtype)
+    base = torch.randn(40, 24, generator=gen).to(device)
+    expected = a.float() @ b.float() + (base if kind == "addmm" else 0)
+    errors = []
+    for name, fn in _gemm_candidates(kind):
+        out = base.clone() if kind == "addmm" else torch.empty(40, 24, device=device)
+        try:
+            fn(out, a, b)
+            if not torch.allclose(out, expected, rtol=1e-3, atol=1e-3):
+                raise RuntimeError("wrong result")
+        except Exception as exc:  # unsupported overload on this build/device
+            errors.append(f"{name}: {type(exc).__name__}")
+            continue
+        _gemm_choice[key] = fn
+        GEMM_PATHS[f"{kind}/{dtype}/{device.type}"] = name
+        return fn
+    raise RuntimeError(f"no working {kind} route for {dtype} on {device}: {errors}")
+
+
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.dtype == out.dtype:
+        torch.mm(a, b, out=out)
+    else:
+        _pick_gemm("mm", a.dtype, out.device)(out, a, b)
+
+
+def _addmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+    else:
+        _pick_gemm("addmm", a.dtype, acc.device)(acc, a, b)
+
+
+class _Head:
+    """One LM head restricted to the tokenizer support; GEMMs in the operands' dtype when both are
+    bf16 (or both fp16) with fp32 results, else in the compute dtype."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, vocab_size: int, cdtype: torch.dtype):
+        same_half = hidden.dtype == weight.dtype and hidden.dtype in _HALF and cdtype == torch.float32
+        self.op_dtype = hidden.dtype if same_half else cdtype
+        self.hidden = hidden.detach()
+        self.weight = weight.detach()[:vocab_size].to(self.op_dtype)  # [V, D]
+
+    def rows(self, rows: slice) -> torch.Tensor:
+        return self.hidden[rows].to(self.op_dtype)
+
+    def logits_into(self, buf: torch.Tensor, rows: slice) -> None:
+        _mm_into(buf, self.rows(rows), self.weight.T)
+
+
+# ----------------------------------------------------------------------------- the scan
+class _ScanOut:
+    def __init__(self):
+        self.kl = self.student_logprob = self.teacher_logprob = self.degraded_logprob = None
+        self.student_entropy = self.grad_hidden = self.grad_weight = None
+
+
+def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, targets=None,
+          temperature: float = 1.0, divergence: str = "reverse", beta: float = 0.5,
+          row_grad: Optional[torch.Tensor] = None, want_kl: bool = False,
+          want_logprob_grad: bool = False) -> _ScanOut:
+    """One pass over row chunks (same contract as the torch backend's scan)."""
+    ops = _load_ops()
+    tensors = [t for pair in (student, teacher) if pair for t in pair]
+    if degraded_hidden is not None:
+        tensors.append(degraded_hidden)
+    cdtype = compute_dtype(*tensors)
+    s_head = _Head(student[0], student[1], vocab_size, cdtype) if student else None
+    t_head = _Head(teacher[0], teacher[1], vocab_size, cdtype) if teacher else None
+    d_head = _Head(degraded_hidden, teacher[1], vocab_size, cdtype) if degraded_hidden is not None else None
+    num_rows = (student or teacher)[0].shape[0]
+    device = (student or teacher)[0].device
+    inv_t = 1.0 / float(temperature)
+
+    out = _ScanOut()
+    new = lambda: torch.empty(num_rows, dtype=cdtype, device=device)  # noqa: E731
+    if want_kl:
+        out.kl = new()
+    if targets is not None:
+        if student:
+            out.student_logprob, out.student_entropy = new(), new()
+        if teacher:
+            out.teacher_logprob = new()
+        if d_head is not None:
+            out.degraded_logprob = new()
+    grad_half = None
+    if row_grad is not None:
+        grad_half = s_head.op_dtype if s_head.op_dtype in _HALF else None
+        out.grad_hidden = torch.empty(num_rows, student[0].shape[1], dtype=cdtype, device=device)
+        out.grad_weight = torch.zeros(vocab_size, student[1].shape[1], dtype=cdtype, device=device)
+        row_grad = row_grad.detach().to(device=device, dtype=cdtype).contiguous()
+    grad_format = _GRAD_FORMAT[grad_half]
+
+    heads = [h for h in (s_head, t_head, d_head) if h is not None]
+    step = _rows_per_chunk(num_rows, vocab_size, len(heads), cdtype)
+    bufs = {id(h): torch.empty(step, vocab_size, dtype=cdtype, device=device) for h in heads}
+
+    for start in range(0, num_rows, step):
+        stop = min(start + step, num_rows)
+        rows = slice(start, stop)
+        y = targets[rows] if targets is not None else None
+        rg = row_grad[rows] if row_grad is not None else None
+        z = {}
+        for h in heads:
+            z[id(h)] = bufs[id(h)][: stop - start]
+            h.logits_into(z[id(h)], rows)
+        z_s = z[id(s_head)] if s_head else None
+        z_t = z[id(t_head)] if t_head else None
+
+        if want_kl:
+            kl, _, lp_s, ent, lp_t = ops.divergence(z_s, z_t, y, rg if not want_logprob_grad else None,
+                                                    _DIVERGENCE[divergence], float(beta), inv_t, grad_format)
+            out.kl[rows] = kl
+            if y is not None:
+                out.student_logprob[rows], out.student_entropy[rows] = lp_s, ent
+                out.teacher_logprob[rows] = lp_t
+        elif s_head is not None:
+            lse, lp, ent = ops.view_stats([z_s], y, inv_t, y is not None)
+            if y is not None:
+                out.student_logprob[rows], out.student_entropy[rows] = lp[0], ent[0]
+            if rg is not None:
+                ops.logprob_grad(z_s, lse[0], y, rg, inv_t, grad_format)
+        elif t_head is not None and y is not None:
+            lse, lp, _ = ops.view_stats([z_t], y, 1.0, False)
+            out.teacher_logprob[rows] = lp[0]
+        if d_head is not None and y is not None:
+            if want_kl or s_head is not None:
+                _, lp, _ = ops.view_stats([z[id(d_head)]], y, 1.0, False)
+                out.degraded_logprob[rows] = lp[0]
+            else:  # teacher-only pass: both views in one launch
+                _, lp, _ = ops.view_stats([z_t, z[id(d_head)]], y, 1.0, False)
+                out.teacher_logprob[rows], out.degraded_logprob[rows] = lp[0], lp[1]
+
+        if rg is not None:
+            # z_s now holds row_grad / T * dD/dz (in place); chain rule through z = W h.
+            grad_z = z_s if grad_half is None else z_s.view(grad_half)[:, :vocab_size]
+            _mm_into(out.grad_hidden[rows], grad_z, s_head.weight)
+            _addmm_into(out.grad_weight, grad_z.T, s_head.rows(rows))
+    return out
+
+
+def _full_weight_grad(grad_weight: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Pad the [V, D] gradient with zero rows for LM-head padding rows >= V."""
+    if grad_weight.shape[0] == weight.shape[0]:
+        return grad_weight.to(weight.dtype)
+    full = torch.zeros_like(weight)
+    full[: grad_weight.shape[0]] = grad_weight.to(weight.dtype)
+    return full
+
+
+class _RecomputeGrad(torch.autograd.Function):
+    """Attaches a chunk-recomputing backward to a value computed without autograd."""
+
+    @staticmethod
+    def forward(ctx, value, hidden, weight, recompute):
+        ctx.recompute = recompute
+        ctx.dtypes = (hidden.dtype, weight)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, row_grad):
+        out = ctx.recompute(row_grad)
+        hidden_dtype, weight = ctx.dtypes
+        return None, out.grad_hidden.to(hidden_dtype), _full_weight_grad(out.grad_weight, weight), None
+
+
+class _PrecomputedGradLoss(torch.autograd.Function):
+    """A scalar whose gradients were formed during forward; backward only rescales them."""
+
+    @staticmethod
+    def forward(ctx, loss, sh, sw, grad_hidden, grad_weight):
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.dtypes = (sh.dtype, sw.dtype)
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (None, (grad_hidden * grad_loss).to(ctx.dtypes[0]),
+                (grad_weight * grad_loss).to(ctx.dtypes[1]), None, None)
+
+
+def _needs_grad(hidden, weight) -> bool:
+    return (hidden.requires_grad or weight.requires_grad) and torch.is_grad_enabled()
+
+
+def _with_grad(value, hidden, weight, **scan_options):
+    if not _needs_grad(hidden, weight):
+        return value
+    recompute = lambda row_grad: _scan(row_grad=row_grad, **scan_options)  # noqa: E731
+    return _RecomputeGrad.apply(value, hidden, weight, recompute)
+
+
+# ----------------------------------------------------------------------------- the contract
+def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
+    options = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, divergence=divergence,
+                   beta=beta, temperature=temperature, vocab_size=vocab_size)
+    with torch.no_grad():
+        kl = _scan(**options).kl
+    return _with_grad(kl, sh, sw, **options)
+
+
+def linear_logprob(h, w, targets, *, temperature, vocab_size):
+    options = dict(student=(h, w), targets=targets, temperature=temperature, vocab_size=vocab_size)
+    with torch.no_grad():
+        lp = _scan(**options).student_logprob
+    return _with_grad(lp, h, w, want_logprob_grad=True, **options)
+
+
+@torch.no_grad()
+def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size):
+    out = _scan(teacher=(th, tw), degraded_hidden=th_degraded, targets=targets, vocab_size=vocab_size)
+    return out.teacher_logprob, out.degraded_logprob
+
+
+def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
+    options = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, vocab_size=vocab_size)
+    with torch.no_grad():
+        stats = _scan(degraded_hidden=th_degraded, targets=targets, **options)
+    va = None
+    if stats.degraded_logprob is not None:
+        va = (stats.teacher_logprob - stats.degraded_logprob).clamp_min(0.0)
+    kl = _with_grad(stats.kl, sh, sw, **options)
+    return VAKLResult(kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)
+
+
+def weighted_kl(sh, sw, th, tw, targets, token_weight, *, vocab_size):
+    grad = _needs_grad(sh, sw)
+    with torch.no_grad():
+        out = _scan(student=(sh, sw), teacher=(th, tw), targets=targets, vocab_size=vocab_size,
+                    want_kl=True, row_grad=token_weight if grad else None)
+        loss = (token_weight.to(out.kl.dtype) * out.kl).sum()
+    if grad:
+        loss = _PrecomputedGradLoss.apply(loss, sh, sw, out.grad_hidden, _full_weight_grad(out.grad_weight, sw))
+    return loss, out.kl, out.student_logprob, out.student_entropy, out.teacher_logprob
