@@ -1,0 +1,219 @@
+"""backend="triton" against the float64 reference backend.
+
+Without CUDA this runs under Triton's CPU interpreter (TRITON_INTERPRET=1, set before the
+backend is imported) at small shapes; kernel outputs are poisoned with NaN before launch so any
+element a kernel fails to write shows up.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+import vaopd_kernels as vk  # noqa: E402
+from vaopd_kernels.backends import backend_unavailable_reason  # noqa: E402
+
+_REASON = backend_unavailable_reason("triton")
+pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"triton backend unavailable: {_REASON}"),
+              pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+
+if _REASON is None:
+    from vaopd_kernels.backends.triton import _config
+else:  # pragma: no cover
+    _config = None
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def _poison_and_splits():
+    old = (_config.POISON, _config.FORCE_SPLITS)
+    _config.POISON = True
+    yield
+    _config.POISON, _config.FORCE_SPLITS = old
+
+
+def rel_err(got, want):
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    assert torch.isfinite(got).all(), "non-finite values (unwritten or poisoned memory?)"
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
+
+
+def close(got, want, dtype, name=""):
+    err = rel_err(got, want)
+    assert err <= TOL[dtype], f"{name}: rel err {err:.3g} > {TOL[dtype]}"
+
+
+def make(n, ds, dt, vocab, dtype, *, extra_rows=(5, 3), scale=0.3, seed=0, near=False):
+    """Student/teacher tensors in ``dtype`` plus float64 copies of the same rounded values."""
+    g = torch.Generator().manual_seed(seed)
+    sh = torch.randn(n, ds, generator=g)
+    sw = torch.randn(vocab + extra_rows[0], ds, generator=g) * scale
+    th = torch.randn(n, dt, generator=g)
+    tw = torch.randn(vocab + extra_rows[1], dt, generator=g) * scale
+    td = th + 0.7 * torch.randn(n, dt, generator=g)
+    if near:  # teacher = student + tiny perturbation: KL ~ 1e-4
+        th = sh.clone()
+        tw = sw[: vocab + extra_rows[1]] + 1e-3 * torch.randn(vocab + extra_rows[1], ds, generator=g)
+    y = torch.randint(0, vocab, (n,), generator=g)
+    low = [t.to(dtype).to(DEVICE) for t in (sh, sw, th, tw, td)]
+    ref = [t.double() for t in low]
+    for pair in (low, ref):
+        pair[0].requires_grad_(True)
+        pair[1].requires_grad_(True)
+    return low, ref, y.to(DEVICE)
+
+
+def grads(value, inputs, seed=1):
+    w = torch.randn(value.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return torch.autograd.grad((value * w.to(value.device, value.dtype)).sum(), inputs)
+
+
+# ----------------------------------------------------------------------------- linear_kl
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("divergence", ["reverse", "forward", "jsd"])
+def test_linear_kl(divergence, dtype):
+    low, ref, _ = make(21, 40, 56, 203, dtype)  # odd V, not a tile multiple, V < head rows
+    opts = dict(divergence=divergence, beta=0.3, temperature=1.7, vocab_size=203)
+    got = vk.linear_kl(*low[:4], backend="triton", **opts)
+    want = vk.linear_kl(*ref[:4], backend="reference", **opts)
+    assert got.dtype == torch.float32 and got.shape == (21,)
+    close(got, want, dtype, "kl")
+    for name, a, b in zip(("d hidden", "d weight"), grads(got, low[:2]), grads(want, ref[:2])):
+        assert a.dtype == dtype
+        close(a, b, dtype, name)
+    assert low[1].shape[0] == 208
+
+
+@pytest.mark.parametrize("splits", [2, 5])
+@pytest.mark.parametrize("divergence", ["reverse", "forward"])
+def test_vocab_splits_merge(divergence, splits):
+    _config.FORCE_SPLITS = splits
+    low, ref, _ = make(17, 33, 40, 300, torch.float32, seed=3)
+    got = vk.linear_kl(*low[:4], divergence=divergence, vocab_size=300, backend="triton")
+    want = vk.linear_kl(*ref[:4], divergence=divergence, vocab_size=300, backend="reference")
+    close(got, want, torch.float32, "kl")
+    for a, b in zip(grads(got, low[:2]), grads(want, ref[:2])):
+        close(a, b, torch.float32, "grad")
+
+
+def test_single_row_and_more_splits_than_tiles():
+    _config.FORCE_SPLITS = 20  # more splits than vocabulary tiles: empty splits must merge as zeros
+    low, ref, _ = make(1, 24, 16, 77, torch.float32, seed=4)
+    got = vk.linear_kl(*low[:4], temperature=0.6, vocab_size=77, backend="triton")
+    want = vk.linear_kl(*ref[:4], temperature=0.6, vocab_size=77, backend="reference")
+    close(got, want, torch.float32, "kl")
+    for a, b in zip(grads(got, low[:2]), grads(want, ref[:2])):
+        close(a, b, torch.float32, "grad")
+
+
+def test_reverse_kl_accurate_when_student_near_teacher():
+    low, ref, _ = make(9, 32, 32, 150, torch.float32, extra_rows=(0, 0), near=True, seed=5)
+    got = vk.linear_kl(*low[:4], vocab_size=150, backend="triton")
+    want = vk.linear_kl(*ref[:4], vocab_size=150, backend="reference")
+    assert want.abs().max() < 1e-2
+    assert (got.double().cpu() - want.cpu()).abs().max() < 1e-7
+    assert rel_err(got, want) < 2e-3  # the torch backend reaches ~8e-3 here
+
+
+def test_mixed_dtypes_and_float64_inputs():
+    low, ref, _ = make(6, 16, 24, 50, torch.float32, seed=6)
+    sh, sw, th, tw = low[0], low[1].detach().bfloat16().requires_grad_(), low[2], low[3]
+    got = vk.linear_kl(sh, sw, th, tw, vocab_size=50, backend="triton")
+    want = vk.linear_kl(ref[0], sw.detach().double().requires_grad_(), ref[2], ref[3], vocab_size=50,
+                        backend="reference")
+    close(got, want, torch.float32, "mixed")
+    assert grads(got, [sw])[0].dtype == torch.bfloat16
+    out64 = vk.linear_kl(*ref[:4], vocab_size=50, backend="triton")
+    assert out64.dtype == torch.float64
+    close(out64, vk.linear_kl(*ref[:4], vocab_size=50, backend="reference"), torch.float32, "float64 in")
+
+
+# ----------------------------------------------------------------------------- log-probs
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_linear_logprob(dtype):
+    low, ref, y = make(33, 64, 8, 257, dtype, seed=7)
+    got = vk.linear_logprob(low[0], low[1], y, temperature=1.3, vocab_size=257, backend="triton")
+    want = vk.linear_logprob(ref[0], ref[1], y, temperature=1.3, vocab_size=257, backend="reference")
+    close(got, want, dtype, "logprob")
+    for name, a, b in zip(("d hidden", "d weight"), grads(got, low[:2]), grads(want, ref[:2])):
+        close(a, b, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_teacher_logprobs_and_visual_advantage(dtype):
+    low, ref, y = make(13, 8, 48, 129, dtype, seed=8)
+    th, tw, td = (t.detach() for t in (low[2], low[3], low[4]))
+    got = vk.visual_advantage(th, td, tw, y, vocab_size=129, clamp=False, backend="triton")
+    want = vk.visual_advantage(ref[2], ref[4], ref[3], y, vocab_size=129, clamp=False, backend="reference")
+    close(got, want, dtype, "signed VA")
+    from vaopd_kernels.backends import triton as tb
+    lp, lp_none = tb.teacher_logprobs(th, tw, y, None, vocab_size=129)
+    assert lp_none is None
+    close(lp, vk.linear_logprob(ref[2], ref[3], y, vocab_size=129, backend="reference"), dtype, "teacher lp")
+
+
+# ----------------------------------------------------------------------------- va_kl / weighted_kl
+@pytest.mark.parametrize("degraded", [True, False], ids=["pixelated", "no-degraded"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_va_kl(dtype, degraded):
+    low, ref, y = make(19, 40, 48, 211, dtype, seed=9)
+    got = vk.va_kl(*low[:4], y, teacher_hidden_degraded=low[4] if degraded else None, vocab_size=211,
+                   backend="triton")
+    want = vk.va_kl(*ref[:4], y, teacher_hidden_degraded=ref[4] if degraded else None, vocab_size=211,
+                    backend="reference")
+    for name in ("kl", "student_logprob", "teacher_logprob", "student_entropy"):
+        close(getattr(got, name), getattr(want, name), dtype, name)
+    if degraded:
+        assert want.visual_advantage.abs().max() > 0
+        err = (got.visual_advantage.double().cpu() - want.visual_advantage.cpu()).abs().max()
+        assert err <= TOL[dtype] * want.visual_advantage.abs().max()
+    else:
+        assert got.visual_advantage is None
+    for name, a, b in zip(("d hidden", "d weight"), grads(got.kl, low[:2]), grads(want.kl, ref[:2])):
+        close(a, b, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_va_opd_loss_weighted_kl(dtype):
+    low, ref, y = make(23, 32, 40, 190, dtype, seed=10)
+    cu = torch.tensor([0, 4, 9, 10, 17, 23], device=DEVICE)
+    pid = torch.tensor([0, 0, 1, 1, 1], device=DEVICE)
+    got = vk.va_opd_loss(*low[:4], y, cu, pid, teacher_hidden_degraded=low[4], vocab_size=190, backend="triton")
+    want = vk.va_opd_loss(*ref[:4], y, cu, pid, teacher_hidden_degraded=ref[4], vocab_size=190,
+                          backend="reference")
+    for name in ("loss", "kl", "visual_advantage", "student_logprob", "teacher_logprob", "student_entropy",
+                 "token_weight"):
+        close(getattr(got, name), getattr(want, name), dtype, name)
+    for name, a, b in zip(("d hidden", "d weight"), torch.autograd.grad(got.loss * 2.5, low[:2]),
+                          torch.autograd.grad(want.loss * 2.5, ref[:2])):
+        close(a, b, dtype, name)
+
+
+def test_weighted_kl_without_grad():
+    low, ref, y = make(5, 16, 16, 40, torch.float32, seed=11)
+    from vaopd_kernels.backends import triton as tb
+    w = torch.rand(5, device=DEVICE)
+    sh, sw = low[0].detach(), low[1].detach()
+    loss, kl, *_ = tb.weighted_kl(sh, sw, low[2], low[3], y, w, vocab_size=40)
+    assert not loss.requires_grad
+    close(loss, (w.double().cpu() * vk.linear_kl(*ref[:4], vocab_size=40, backend="reference").detach().cpu()).sum(),
+          torch.float32, "loss")
+
+
+# ----------------------------------------------------------------------------- GPU only
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (large shapes)")
+def test_large_bf16_gpu():
+    n, ds, dt, vocab = 512, 1024, 1536, 32000
+    low, ref, y = make(n, ds, dt, vocab, torch.bfloat16, extra_rows=(64, 64), scale=0.05, seed=12)
+    got = vk.va_kl(*low[:4], y, teacher_hidden_degraded=low[4], vocab_size=vocab, backend="triton")
+    want = vk.va_kl(*ref[:4], y, teacher_hidden_degraded=ref[4], vocab_size=vocab, backend="reference")
+    close(got.kl, want.kl, torch.bfloat16, "kl")
+    for a, b in zip(grads(got.kl, low[:2]), grads(want.kl, ref[:2])):
+        close(a, b, torch.bfloat16, "grad")

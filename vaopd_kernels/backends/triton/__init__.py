@@ -1,0 +1,124 @@
+"""The "triton" backend: fused Triton kernels, O(N) extra memory beyond one bounded workspace.
+
+Forward (kl_forward.py): per token tile, a loop over vocabulary tiles computes the student and
+teacher logit tiles with ``tl.dot`` (fp32 accumulation) and keeps online row statistics; the
+vocabulary is split across programs when there are few token tiles and the splits are merged
+with a logaddexp-style rescale. Backward (kl_backward.py): recomputes logit tiles, forms dlogits
+from the saved row statistics, and accumulates d(hidden)/d(head) with fp32-accumulating GEMMs
+over a bounded vocabulary-chunk workspace. No atomics: deterministic.
+
+Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (set before import). float64 inputs run
+in float32 (outputs are returned as float64, but carry fp32 accuracy): use the reference backend
+for float64 checks.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton  # noqa: F401  (ImportError here marks the backend unavailable)
+
+from vaopd_kernels.backends._common import compute_dtype
+from vaopd_kernels.backends.triton import _config, autograd, kl_backward, kl_forward
+from vaopd_kernels.backends.triton.kl_forward import CROSS_FORWARD, CROSS_JSD, CROSS_NONE, CROSS_REVERSE
+from vaopd_kernels.backends.triton.logprob import linear_logprob
+from vaopd_kernels.backends.triton.teacher import teacher_logprobs
+from vaopd_kernels.results import VAKLResult
+
+__all__ = ["linear_kl", "linear_logprob", "teacher_logprobs", "va_kl", "weighted_kl",
+           "unavailable_reason", "supports_device"]
+
+
+def unavailable_reason():
+    if _config.INTERPRET:
+        return None
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return "TRITON_INTERPRET=1 was set after the triton backend was imported"
+    if not torch.cuda.is_available():
+        return "no CUDA device (set TRITON_INTERPRET=1 before import to run the kernels on the CPU)"
+    return None
+
+
+def supports_device(device) -> bool:
+    device = torch.device(device)
+    return device.type == "cpu" if _config.INTERPRET else device.type == "cuda"
+
+
+def _rows(*columns):
+    """[4, N] row statistics for the backward kernel (missing ones are zero)."""
+    ref = next(c for c in columns if c is not None)
+    return torch.stack([c if c is not None else torch.zeros_like(ref) for c in columns])
+
+
+def _student_teacher_stats(sh, sw, th, tw, *, vocab_size, divergence="reverse", beta=0.5, temperature=1.0,
+                           targets=None, degraded=None):
+    """Forward statistics and the [4, N] rows the backward needs for ``divergence``."""
+    cross = {"reverse": CROSS_REVERSE, "forward": CROSS_FORWARD, "jsd": CROSS_NONE}[divergence]
+    stats = kl_forward.row_stats(vocab_size=vocab_size, student=(sh, sw), teacher=(th, tw), degraded=degraded,
+                                 targets=targets, temperature=temperature, cross=cross, beta=beta)
+    if divergence == "jsd":
+        second = kl_forward.row_stats(vocab_size=vocab_size, student=(sh, sw), teacher=(th, tw),
+                                      temperature=temperature, cross=CROSS_JSD, beta=beta,
+                                      lse=torch.stack([stats.lse_s, stats.lse_t]))
+        value = beta * second.jsd_t + (1.0 - beta) * second.jsd_s
+        rows = _rows(stats.lse_s, stats.lse_t, None, second.jsd_s)
+    else:
+        value = stats.kl
+        rows = _rows(stats.lse_s, stats.lse_t, stats.gap, stats.kl)
+    return stats, value, rows
+
+
+def _grads_fn(sh, sw, th, tw, rows, *, divergence, beta, temperature, vocab_size):
+    def backward_fn(row_grad):
+        return kl_backward.student_grads(mode=divergence, sh=sh, sw=sw, th=th, tw=tw, rows=rows, row_grad=row_grad,
+                                         vocab_size=vocab_size, temperature=temperature, beta=beta,
+                                         precision=kl_forward.dot_precision(sh, th))
+    return backward_fn
+
+
+def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
+    out_dtype = compute_dtype(sh, sw, th, tw)
+    shk, swk, thk, twk = kl_forward.operands(sh, sw, th, tw)
+    with torch.no_grad():
+        _, value, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, divergence=divergence,
+                                                beta=beta, temperature=temperature)
+    backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence=divergence, beta=beta, temperature=temperature,
+                            vocab_size=vocab_size)
+    return autograd.attach(value.to(out_dtype), sh, sw, backward_fn)
+
+
+def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
+    out_dtype = compute_dtype(sh, sw, th, tw, *(x for x in (th_degraded,) if x is not None))
+    shk, swk, thk, twk, tdk = kl_forward.operands(sh, sw, th, tw, th_degraded)
+    with torch.no_grad():
+        stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets,
+                                                 degraded=tdk)
+        lp_s = (stats.logit_s - stats.lse_s).to(out_dtype)
+        lp_t = stats.logit_t - stats.lse_t
+        va = None
+        if tdk is not None:
+            va = (lp_t - (stats.logit_d - stats.lse_d)).clamp_min(0.0).to(out_dtype)
+    backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence="reverse", beta=0.5, temperature=1.0,
+                            vocab_size=vocab_size)
+    kl = autograd.attach(kl.to(out_dtype), sh, sw, backward_fn)
+    return VAKLResult(kl, va, lp_s, lp_t.to(out_dtype), stats.entropy.to(out_dtype))
+
+
+def weighted_kl(sh, sw, th, tw, targets, token_weight, *, vocab_size):
+    out_dtype = compute_dtype(sh, sw, th, tw)
+    shk, swk, thk, twk = kl_forward.operands(sh, sw, th, tw)
+    with torch.no_grad():
+        stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets)
+        kl = kl.to(out_dtype)
+        loss = (token_weight.to(out_dtype) * kl).sum()
+        need_grad = sh.requires_grad or sw.requires_grad
+        if need_grad:
+            grad_h, grad_w = kl_backward.student_grads(mode="reverse", sh=shk, sw=swk, th=thk, tw=twk, rows=rows,
+                                                       row_grad=token_weight, vocab_size=vocab_size,
+                                                       precision=kl_forward.dot_precision(shk, thk))
+            grad_h, grad_w = grad_h.to(sh.dtype), grad_w.to(sw.dtype)  # fp32 accumulation done
+    if need_grad:
+        loss = autograd.PrecomputedGradLoss.apply(loss, sh, sw, grad_h, grad_w)
+    lp_s = (stats.logit_s - stats.lse_s).to(out_dtype)
+    lp_t = (stats.logit_t - stats.lse_t).to(out_dtype)
+    return loss, kl, lp_s, stats.entropy.to(out_dtype), lp_t

@@ -1,0 +1,45 @@
+"""Switches shared by the Triton kernels (read once, at import, like TRITON_INTERPRET itself).
+
+- ``INTERPRET``: Triton's CPU interpreter is active (``TRITON_INTERPRET=1`` before import). Its
+  ``tl.dot`` is wrong on bf16 operands (DESIGN.md section 4), so 16-bit tiles are cast to fp32
+  before every dot there, and one small fixed tile configuration replaces autotuning.
+- ``POISON``: fill every kernel output with NaN before launch so unwritten memory shows up in
+  tests (``VAOPD_TRITON_POISON=1`` or set the attribute).
+- ``FORCE_SPLITS``: vocabulary splits per token tile for the forward statistics (None = heuristic);
+  tests force > 1 to exercise the logaddexp merge on small shapes.
+- ``AUTOTUNE``: ``VAOPD_TRITON_AUTOTUNE=0`` keeps only the first (default) configuration.
+- ``ALLOW_TF32``: fp32 inputs use IEEE fp32 dots by default (exact); True allows TF32.
+- ``DZ_WORKSPACE_BYTES``: the backward's only [rows, vocab-chunk] buffer (default 32 MiB).
+
+No kernel uses atomics: every output element has one writer, so results are deterministic.
+"""
+from __future__ import annotations
+
+import os
+
+import triton
+
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
+POISON: bool = os.environ.get("VAOPD_TRITON_POISON", "0") == "1"
+FORCE_SPLITS = None
+AUTOTUNE: bool = os.environ.get("VAOPD_TRITON_AUTOTUNE", "1") != "0"
+ALLOW_TF32: bool = False
+DZ_WORKSPACE_BYTES: int = int(float(os.environ.get("VAOPD_TRITON_WORKSPACE_MB", "32")) * (1 << 20))
+
+
+def _fast_bench(fn, quantiles=None, **_):
+    # short autotuning runs: the kernels are long (tens of ms at the headline shape)
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+
+
+def autotune(configs, interpreter_config, key, **kwargs):
+    """triton.autotune over ``configs`` on a GPU, one fixed config under the interpreter."""
+    if INTERPRET:
+        configs = [interpreter_config]
+    elif not AUTOTUNE:
+        configs = configs[:1]
+    return triton.autotune(configs=configs, key=key, do_bench=_fast_bench, **kwargs)
+
+
+def cfg(num_warps, num_stages, **meta):
+    return triton.Config(meta, num_warps=num_warps, num_stages=num_stages)

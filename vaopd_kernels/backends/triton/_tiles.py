@@ -1,0 +1,64 @@
+"""@triton.jit helpers shared by the forward, backward and log-prob kernels."""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def logits_tile(x_ptr, x2_ptr, stride_x, w_ptr, stride_w, offs_n, n_mask, offs_v, v_mask, D,
+                TWO: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Raw logits x[offs_n] @ w[offs_v]^T as a [BLOCK_N, BLOCK_V] fp32 tile.
+
+    With TWO, also x2[offs_n] @ w[offs_v]^T, reusing every loaded weight tile for both (the
+    teacher's original and degraded views). Rows/columns outside the masks come out as 0.
+    """
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    offs_d = tl.arange(0, BLOCK_D)
+    for k in range(0, D, BLOCK_D):
+        d = k + offs_d
+        d_mask = d < D
+        w = tl.load(w_ptr + offs_v[None, :] * stride_w + d[:, None],
+                    mask=v_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_V]
+        x = tl.load(x_ptr + offs_n[:, None] * stride_x + d[None, :],
+                    mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+        if CAST_F32:
+            w = w.to(tl.float32)
+            x = x.to(tl.float32)
+        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        if TWO:
+            x2 = tl.load(x2_ptr + offs_n[:, None] * stride_x + d[None, :],
+                         mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+            if CAST_F32:
+                x2 = x2.to(tl.float32)
+            acc2 = tl.dot(x2, w, acc2, input_precision=PRECISION)
+    return acc, acc2
+
+
+@triton.jit
+def scaled(z, v_mask, inv_temp):
+    """Logits divided by the temperature; columns >= V become -inf (they never enter a softmax)."""
+    return tl.where(v_mask[None, :], z * inv_temp, float("-inf"))
+
+
+@triton.jit
+def online_lse(m, l, z):
+    """One online-softmax step: (new max, new sum-exp, rescale factor, e^(z - new max))."""
+    m_new = tl.maximum(m, tl.max(z, 1))
+    alpha = tl.exp(m - m_new)
+    e = tl.exp(z - m_new[:, None])
+    return m_new, l * alpha + tl.sum(e, 1), alpha, e
+
+
+@triton.jit
+def pick(z, offs_v, y):
+    """z[n, y_n] where column y_n lies in this tile, else 0 (summed over tiles = the target logit)."""
+    return tl.sum(tl.where(offs_v[None, :] == y[:, None], z, 0.0), 1)
+
+
+@triton.jit
+def logaddexp(x, y):
+    mx = tl.maximum(x, y)
+    return mx + tl.log(tl.exp(x - mx) + tl.exp(y - mx))

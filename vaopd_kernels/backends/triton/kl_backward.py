@@ -1,0 +1,178 @@
+"""Backward: d(student hidden) and d(student head) from saved O(N) row statistics.
+
+The vocabulary is walked in chunks of ``Vc`` columns (``Vc`` from a fixed workspace budget,
+32 MiB by default). Per chunk:
+
+1. ``_dlogits_kernel`` recomputes the student (and teacher) logit tiles with ``tl.dot`` and
+   writes d loss / d z_s for all N rows x Vc columns into the workspace (the only [rows, cols]
+   buffer; it never grows with V);
+2. ``matmul`` writes d W_s[chunk] = dz^T @ h (K = N: each gradient row written once, no fp32
+   copy of the head's gradient);
+3. ``matmul`` accumulates d h += dz @ W_s[chunk] into one fp32 [N, Ds] buffer.
+
+Every output element has exactly one writer: no atomics, deterministic.
+
+Gradient of the row quantity q_n times the row weight g_n (already divided by T):
+- reverse KL: g p_s (log p_s - log p_t - KL) = g p_s (z_s - z_t + gap - KL)
+- forward KL: g (p_s - p_t)
+- JSD:        g (1 - beta) p_s (log p_s - log m - KL(p_s || m))
+- log-prob:   g (onehot(y) - p_s)
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from vaopd_kernels.backends.triton import _config as C
+from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, scaled
+
+MODE_REVERSE, MODE_FORWARD, MODE_JSD, MODE_LOGPROB = 0, 1, 2, 3
+MODES = {"reverse": MODE_REVERSE, "forward": MODE_FORWARD, "jsd": MODE_JSD, "logprob": MODE_LOGPROB}
+
+_DZ_CONFIGS = [
+    C.cfg(8, 3, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
+    C.cfg(4, 3, BLOCK_N=64, BLOCK_V=128, BLOCK_D=64),
+    C.cfg(8, 4, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
+    C.cfg(8, 3, BLOCK_N=128, BLOCK_V=256, BLOCK_D=64),
+]
+_MM_CONFIGS = [
+    C.cfg(8, 3, BLOCK_M=128, BLOCK_N=256, BLOCK_K=64),
+    C.cfg(8, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
+    C.cfg(4, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
+    C.cfg(8, 3, BLOCK_M=256, BLOCK_N=128, BLOCK_K=64),
+]
+
+
+@C.autotune(_DZ_CONFIGS, C.cfg(1, 1, BLOCK_N=16, BLOCK_V=32, BLOCK_D=32),
+            key=["Ds", "Dt", "MODE", "PRECISION"])  # not N: no retuning per batch
+@triton.jit
+def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, g_ptr, dz_ptr,
+                    N, v_begin, v_end, Vc, Ds, Dt, stride_sh, stride_sw, stride_th, stride_tw, stride_dz,
+                    inv_temp, one_m_beta, log_beta, log_1m_beta,
+                    MODE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_v = v_begin + tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    n_mask = offs_n < N
+    v_mask = offs_v < v_end
+    raw, _unused = logits_tile(sh_ptr, sh_ptr, stride_sh, sw_ptr, stride_sw, offs_n, n_mask, offs_v, v_mask,
+                               Ds, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+    z_s = scaled(raw, v_mask, inv_temp)
+    lse_s = tl.load(rows_ptr + offs_n, mask=n_mask, other=0.0)
+    g = tl.load(g_ptr + offs_n, mask=n_mask, other=0.0)
+    logp_s = z_s - lse_s[:, None]
+    p_s = tl.exp(logp_s)
+    if MODE == 3:
+        y = tl.load(y_ptr + offs_n, mask=n_mask, other=-1)
+        dz = tl.where(offs_v[None, :] == y[:, None], 1.0, 0.0) - p_s
+    else:
+        raw_t, _unused_t = logits_tile(th_ptr, th_ptr, stride_th, tw_ptr, stride_tw, offs_n, n_mask, offs_v,
+                                       v_mask, Dt, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+        z_t = scaled(raw_t, v_mask, inv_temp)
+        lse_t = tl.load(rows_ptr + N + offs_n, mask=n_mask, other=0.0)
+        gap = tl.load(rows_ptr + 2 * N + offs_n, mask=n_mask, other=0.0)
+        aux = tl.load(rows_ptr + 3 * N + offs_n, mask=n_mask, other=0.0)
+        if MODE == 0:
+            dz = p_s * ((z_s - z_t) + (gap - aux)[:, None])
+        elif MODE == 1:
+            dz = p_s - tl.exp(z_t - lse_t[:, None])
+        else:
+            logp_t = z_t - lse_t[:, None]
+            logm = logaddexp(logp_t + log_beta, logp_s + log_1m_beta)
+            dz = one_m_beta * p_s * (logp_s - logm - aux[:, None])
+    dz = tl.where(v_mask[None, :], dz * g[:, None], 0.0)
+    ptrs = dz_ptr + offs_n[:, None] * stride_dz + (offs_v - v_begin)[None, :]
+    tl.store(ptrs, dz.to(dz_ptr.dtype.element_ty), mask=n_mask[:, None] & v_mask[None, :])
+
+
+@C.autotune(_MM_CONFIGS, C.cfg(1, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32),
+            # key: output width and layout only (M, K follow the batch size: no retuning per batch)
+            key=["N", "stride_am", "ACCUMULATE", "PRECISION"], restore_value=["c_ptr"])
+@triton.jit
+def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
+                   ACCUMULATE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """c (+)= a @ b with fp32 accumulation; c is row-major with unit column stride."""
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, K, BLOCK_K):
+        kk = k + offs_k
+        k_mask = kk < K
+        a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :] * stride_ak,
+                    mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(b_ptr + kk[:, None] * stride_bk + offs_n[None, :] * stride_bn,
+                    mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        if CAST_F32:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+    c_mask = m_mask[:, None] & n_mask[None, :]
+    if ACCUMULATE:
+        acc += tl.load(c_ptrs, mask=c_mask, other=0.0).to(tl.float32)
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *, accumulate: bool, precision: str) -> None:
+    """c (+)= a @ b for 2-D views (any strides for a and b; c with unit column stride)."""
+    m, k = a.shape
+    n = b.shape[1]
+    assert c.stride(1) == 1 and c.shape == (m, n)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+    _matmul_kernel[grid](a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0),
+                         ACCUMULATE=accumulate, CAST_F32=C.INTERPRET, PRECISION=precision)
+
+
+def _chunk_columns(num_rows: int, vocab_size: int, itemsize: int) -> int:
+    cols = C.DZ_WORKSPACE_BYTES // max(1, num_rows * itemsize)
+    cols = max(256, cols // 256 * 256)
+    return min(cols, vocab_size)
+
+
+def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tensor, vocab_size: int,
+                  temperature: float = 1.0, th=None, tw=None, targets=None, beta: float = 0.5,
+                  precision: str = "ieee"):
+    """(d hidden [N, Ds] fp32, d weight [Vs, Ds] in sw's dtype, zero rows >= V).
+
+    ``sh``/``sw``/``th``/``tw`` are kernel operands (see kl_forward.prepare); ``rows`` is [4, N] fp32:
+    lse_s, lse_t, gap = lse_t - lse_s (accurate form), aux (KL for reverse, KL(p_s||m) for JSD).
+    """
+    n, ds = sh.shape
+    device = sh.device
+    ws_dtype = sw.dtype if sw.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    g = (row_grad.detach().to(device=device, dtype=torch.float32) / temperature).contiguous()
+    rows = rows.contiguous()
+    grad_w = torch.empty(sw.shape, dtype=sw.dtype, device=device)
+    if C.POISON:
+        grad_w.fill_(float("nan"))
+    grad_w[vocab_size:].zero_()
+    grad_h = torch.empty(n, ds, dtype=torch.float32, device=device)
+    if C.POISON:
+        grad_h.fill_(float("nan"))
+    cols = _chunk_columns(n, vocab_size, torch.finfo(ws_dtype).bits // 8)
+    workspace = torch.empty(n, cols, dtype=ws_dtype, device=device)
+    th = th if th is not None else sh
+    tw = tw if tw is not None else sw
+    y = targets if targets is not None else g
+    beta = min(max(beta, 1e-12), 1.0 - 1e-12)
+    for v_begin in range(0, vocab_size, cols):
+        v_end = min(v_begin + cols, vocab_size)
+        width = v_end - v_begin
+        dz = workspace[:, :width]
+        if C.POISON:
+            dz.fill_(float("nan"))
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(width, meta["BLOCK_V"]))  # noqa: E731
+        _dlogits_kernel[grid](sh, sw, th, tw, y, rows, g, dz, n, v_begin, v_end, cols, ds, th.shape[1],
+                              sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0), dz.stride(0),
+                              1.0 / temperature, 1.0 - beta, math.log(beta), math.log1p(-beta),
+                              MODE=MODES[mode], CAST_F32=C.INTERPRET, PRECISION=precision)
+        matmul(dz.t(), sh, grad_w[v_begin:v_end], accumulate=False, precision=precision)
+        matmul(dz, sw[v_begin:v_end], grad_h, accumulate=v_begin > 0, precision=precision)
+    return grad_h, grad_w

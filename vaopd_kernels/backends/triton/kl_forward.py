@@ -1,0 +1,269 @@
+"""Forward row statistics: one pass over the vocabulary per token tile, O(N) outputs.
+
+``_stats_kernel`` handles every forward need through constexpr flags (student view, teacher
+view, degraded teacher view, targets, which cross terms). Per (token tile, vocabulary split) it
+keeps, per row and per view, a running max ``m`` and ``l = sum e^(z - m)``, plus
+
+- student: ``b = sum e^(z_s - m_s) z_s`` (entropy) and the target logit;
+- CROSS=REVERSE: ``a = sum e^(z_s - m_s)(z_s - z_t)`` and ``c = sum (e^(z_t - m_s) - e^(z_s - m_s))``
+  so KL = a/l_s + (lse_t - lse_s) with the gap taken as log1p(c/l_s) when it is small (the
+  difference z_s - z_t stays inside the sums: accurate when student ~ teacher);
+- CROSS=FORWARD: the same with the roles swapped (teacher max);
+- CROSS=JSD: a second pass with lse_s, lse_t known: sum p_t(log p_t - log m), sum p_s(log p_s - log m).
+
+Partial statistics of the splits are merged on the host side of the launch with a logaddexp-style
+rescale (a few [S, N] torch ops; no locks, no [N, V] memory).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from vaopd_kernels.backends.triton import _config as C
+from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, online_lse, pick, scaled
+
+CROSS_NONE, CROSS_REVERSE, CROSS_FORWARD, CROSS_JSD = 0, 1, 2, 3
+# rows of the [NUM_STATS, S, N] partial-statistics buffer
+M_S, L_S, B_S, Y_S, M_T, L_T, Y_T, M_D, L_D, Y_D, A_X, C_X = range(12)
+NUM_STATS = 12
+# Below this |lse_t - lse_s| the gap is log1p(c / l) (see _chunk_math._SMALL_GAP).
+_SMALL_GAP = 0.5
+
+_CONFIGS = [
+    C.cfg(8, 3, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
+    C.cfg(4, 3, BLOCK_N=64, BLOCK_V=128, BLOCK_D=64),
+    C.cfg(8, 4, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
+    C.cfg(8, 3, BLOCK_N=64, BLOCK_V=256, BLOCK_D=64),
+    C.cfg(8, 3, BLOCK_N=128, BLOCK_V=64, BLOCK_D=128),
+]
+_INTERPRETER_CONFIG = C.cfg(1, 1, BLOCK_N=16, BLOCK_V=32, BLOCK_D=32)
+
+
+@C.autotune(_CONFIGS, _INTERPRETER_CONFIG,
+            key=["Ds", "Dt", "V", "HAS_S", "HAS_T", "HAS_D", "HAS_Y", "CROSS", "PRECISION"])
+@triton.jit
+def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_ptr,
+                  N, V, Ds, Dt, stride_sh, stride_sw, stride_th, stride_tw,
+                  inv_temp, log_beta, log_1m_beta,
+                  HAS_S: tl.constexpr, HAS_T: tl.constexpr, HAS_D: tl.constexpr, HAS_Y: tl.constexpr,
+                  CROSS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    num_tiles = tl.cdiv(V, BLOCK_V)
+    per_split = tl.cdiv(num_tiles, num_splits)
+    t_begin = split * per_split
+    t_end = tl.minimum(t_begin + per_split, num_tiles)
+
+    neg_inf = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+    zero = tl.zeros((BLOCK_N,), tl.float32)
+    m_s, l_s, b_s, y_s = neg_inf, zero, zero, zero
+    m_t, l_t, y_t = neg_inf, zero, zero
+    m_d, l_d, y_d = neg_inf, zero, zero
+    a_x, c_x = zero, zero
+    y = tl.full((BLOCK_N,), -1, tl.int64)
+    if HAS_Y:
+        y = tl.load(y_ptr + offs_n, mask=n_mask, other=-1)
+    lse_s = zero
+    lse_t = zero
+    if CROSS == 3:
+        lse_s = tl.load(lse_ptr + offs_n, mask=n_mask, other=0.0)
+        lse_t = tl.load(lse_ptr + N + offs_n, mask=n_mask, other=0.0)
+
+    for t in range(t_begin, t_end):
+        offs_v = t * BLOCK_V + tl.arange(0, BLOCK_V)
+        v_mask = offs_v < V
+        z_s = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
+        z_t = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
+        if HAS_S:
+            raw, _unused = logits_tile(sh_ptr, sh_ptr, stride_sh, sw_ptr, stride_sw, offs_n, n_mask, offs_v, v_mask,
+                                       Ds, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+            z_s = scaled(raw, v_mask, inv_temp)
+        if HAS_T:
+            raw_t, raw_d = logits_tile(th_ptr, td_ptr, stride_th, tw_ptr, stride_tw, offs_n, n_mask, offs_v, v_mask,
+                                       Dt, HAS_D, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+            z_t = scaled(raw_t, v_mask, inv_temp)
+            if HAS_D:
+                z_d = scaled(raw_d, v_mask, inv_temp)
+                m_d, l_d, _alpha_d, _e_d = online_lse(m_d, l_d, z_d)
+                if HAS_Y:
+                    y_d += pick(z_d, offs_v, y)
+        if CROSS == 3:
+            # second JSD pass: exact log-probabilities from the first pass's normalisers
+            logp_s = z_s - lse_s[:, None]
+            logp_t = z_t - lse_t[:, None]
+            logm = logaddexp(logp_t + log_beta, logp_s + log_1m_beta)
+            a_x += tl.sum(tl.where(v_mask[None, :], tl.exp(logp_t) * (logp_t - logm), 0.0), 1)
+            c_x += tl.sum(tl.where(v_mask[None, :], tl.exp(logp_s) * (logp_s - logm), 0.0), 1)
+        else:
+            diff = tl.where(v_mask[None, :], z_s - z_t, 0.0)
+            if HAS_S:
+                m_new, l_s, alpha_s, e_s = online_lse(m_s, l_s, z_s)
+                b_s = b_s * alpha_s + tl.sum(e_s * tl.where(v_mask[None, :], z_s, 0.0), 1)
+                if HAS_Y:
+                    y_s += pick(z_s, offs_v, y)
+                if CROSS == 1:
+                    a_x = a_x * alpha_s + tl.sum(e_s * diff, 1)
+                    c_x = c_x * alpha_s + tl.sum(tl.exp(z_t - m_new[:, None]) - e_s, 1)
+                m_s = m_new
+            if HAS_T:
+                m_new_t, l_t, alpha_t, e_t = online_lse(m_t, l_t, z_t)
+                if HAS_Y:
+                    y_t += pick(z_t, offs_v, y)
+                if CROSS == 2:
+                    a_x = a_x * alpha_t - tl.sum(e_t * diff, 1)
+                    c_x = c_x * alpha_t + tl.sum(tl.exp(z_s - m_new_t[:, None]) - e_t, 1)
+                m_t = m_new_t
+
+    base = out_ptr + split * N + offs_n
+    stride = num_splits * N
+    if CROSS == 3:
+        tl.store(base + 10 * stride, a_x, mask=n_mask)
+        tl.store(base + 11 * stride, c_x, mask=n_mask)
+    else:
+        if HAS_S:
+            tl.store(base + 0 * stride, m_s, mask=n_mask)
+            tl.store(base + 1 * stride, l_s, mask=n_mask)
+            tl.store(base + 2 * stride, b_s, mask=n_mask)
+            tl.store(base + 3 * stride, y_s, mask=n_mask)
+        if HAS_T:
+            tl.store(base + 4 * stride, m_t, mask=n_mask)
+            tl.store(base + 5 * stride, l_t, mask=n_mask)
+            tl.store(base + 6 * stride, y_t, mask=n_mask)
+        if HAS_D:
+            tl.store(base + 7 * stride, m_d, mask=n_mask)
+            tl.store(base + 8 * stride, l_d, mask=n_mask)
+            tl.store(base + 9 * stride, y_d, mask=n_mask)
+        if CROSS != 0:
+            tl.store(base + 10 * stride, a_x, mask=n_mask)
+            tl.store(base + 11 * stride, c_x, mask=n_mask)
+
+
+# ----------------------------------------------------------------------------- host side
+def prepare(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Kernel operand: contiguous last dim; float64 runs in float32 (see the package docstring)."""
+    if x is None:
+        return None
+    if x.dtype == torch.float64:
+        x = x.float()
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def operands(*tensors):
+    """Detached kernel operands sharing one dtype (mixed dtypes run in float32) and, for the
+    hidden-state views that share a row stride in the kernel, one layout."""
+    xs = [prepare(t.detach()) if t is not None else None for t in tensors]
+    dtypes = {x.dtype for x in xs if x is not None}
+    if len(dtypes) > 1:
+        xs = [x.float() if x is not None else None for x in xs]
+    return [x.contiguous() if x is not None else None for x in xs]
+
+
+def dot_precision(*tensors) -> str:
+    fp32 = any(t is not None and t.dtype == torch.float32 for t in tensors)
+    return "tf32" if (C.ALLOW_TF32 or not fp32) else "ieee"
+
+
+def num_splits(num_rows: int, vocab_size: int, device: torch.device) -> int:
+    if C.FORCE_SPLITS is not None:
+        return max(1, int(C.FORCE_SPLITS))
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    row_tiles = triton.cdiv(num_rows, 128)
+    wanted = triton.cdiv(2 * sms, row_tiles)
+    return max(1, min(wanted, triton.cdiv(vocab_size, 4096)))
+
+
+@dataclass
+class RowStats:
+    """Merged per-row statistics (fp32, [N]); fields a call did not ask for are None."""
+
+    lse_s: Optional[torch.Tensor] = None
+    lse_t: Optional[torch.Tensor] = None
+    lse_d: Optional[torch.Tensor] = None
+    entropy: Optional[torch.Tensor] = None
+    logit_s: Optional[torch.Tensor] = None  # target logits (already / T)
+    logit_t: Optional[torch.Tensor] = None
+    logit_d: Optional[torch.Tensor] = None
+    kl: Optional[torch.Tensor] = None       # reverse or forward KL (CROSS 1/2)
+    gap: Optional[torch.Tensor] = None      # lse_t - lse_s (accurate form), CROSS 1
+    jsd_t: Optional[torch.Tensor] = None    # sum p_t (log p_t - log m), CROSS 3
+    jsd_s: Optional[torch.Tensor] = None    # sum p_s (log p_s - log m), CROSS 3
+
+
+def _merge_lse(parts: torch.Tensor, m_row: int, l_row: int):
+    """(lse, weights e^(m_i - M), merged l) from the splits' (m, l)."""
+    m = parts[m_row]
+    mx = m.amax(0)
+    w = torch.exp(m - mx)  # an empty split has m = -inf: weight 0
+    l = (parts[l_row] * w).sum(0)
+    return mx + torch.log(l), w, l
+
+
+def _accurate_gap(direct: torch.Tensor, c: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    near = torch.log1p(c / l)
+    return torch.where((direct.abs() < _SMALL_GAP) & torch.isfinite(near), near, direct)
+
+
+def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, targets=None,
+              temperature: float = 1.0, cross: int = CROSS_NONE, beta: float = 0.5,
+              lse: Optional[torch.Tensor] = None) -> RowStats:
+    """Launch the statistics kernel over all rows and merge the vocabulary splits.
+
+    ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`prepare`;
+    ``degraded`` is the teacher's second hidden view; ``lse`` ([2, N]: lse_s, lse_t) feeds CROSS_JSD.
+    """
+    first = (student or teacher)[0]
+    n, device = first.shape[0], first.device
+    sh, sw = student if student else (first, first)
+    th, tw = teacher if teacher else (first, first)
+    td = degraded if degraded is not None else th
+    splits = num_splits(n, vocab_size, device)
+    fill = float("nan") if C.POISON else 0.0
+    parts = torch.full((NUM_STATS, splits, n), fill, dtype=torch.float32, device=device)
+    y = targets if targets is not None else parts
+    lse_in = lse.contiguous() if lse is not None else parts
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
+    beta = min(max(beta, 1e-12), 1.0 - 1e-12)
+    _stats_kernel[grid](
+        sh, sw, th, td, tw, y, lse_in, parts, n, vocab_size, sh.shape[1], th.shape[1],
+        sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0),
+        1.0 / temperature, math.log(beta), math.log1p(-beta),
+        HAS_S=student is not None, HAS_T=teacher is not None, HAS_D=degraded is not None,
+        HAS_Y=targets is not None, CROSS=cross, CAST_F32=C.INTERPRET,
+        PRECISION=dot_precision(sh if student else None, th if teacher else None))
+
+    out = RowStats()
+    if cross == CROSS_JSD:
+        out.jsd_t, out.jsd_s = parts[A_X].sum(0), parts[C_X].sum(0)
+        return out
+    w_s = w_t = l_s = l_t = None
+    if student is not None:
+        out.lse_s, w_s, l_s = _merge_lse(parts, M_S, L_S)
+        out.entropy = out.lse_s - (parts[B_S] * w_s).sum(0) / l_s
+        if targets is not None:
+            out.logit_s = parts[Y_S].sum(0)
+    if teacher is not None:
+        out.lse_t, w_t, l_t = _merge_lse(parts, M_T, L_T)
+        if targets is not None:
+            out.logit_t = parts[Y_T].sum(0)
+    if degraded is not None:
+        out.lse_d, _, _ = _merge_lse(parts, M_D, L_D)
+        if targets is not None:
+            out.logit_d = parts[Y_D].sum(0)
+    if cross == CROSS_REVERSE:
+        out.gap = _accurate_gap(out.lse_t - out.lse_s, (parts[C_X] * w_s).sum(0), l_s)
+        out.kl = (parts[A_X] * w_s).sum(0) / l_s + out.gap
+    elif cross == CROSS_FORWARD:
+        gap = _accurate_gap(out.lse_s - out.lse_t, (parts[C_X] * w_t).sum(0), l_t)
+        out.kl = (parts[A_X] * w_t).sum(0) / l_t + gap
+    return out
