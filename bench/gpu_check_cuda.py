@@ -97,7 +97,7 @@ def build(cb):
         log("=" * 30 + " BUILD FAILED: compiler output tail " + "=" * 30)
         log(full[-8000:])
         return False
-    REPORT["build"] = dict(ok=True, seconds=round(time.perf_counter() - t0, 1), **cb.BUILD_INFO)
+    REPORT["build"] = dict(cb.BUILD_INFO, ok=True, load_seconds=round(time.perf_counter() - t0, 1))
     record("build", cb.BUILD_INFO.get("source", "?"), True, f"{time.perf_counter() - t0:.1f}s {cb.BUILD_INFO}")
     return True
 
@@ -114,7 +114,7 @@ def op_checks(cb):
             @guarded("ops", f"V={vocab} {dtype}")
             def one():
                 zs = (3 * torch.randn(rows, vocab, generator=g, dtype=torch.float64)).to("cuda", dtype)
-                zt = (zs.double() + torch.randn(rows, vocab, generator=g, dtype=torch.float64)).to("cuda", dtype)
+                zt = (zs.double() + torch.randn(rows, vocab, generator=g, dtype=torch.float64).cuda()).to(dtype)
                 zt[0] = zs[0] + 1e-4 * torch.randn(vocab, generator=g, dtype=torch.float64).to("cuda", dtype)  # close row
                 y = torch.randint(0, vocab, (rows,), generator=g).cuda()
                 rg = torch.rand(rows, generator=g, dtype=torch.float64).to("cuda", dtype)
@@ -391,7 +391,18 @@ def timing(cb):
 
 
 # ----------------------------------------------------------------------------- main
+STEPS = ("op_checks", "contract_matrix", "large_correctness", "timing")
+
+
 def main():
+    import argparse
+
+    parser = argparse.ArgumentParser(description="cuda backend GPU check")
+    parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {STEPS}")
+    steps = [s for s in parser.parse_args().steps.split(",") if s]
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        parser.error(f"--steps: unknown {sorted(unknown)}; expected a subset of {STEPS}")
     t_start = time.perf_counter()
     environment()
     if not torch.cuda.is_available():
@@ -402,7 +413,7 @@ def main():
     record("env", "unavailable_reason", True, str(cb.unavailable_reason()))
     if not build(cb):
         return finish(t_start)
-    for step in (op_checks, contract_matrix, large_correctness, timing):
+    for step in (globals()[name] for name in steps):
         t0 = time.perf_counter()
         guarded("main", step.__name__)(step)(cb)
         log(f"--- {step.__name__} took {time.perf_counter() - t0:.1f}s")

@@ -1,0 +1,269 @@
+"""Every implementation of the benchmark tasks, ours and the peers', behind one interface.
+
+A task function takes ``problem.Inputs`` and returns ``Outputs``; for the forward + backward
+tasks it also calls ``backward()``, leaving the gradients on ``inputs.student_hidden.grad`` and
+``inputs.student_weight.grad``. Tasks (problem.TASKS):
+
+- ``va_opd``: VA-OPD loss with the pixelated pass, forward + backward.
+- ``kl``: mean per-token reverse KL, forward + backward.
+- ``va``: visual advantage (target log-probs of both teacher views), forward only.
+
+Peers that are missing or cannot run on the device are listed with a reason, never dropped.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+import vaopd_kernels
+from bench.problem import Inputs
+
+
+@dataclass
+class Outputs:
+    loss: Optional[torch.Tensor] = None  # scalar
+    kl: Optional[torch.Tensor] = None    # [N] per-token reverse KL
+    va: Optional[torch.Tensor] = None    # [N] visual advantage
+
+
+@dataclass
+class Impl:
+    name: str
+    description: str
+    tasks: Dict[str, Callable[[Inputs], Outputs]]
+    # task -> why this implementation does not offer it
+    not_offered: Dict[str, str] = field(default_factory=dict)
+    # () -> None when it can run on the device type, else a reason
+    unavailable: Callable[[str], Optional[str]] = lambda device_type: None
+    gpu_only: bool = False
+
+
+def _va_opd_from_token_values(x: Inputs, kl: torch.Tensor, va: torch.Tensor) -> torch.Tensor:
+    """The (backend independent) VA-OPD reduction shared by every peer that yields KL and VA."""
+    return vaopd_kernels.va_opd_objective(kl, va, x.cu_seqlens, x.prompt_ids).loss
+
+
+# ----------------------------------------------------------------------------- naive full logits
+def _trl_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """TRL GKDTrainer.generalized_jsd_loss with beta = 1 (reverse KL), reduction="none", summed
+    over the vocabulary: full [N, V] log-softmaxes of both models."""
+    student_log_probs = F.log_softmax(student_logits, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits, dim=-1)
+    return F.kl_div(teacher_log_probs, student_log_probs, reduction="none", log_target=True).sum(-1)
+
+
+def _naive_logits(hidden, weight):
+    return (hidden @ weight.T).float()  # HF models upcast the LM-head output to float32
+
+
+def _naive_va(x: Inputs, teacher_log_probs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    with torch.no_grad():
+        if teacher_log_probs is None:
+            teacher_log_probs = F.log_softmax(_naive_logits(x.teacher_hidden, x.teacher_weight), dim=-1)
+        lp = teacher_log_probs.gather(-1, x.targets[:, None]).squeeze(-1)
+        degraded = F.log_softmax(_naive_logits(x.teacher_hidden_degraded, x.teacher_weight), dim=-1)
+        lp_d = degraded.gather(-1, x.targets[:, None]).squeeze(-1)
+        return (lp - lp_d).clamp_min(0.0)
+
+
+def naive_va_opd(x: Inputs) -> Outputs:
+    with torch.no_grad():
+        teacher_logits = _naive_logits(x.teacher_hidden, x.teacher_weight)
+        va = _naive_va(x, F.log_softmax(teacher_logits, dim=-1))
+    kl = _trl_reverse_kl(_naive_logits(x.student_hidden, x.student_weight), teacher_logits)
+    loss = _va_opd_from_token_values(x, kl, va)
+    loss.backward()
+    return Outputs(loss.detach(), kl.detach(), va)
+
+
+def naive_kl(x: Inputs) -> Outputs:
+    with torch.no_grad():
+        teacher_logits = _naive_logits(x.teacher_hidden, x.teacher_weight)
+    kl = _trl_reverse_kl(_naive_logits(x.student_hidden, x.student_weight), teacher_logits)
+    loss = kl.mean()
+    loss.backward()
+    return Outputs(loss.detach(), kl.detach())
+
+
+def naive_va(x: Inputs) -> Outputs:
+    return Outputs(va=_naive_va(x))
+
+
+# ----------------------------------------------------------------------------- the authors' approach
+AUTHORS_CHUNK_ROWS = 128
+
+
+def _authors_chunk_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    logp_s = F.log_softmax(student_logits.float(), dim=-1)
+    logp_t = F.log_softmax(teacher_logits.float(), dim=-1)
+    return (logp_s.exp() * (logp_s - logp_t)).sum(-1)
+
+
+def _authors_logprob_chunks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    out = []
+    for start in range(0, logits.shape[0], AUTHORS_CHUNK_ROWS):
+        rows = slice(start, start + AUTHORS_CHUNK_ROWS)
+        chunk = logits[rows].float()
+        out.append(chunk.gather(-1, targets[rows, None]).squeeze(-1) - torch.logsumexp(chunk, dim=-1))
+    return torch.cat(out)
+
+
+def _authors_kl(x: Inputs, teacher_logits: torch.Tensor) -> torch.Tensor:
+    # Response logits materialized in the model dtype (bf16 in training), KL in fp32 chunks of
+    # 128 rows; checkpointing drops each chunk's fp32 temporaries and recomputes them in backward.
+    # split (not slicing) so backward concatenates the chunk gradients once.
+    student_logits = x.student_hidden @ x.student_weight.T
+    return torch.cat([
+        checkpoint(_authors_chunk_kl, s, t, use_reentrant=False)
+        for s, t in zip(student_logits.split(AUTHORS_CHUNK_ROWS), teacher_logits.split(AUTHORS_CHUNK_ROWS))
+    ])
+
+
+def _authors_va(x: Inputs, teacher_logits: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        lp = _authors_logprob_chunks(teacher_logits, x.targets)
+        lp_d = _authors_logprob_chunks(x.teacher_hidden_degraded @ x.teacher_weight.T, x.targets)
+        return (lp - lp_d).clamp_min(0.0)
+
+
+def authors_va_opd(x: Inputs) -> Outputs:
+    with torch.no_grad():
+        teacher_logits = x.teacher_hidden @ x.teacher_weight.T
+    va = _authors_va(x, teacher_logits)
+    kl = _authors_kl(x, teacher_logits)
+    loss = _va_opd_from_token_values(x, kl, va)
+    loss.backward()
+    return Outputs(loss.detach(), kl.detach(), va)
+
+
+def authors_kl(x: Inputs) -> Outputs:
+    with torch.no_grad():
+        teacher_logits = x.teacher_hidden @ x.teacher_weight.T
+    kl = _authors_kl(x, teacher_logits)
+    loss = kl.mean()
+    loss.backward()
+    return Outputs(loss.detach(), kl.detach())
+
+
+def authors_va(x: Inputs) -> Outputs:
+    with torch.no_grad():
+        return Outputs(va=_authors_va(x, x.teacher_hidden @ x.teacher_weight.T))
+
+
+# ----------------------------------------------------------------------------- Liger-Kernel
+def liger_chunked_kl(x: Inputs) -> Outputs:
+    from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+    # beta = 1 is reverse KL; the hard (CE) loss is switched off. Returns sum_n KL_n / N.
+    loss_fn = LigerFusedLinearJSDLoss(beta=1.0, weight_hard_loss=0.0, weight_soft_loss=1.0)
+    loss = loss_fn(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight, x.targets)
+    loss.backward()
+    return Outputs(loss=loss.detach())
+
+
+def liger_triton_kl(x: Inputs) -> Outputs:
+    from liger_kernel.transformers import LigerFusedLinearJSD
+
+    loss_fn = LigerFusedLinearJSD(jsd_beta=1.0)  # reverse KL, mean over tokens
+    loss = loss_fn(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight, None)
+    loss.backward()
+    return Outputs(loss=loss.detach())
+
+
+# ----------------------------------------------------------------------------- Cut Cross-Entropy
+def cce_va(x: Inputs) -> Outputs:
+    from cut_cross_entropy import linear_cross_entropy
+
+    with torch.no_grad():
+        ce = linear_cross_entropy(x.teacher_hidden, x.teacher_weight, x.targets, reduction="none")
+        ce_d = linear_cross_entropy(x.teacher_hidden_degraded, x.teacher_weight, x.targets, reduction="none")
+        return Outputs(va=(ce_d.float() - ce.float()).clamp_min(0.0))  # lp - lp_d = ce_d - ce
+
+
+# ----------------------------------------------------------------------------- our backends
+def _ours(backend: str) -> Dict[str, Callable[[Inputs], Outputs]]:
+    def va_opd(x: Inputs) -> Outputs:
+        res = vaopd_kernels.va_opd_loss(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
+                                        x.targets, x.cu_seqlens, x.prompt_ids,
+                                        teacher_hidden_degraded=x.teacher_hidden_degraded, backend=backend)
+        res.loss.backward()
+        return Outputs(res.loss.detach(), res.kl.detach(), res.visual_advantage)
+
+    def kl(x: Inputs) -> Outputs:
+        token_kl = vaopd_kernels.linear_kl(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
+                                           backend=backend)
+        loss = token_kl.mean()
+        loss.backward()
+        return Outputs(loss.detach(), token_kl.detach())
+
+    def va(x: Inputs) -> Outputs:
+        return Outputs(va=vaopd_kernels.visual_advantage(x.teacher_hidden, x.teacher_hidden_degraded,
+                                                         x.teacher_weight, x.targets, backend=backend))
+
+    return {"va_opd": va_opd, "kl": kl, "va": va}
+
+
+def _package_reason(module: str, pip_name: str) -> Callable[[str], Optional[str]]:
+    def reason(device_type: str) -> Optional[str]:
+        if importlib.util.find_spec(module) is None:
+            return f"not installed (pip install {pip_name})"
+        if device_type != "cuda":
+            return "GPU only (Triton kernels); no CUDA device in this run"
+        return None
+    return reason
+
+
+def _backend_reason(backend: str) -> Callable[[str], Optional[str]]:
+    def reason(device_type: str) -> Optional[str]:
+        from vaopd_kernels.backends import backend_unavailable_reason
+
+        why = backend_unavailable_reason(backend)
+        if why is not None:
+            return why
+        if backend in GPU_BACKENDS and device_type != "cuda":
+            return "GPU kernel backend; not timed on a CPU (its interpreter mode is for tests only)"
+        return None
+    return reason
+
+
+# Backends whose kernels are GPU-only (TRITON_INTERPRET makes triton "run" on a CPU, too slowly to time).
+GPU_BACKENDS = ("triton", "cuda")
+# Backend names we know of even when this checkout/machine lacks them, so they get a row.
+KNOWN_BACKENDS = ("torch", "triton", "cuda")
+
+_NO_KL = "cross-entropy only: no teacher distribution, so no KL"
+_LIGER_NO = {"va_opd": "returns a mean KL only: no per-token weights, no visual advantage",
+             "va": "computes no target log-probs"}
+
+
+def build_impls() -> Dict[str, Impl]:
+    """All implementations, peers first; our backends discovered via available_backends()."""
+    impls: List[Impl] = [
+        Impl("naive", "PyTorch, full fp32 [N, V] logits of every view (TRL generalized_jsd_loss, beta=1)",
+             {"va_opd": naive_va_opd, "kl": naive_kl, "va": naive_va}),
+        Impl("authors", f"paper authors' recipe: logits materialized in the model dtype, KL in fp32 chunks of "
+                        f"{AUTHORS_CHUNK_ROWS} rows with activation checkpointing",
+             {"va_opd": authors_va_opd, "kl": authors_kl, "va": authors_va}),
+        Impl("liger", "Liger-Kernel LigerFusedLinearJSDLoss(beta=1) (chunked, torch.compile)",
+             {"kl": liger_chunked_kl}, dict(_LIGER_NO), _package_reason("liger_kernel", "liger-kernel"), True),
+        Impl("liger-triton", "Liger-Kernel LigerFusedLinearJSD(jsd_beta=1) (Triton JSD kernel)",
+             {"kl": liger_triton_kl}, dict(_LIGER_NO), _package_reason("liger_kernel", "liger-kernel"), True),
+        Impl("cce", "Cut Cross-Entropy linear_cross_entropy(reduction='none') on both teacher views",
+             {"va": cce_va}, {"va_opd": _NO_KL, "kl": _NO_KL},
+             _package_reason("cut_cross_entropy", "cut-cross-entropy"), True),
+    ]
+    names = list(KNOWN_BACKENDS)
+    names += [b for b in vaopd_kernels.available_backends() if b not in names]
+    for backend in names:
+        impls.append(Impl(f"vaopd-{backend}", f"vaopd_kernels backend={backend!r}", _ours(backend),
+                          unavailable=_backend_reason(backend), gpu_only=backend in GPU_BACKENDS))
+    return {impl.name: impl for impl in impls}
+
+
+# The implementation whose results the others are cross-checked against (loss, weight gradient).
+CROSS_CHECK_ORDER = ("naive", "authors", "vaopd-reference", "vaopd-torch")

@@ -1,0 +1,121 @@
+"""Benchmark problems: a shape, deterministic inputs for it, and the GEMM floor of each task."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Dict
+
+import torch
+
+# The tasks every implementation may offer (see peers.py):
+#   va_opd  forward + backward of the VA-OPD loss, with the pixelated teacher pass
+#   kl      forward + backward of the mean per-token reverse KL (no VA)
+#   va      visual advantage only: target log-probs of both teacher views, no grad
+TASKS = ("va_opd", "kl", "va")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+
+ROLLOUTS_PER_PROMPT = 4  # K in the paper
+
+
+@dataclass(frozen=True)
+class Shape:
+    num_rows: int          # N response tokens (packed)
+    student_dim: int       # Ds
+    teacher_dim: int       # Dt
+    vocab: int             # V
+    dtype: str = "float32"
+    seed: int = 0
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def label(self) -> str:
+        return f"N={self.num_rows} Ds={self.student_dim} Dt={self.teacher_dim} V={self.vocab} {self.dtype}"
+
+    def as_dict(self) -> Dict:
+        return asdict(self)
+
+
+def floor_flops(shape: Shape, task: str) -> float:
+    """GEMM FLOPs that even a full-logit implementation cannot avoid (DESIGN.md section 3).
+
+    va_opd: student logits, d hidden, d weight (3 Ds) + teacher logits of both views (2 Dt).
+    kl:     3 Ds + one teacher view (Dt).        va: two teacher views (2 Dt), no backward.
+    """
+    n, v, ds, dt = shape.num_rows, shape.vocab, shape.student_dim, shape.teacher_dim
+    per_dim = {"va_opd": 3 * ds + 2 * dt, "kl": 3 * ds + dt, "va": 2 * dt}[task]
+    return 2.0 * n * v * per_dim
+
+
+def rollout_layout(num_rows: int, seed: int = 0, mean_len: int | None = None):
+    """(cu_seqlens, prompt_ids) of a packed batch: K=4 rollouts per prompt, uneven lengths.
+
+    Mean rollout length 128 (16 prompts x 4 rollouts at N = 8192, the paper's batch), shorter
+    for small N so there are always >= 8 prompts when N allows (and the last prompt, the
+    correctness check's slice, stays small).
+    """
+    if mean_len is None:
+        mean_len = max(1, min(128, num_rows // 32))
+    num_rollouts = max(1, num_rows // mean_len)
+    num_rollouts = max(ROLLOUTS_PER_PROMPT, num_rollouts - num_rollouts % ROLLOUTS_PER_PROMPT)
+    num_rollouts = min(num_rollouts, num_rows)
+    gen = torch.Generator().manual_seed(1000 + seed)
+    raw = 0.5 + torch.rand(num_rollouts, generator=gen, dtype=torch.float64)  # lengths in [0.5, 1.5) x mean
+    lengths = torch.clamp((raw / raw.sum() * num_rows).floor().long(), min=1)
+    lengths[-1] += num_rows - int(lengths.sum())
+    while int(lengths[-1]) < 1:  # only for pathological tiny N
+        i = int(torch.argmax(lengths))
+        lengths[i] -= 1
+        lengths[-1] += 1
+    cu = torch.zeros(num_rollouts + 1, dtype=torch.long)
+    cu[1:] = torch.cumsum(lengths, 0)
+    prompt_ids = torch.arange(num_rollouts) // ROLLOUTS_PER_PROMPT
+    return cu, prompt_ids
+
+
+@dataclass
+class Inputs:
+    student_hidden: torch.Tensor   # [N, Ds] leaf, requires grad
+    student_weight: torch.Tensor   # [V, Ds] leaf, requires grad
+    teacher_hidden: torch.Tensor   # [N, Dt]
+    teacher_weight: torch.Tensor   # [V, Dt]
+    teacher_hidden_degraded: torch.Tensor  # [N, Dt] (the pixelated-image pass)
+    targets: torch.Tensor          # [N] int64
+    cu_seqlens: torch.Tensor       # [R + 1] int64
+    prompt_ids: torch.Tensor       # [R] int64
+
+    @property
+    def num_prompts(self) -> int:
+        return int(torch.unique(self.prompt_ids).numel())
+
+    def zero_grad(self) -> None:
+        self.student_hidden.grad = None
+        self.student_weight.grad = None
+
+
+def make_inputs(shape: Shape, device: str | torch.device = "cpu", logit_std: float = 2.0) -> Inputs:
+    """Deterministic random inputs generated directly in the target dtype and device (no
+    transient float64 copies, so a process's memory baseline is just the inputs).
+
+    Logits have about ``logit_std`` standard deviation; the degraded teacher view is the
+    original plus noise, so the visual advantage has a realistic mix of zero and positive values.
+    """
+    device = torch.device(device)
+    dtype = shape.torch_dtype
+    gen = torch.Generator(device=device).manual_seed(shape.seed)
+    n, ds, dt, v = shape.num_rows, shape.student_dim, shape.teacher_dim, shape.vocab
+
+    def randn(*size, scale=1.0):
+        t = torch.randn(*size, generator=gen, device=device, dtype=dtype)
+        return t.mul_(scale) if scale != 1.0 else t
+
+    sh = randn(n, ds)
+    sw = randn(v, ds, scale=logit_std / ds ** 0.5)
+    th = randn(n, dt)
+    tw = randn(v, dt, scale=logit_std / dt ** 0.5)
+    thd = randn(n, dt, scale=0.5).add_(th)
+    targets = torch.randint(0, v, (n,), generator=gen, device=device)
+    cu, pid = rollout_layout(n, seed=shape.seed)
+    return Inputs(sh.requires_grad_(), sw.requires_grad_(), th, tw, thd, targets, cu.to(device), pid.to(device))
