@@ -85,8 +85,8 @@ def run_case(impl, name, options, x):
                     ent=r.student_entropy)
         scalar = (r.kl * up.to(r.kl.dtype)).sum()
     elif name == "weighted_kl":
-        loss, kl, slp, ent, tlp = impl.weighted_kl(sh, sw, th, tw, y, x["token_weight"], vocab_size=vocab)
-        outs.update(loss=loss, kl=kl, slp=slp, ent=ent, tlp=tlp)
+        loss, r = impl.weighted_kl(sh, sw, th, tw, y, thd, lambda va: x["token_weight"], vocab_size=vocab)
+        outs.update(loss=loss, kl=r.kl, slp=r.student_logprob, ent=r.student_entropy, tlp=r.teacher_logprob)
         scalar = 2.5 * loss
     grads = {}
     if scalar is not None:

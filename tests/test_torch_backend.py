@@ -5,19 +5,21 @@ import pytest
 import torch
 
 import vaopd_kernels as vk
+from vaopd_kernels.backends import torch_chunked
 from problems import make_problem, rel_err
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
-@pytest.fixture(params=["one-row-chunks", "default-chunks"])
+@pytest.fixture(params=["tiny-tiles", "default-tiles"])
 def chunking(request):
-    """Run every test with the smallest possible chunks and with the default budget."""
-    old = vk.get_chunk_budget()
-    if request.param == "one-row-chunks":
-        vk.set_chunk_budget(1)
+    """Run every test with 1-row blocks x 7-wide vocab tiles (many tiles, ragged last one) and with
+    the defaults (one tile at these sizes)."""
+    old_budget, old_tile = vk.get_chunk_budget(), torch_chunked._vocab_tile
+    if request.param == "tiny-tiles":
+        vk.set_chunk_budget(1, vocab_tile=7)
     yield
-    vk.set_chunk_budget(old)
+    vk.set_chunk_budget(old_budget, vocab_tile=old_tile)
 
 
 def _grads(value, problem):
@@ -120,14 +122,14 @@ def test_va_opd_loss_matches_reference(chunking, dtype, with_va):
 
 
 @pytest.mark.parametrize("divergence", ["reverse", "forward", "jsd"])
-def test_gradcheck_linear_kl(divergence):
+def test_gradcheck_linear_kl(chunking, divergence):
     p = make_problem(4, 3, 5, 7, 2, dtype=torch.float64, logit_scale=2.0)
     fn = lambda h, w: vk.linear_kl(h, w, p.teacher_hidden, p.teacher_weight, divergence=divergence,  # noqa: E731
                                    beta=0.4, temperature=0.9, vocab_size=p.vocab_size, backend="torch")
     assert torch.autograd.gradcheck(fn, (p.student_hidden, p.student_weight))
 
 
-def test_gradcheck_logprob_and_loss():
+def test_gradcheck_logprob_and_loss(chunking):
     p = make_problem(5, 3, 4, 6, 1, dtype=torch.float64, logit_scale=2.0)
     lp = lambda h, w: vk.linear_logprob(h, w, p.targets, temperature=1.5, vocab_size=p.vocab_size,  # noqa: E731
                                         backend="torch")
@@ -179,7 +181,7 @@ def test_kl_accurate_when_student_matches_teacher():
 
 
 @pytest.mark.parametrize("divergence", ["reverse", "forward", "jsd"])
-def test_huge_logits_stay_finite(divergence):
+def test_huge_logits_stay_finite(chunking, divergence):
     p = make_problem(6, 4, 4, 19, logit_scale=1e4)
     kl = vk.linear_kl(*p.kl_args, divergence=divergence, backend="torch")
     ref = vk.linear_kl(*p.to(torch.float64).kl_args, divergence=divergence, backend="reference")

@@ -248,8 +248,9 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
                 eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto") -> VAOPDLossResult:
     """The full VA-OPD loss from hidden states (standard OPD when ``teacher_hidden_degraded`` is None).
 
-    The coefficients depend on the teacher only, so the teacher views are scored first (no
-    grad), then one student pass forms the weighted KL and its gradients.
+    The per-token coefficients depend on the teacher only, so the backend hands VA to the
+    objective right after its statistics pass and forms the weighted gradients at once:
+    backward only rescales them.
     """
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    extra_rows={"teacher_hidden_degraded": teacher_hidden_degraded})
@@ -260,29 +261,33 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     num_prompts = _check_count("num_prompts", num_prompts)
     num_rollouts = _check_count("num_rollouts", num_rollouts)
     impl = resolve_backend(backend, student_hidden.device)
-    th, tw = teacher_hidden.detach(), teacher_weight.detach()
+    num_rows = student_hidden.shape[0]
+    chosen = []
 
-    va = None
-    if teacher_hidden_degraded is None:
-        weights = objective.opd_weights(cu, student_hidden.shape[0], num_rollouts)
-    else:
-        lp_full, lp_degraded = impl.teacher_logprobs(th, tw, targets, teacher_hidden_degraded.detach(),
-                                                     vocab_size=vocab)
-        va = (lp_full - lp_degraded).clamp_min(0.0)
-        if not bool(torch.isfinite(va).all()):
-            raise ValueError("teacher_hidden/teacher_hidden_degraded: visual advantage is not finite "
-                             "(NaN or inf in the teacher's hidden states?)")
-        weights = objective.va_opd_weights(va, cu, pid, high_fraction=float(high_fraction),
-                                           high_weight=float(high_weight), temperature=float(temperature),
-                                           eps=float(eps), num_prompts=num_prompts)
-    loss, kl, student_lp, entropy, teacher_lp = impl.weighted_kl(student_hidden, student_weight, th, tw, targets,
-                                                                 weights.token_weight, vocab_size=vocab)
-    result = objective.reduce_kl(kl, weights, loss=loss)
-    result.metrics["entropy_mean"] = float(entropy.double().mean())
-    result.metrics["student_logprob_mean"] = float(student_lp.double().mean())
-    return VAOPDLossResult(loss=result.loss, kl=kl, visual_advantage=va, token_weight=result.token_weight,
-                           rollout_weight=result.rollout_weight, high_mask=result.high_mask,
-                           student_logprob=student_lp, teacher_logprob=teacher_lp, student_entropy=entropy,
+    def token_weights(va):
+        """Called by the backend once VA is known (None for OPD), before any gradient work."""
+        if va is None:
+            weights = objective.opd_weights(cu, num_rows, num_rollouts)
+        else:
+            if not bool(torch.isfinite(va).all()):
+                raise ValueError("teacher_hidden/teacher_hidden_degraded: visual advantage is not finite "
+                                 "(NaN or inf in the teacher's hidden states?)")
+            weights = objective.va_opd_weights(va, cu, pid, high_fraction=float(high_fraction),
+                                               high_weight=float(high_weight), temperature=float(temperature),
+                                               eps=float(eps), num_prompts=num_prompts)
+        chosen.append(weights)
+        return weights.token_weight
+
+    degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
+    loss, stats = impl.weighted_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+                                   targets, degraded, token_weights, vocab_size=vocab)
+    result = objective.reduce_kl(stats.kl, chosen[0], loss=loss)
+    result.metrics["entropy_mean"] = float(stats.student_entropy.double().mean())
+    result.metrics["student_logprob_mean"] = float(stats.student_logprob.double().mean())
+    return VAOPDLossResult(loss=result.loss, kl=stats.kl, visual_advantage=stats.visual_advantage,
+                           token_weight=result.token_weight, rollout_weight=result.rollout_weight,
+                           high_mask=result.high_mask, student_logprob=stats.student_logprob,
+                           teacher_logprob=stats.teacher_logprob, student_entropy=stats.student_entropy,
                            metrics=result.metrics)
 
 

@@ -15,10 +15,11 @@ inputs):
   no grad, T = 1; one call so a fused backend reads each weight tile once for both views.
 - ``va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size) -> VAKLResult`` reverse KL
   (differentiable) + all per-token statistics, T = 1.
-- ``weighted_kl(sh, sw, th, tw, targets, token_weight, *, vocab_size)
-  -> (loss, kl, student_logprob, student_entropy, teacher_logprob)``: loss = sum(token_weight * KL) with
-  ``token_weight`` known up front, so a backend may form the gradients during the forward
-  pass and have nothing to recompute in backward. Only ``loss`` carries gradients.
+- ``weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size)
+  -> (loss, VAKLResult)``: loss = sum(token_weight * KL) where ``token_weight =
+  token_weights(visual_advantage or None)`` is asked for as soon as VA is known, so a backend
+  can form the gradients during the forward call and have nothing to recompute in backward.
+  Only ``loss`` carries gradients; the result's tensors are detached.
 """
 from __future__ import annotations
 

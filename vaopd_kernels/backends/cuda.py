@@ -29,7 +29,7 @@ from typing import Dict, Optional
 
 import torch
 
-from vaopd_kernels.backends._common import compute_dtype
+from vaopd_kernels.backends._common import compute_dtype, visual_advantage_from
 from vaopd_kernels.results import VAKLResult
 
 _MIB = 1 << 20
@@ -456,7 +456,9 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
     return VAKLResult(kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)
 
 
-def weighted_kl(sh, sw, th, tw, targets, token_weight, *, vocab_size):
+def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
+    va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size)
+    token_weight = token_weights(va)  # VA first: the token weights depend on it
     grad = _needs_grad(sh, sw)
     with torch.no_grad():
         out = _scan(student=(sh, sw), teacher=(th, tw), targets=targets, vocab_size=vocab_size,
@@ -464,4 +466,4 @@ def weighted_kl(sh, sw, th, tw, targets, token_weight, *, vocab_size):
         loss = (token_weight.to(out.kl.dtype) * out.kl).sum()
     if grad:
         loss = _PrecomputedGradLoss.apply(loss, sh, sw, out.grad_hidden, _full_weight_grad(out.grad_weight, sw))
-    return loss, out.kl, out.student_logprob, out.student_entropy, out.teacher_logprob
+    return loss, VAKLResult(out.kl, va, out.student_logprob, out.teacher_logprob, out.student_entropy)

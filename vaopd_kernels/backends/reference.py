@@ -77,7 +77,9 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
     return VAKLResult(kl, va, student_lp, teacher_lp, entropy)
 
 
-def weighted_kl(sh, sw, th, tw, targets, token_weight, *, vocab_size):
-    kl, student_lp, teacher_lp, entropy = _student_teacher_stats(sh, sw, th, tw, targets, vocab_size)
-    loss = (token_weight.to(kl.dtype) * kl).sum()
-    return loss, kl.detach(), student_lp, entropy, teacher_lp
+def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
+    result = va_kl(sh, sw, th, tw, targets, th_degraded, vocab_size=vocab_size)
+    token_weight = token_weights(result.visual_advantage)
+    loss = (token_weight.to(result.kl.dtype) * result.kl).sum()
+    result.kl = result.kl.detach()
+    return loss, result

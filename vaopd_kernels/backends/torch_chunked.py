@@ -1,173 +1,231 @@
-"""The "torch" backend: exact, chunked over token rows, runs on any device.
+"""The "torch" backend: exact, tiled over (token rows x vocabulary), runs on any device.
 
-Never holds more than one chunk of rows x V logits per view. Each chunk's size comes from a
-memory budget (``set_chunk_budget`` or the ``VAOPD_CHUNK_MB`` environment variable).
+Logits exist one tile at a time (``row_block x vocab_tile`` per view); per-row statistics are
+accumulated online across vocabulary tiles, as the fused GPU kernels do. The tile sizes come
+from a memory budget (``set_chunk_budget`` or ``VAOPD_CHUNK_MB``; vocab tile ``VAOPD_VOCAB_TILE``).
 
-Gradients: ``linear_kl``/``va_kl``/``linear_logprob`` recompute the logits chunk by chunk in
-backward (the upstream gradient is unknown during forward, and storing per-chunk gradients would
-cost [N, V]). ``weighted_kl`` knows its row weights up front, so it forms d(hidden) and
-d(weight) while the logits are hot and backward only rescales them: one student and one teacher
-GEMM fewer than forward + recompute.
+Two passes, each over all tiles:
+1. statistics (no grad): log-normalisers, KL, entropy, target log-probs of every view;
+2. gradients: recompute the student (and teacher) tiles, form dlogits from the row statistics,
+   accumulate d(hidden) and d(weight).
+``linear_kl``/``va_kl``/``linear_logprob`` run pass 2 in backward with the upstream gradient.
+``weighted_kl`` (the ``va_opd_loss`` path) gets its token weights right after pass 1 (they depend
+on the teacher's VA only), runs pass 2 at once, and backward only rescales the result.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from vaopd_kernels.backends import _chunk_math as cm
 from vaopd_kernels.backends._common import compute_dtype
+from vaopd_kernels.backends.torch_tiled import Head, OnlineSoftmax, pick_targets, tiles
 from vaopd_kernels.results import VAKLResult
 
 _MIB = 1 << 20
-_chunk_budget_bytes = int(float(os.environ.get("VAOPD_CHUNK_MB", "256")) * _MIB)
-# Live [rows, V] arrays per chunk: the views' logits plus softmax/gradient temporaries.
-_LIVE_ROW_ARRAYS = 8
+_chunk_budget_bytes = int(float(os.environ.get("VAOPD_CHUNK_MB", "64")) * _MIB)
+_vocab_tile = int(os.environ.get("VAOPD_VOCAB_TILE", "8192"))
+# Live [row_block, vocab_tile] arrays at once: the views' logits plus exp/product temporaries.
+_LIVE_TILE_ARRAYS = 8
 
 
-def set_chunk_budget(num_bytes: int) -> None:
-    """Cap the bytes of [rows, V] work arrays the torch backend keeps alive at once."""
-    global _chunk_budget_bytes
-    if int(num_bytes) < 1:
-        raise ValueError(f"num_bytes: expected a positive byte count, got {num_bytes}")
-    _chunk_budget_bytes = int(num_bytes)
+def set_chunk_budget(num_bytes: int, vocab_tile: Optional[int] = None) -> None:
+    """Cap the bytes of logit tiles the torch backend keeps alive at once (default 64 MiB), and
+    optionally the vocabulary tile width (default 8192)."""
+    global _chunk_budget_bytes, _vocab_tile
+    if isinstance(num_bytes, bool) or not isinstance(num_bytes, int) or num_bytes < 1:
+        raise ValueError(f"num_bytes: expected a positive int byte count, got {num_bytes!r}")
+    if vocab_tile is not None and (isinstance(vocab_tile, bool) or not isinstance(vocab_tile, int) or vocab_tile < 1):
+        raise ValueError(f"vocab_tile: expected a positive int or None, got {vocab_tile!r}")
+    _chunk_budget_bytes = num_bytes
+    if vocab_tile is not None:
+        _vocab_tile = vocab_tile
 
 
 def get_chunk_budget() -> int:
     return _chunk_budget_bytes
 
 
-def _rows_per_chunk(num_rows: int, vocab_size: int, dtype: torch.dtype) -> int:
-    per_row = vocab_size * torch.finfo(dtype).bits // 8 * _LIVE_ROW_ARRAYS
-    return max(1, min(num_rows, _chunk_budget_bytes // per_row))
+def _tiling(num_rows: int, vocab_size: int, dtype: torch.dtype):
+    tile = min(vocab_size, _vocab_tile)
+    per_row = tile * torch.finfo(dtype).bits // 8 * _LIVE_TILE_ARRAYS
+    return tiles(num_rows, vocab_size, max(1, min(num_rows, _chunk_budget_bytes // per_row)), tile)
 
 
 @dataclass
-class _Head:
-    """One LM head restricted to the tokenizer support, in the compute dtype."""
+class _RowStats:
+    """Pass-1 results, [N] each (None when not asked for)."""
 
-    weight: torch.Tensor  # [V, D]
-
-    def logits(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
-        z = hidden.to(self.weight.dtype) @ self.weight.T
-        return z / temperature if temperature != 1.0 else z
-
-
-@dataclass
-class _ScanOut:
     kl: Optional[torch.Tensor] = None
+    gap: Optional[torch.Tensor] = None  # accurate lse_t - lse_s (reverse) / lse_s - lse_t (forward)
+    kl_s: Optional[torch.Tensor] = None  # KL(p_s || m), JSD only
+    lse_s: Optional[torch.Tensor] = None
+    lse_t: Optional[torch.Tensor] = None
     student_logprob: Optional[torch.Tensor] = None
     teacher_logprob: Optional[torch.Tensor] = None
     degraded_logprob: Optional[torch.Tensor] = None
     student_entropy: Optional[torch.Tensor] = None
-    grad_hidden: Optional[torch.Tensor] = None
-    grad_weight: Optional[torch.Tensor] = None
 
 
-def _scan(
-    *,
-    vocab_size: int,
-    student=None,
-    teacher=None,
-    degraded_hidden=None,
-    targets=None,
-    temperature: float = 1.0,
-    divergence: str = "reverse",
-    beta: float = 0.5,
-    row_grad: Optional[torch.Tensor] = None,
-    want_kl: bool = False,
-    want_logprob_grad: bool = False,
-) -> _ScanOut:
-    """One pass over row chunks computing whatever the caller asked for.
+def _heads(sh=None, sw=None, th=None, tw=None, thd=None):
+    present = [t for t in (sh, sw, th, tw, thd) if t is not None]
+    dtype = compute_dtype(*present)
+    student = Head(sh.detach(), sw.detach(), dtype) if sh is not None else None
+    teacher = Head(th.detach(), tw.detach(), dtype) if th is not None else None
+    degraded = Head(thd.detach(), tw.detach(), dtype) if thd is not None else None
+    return student, teacher, degraded, dtype
 
-    ``student``/``teacher`` are (hidden, weight) pairs. With ``row_grad`` the pass also forms the
-    gradient of ``sum(row_grad * quantity)`` w.r.t. the student hidden states and head, where the
-    quantity is the divergence (default) or the student target log-prob (``want_logprob_grad``).
-    """
-    tensors = [t for pair in (student, teacher) if pair for t in pair]
-    dtype = compute_dtype(*tensors, *(x for x in (degraded_hidden,) if x is not None))
-    s_head = _Head(student[1].detach()[:vocab_size].to(dtype)) if student else None
-    t_head = _Head(teacher[1].detach()[:vocab_size].to(dtype)) if teacher else None
-    num_rows = (student or teacher)[0].shape[0]
-    device = (student or teacher)[0].device
-    out = _ScanOut()
+
+@torch.no_grad()
+def _statistics(student, teacher, degraded, targets, *, vocab_size, temperature=1.0, divergence=None, beta=0.5):
+    """Pass 1: one sweep over the tiles of every view present."""
+    any_head = student or teacher
+    num_rows, dtype, device = any_head.hidden.shape[0], any_head.dtype, any_head.hidden.device
     new = lambda: torch.empty(num_rows, dtype=dtype, device=device)  # noqa: E731
-    if want_kl:
-        out.kl = new()
-    if targets is not None:
-        if student:
-            out.student_logprob, out.student_entropy = new(), new()
-        if teacher:
-            out.teacher_logprob = new()
-        if degraded_hidden is not None:
-            out.degraded_logprob = new()
-    if row_grad is not None:
-        out.grad_hidden = torch.empty(num_rows, student[0].shape[1], dtype=dtype, device=device)
-        out.grad_weight = torch.zeros_like(s_head.weight)
-
-    step = _rows_per_chunk(num_rows, vocab_size, dtype)
-    for start in range(0, num_rows, step):
-        rows = slice(start, min(start + step, num_rows))
+    out = _RowStats()
+    if student:
+        out.lse_s, out.student_entropy = new(), new()
+    if teacher:
+        out.lse_t = new()
+    if divergence:
+        out.kl, out.gap = new(), new()
+    reverse, forward = divergence == "reverse", divergence == "forward"
+    like = torch.empty(0, dtype=dtype, device=device)
+    target_logit = {}
+    for rows, col_tiles in _tiling(num_rows, vocab_size, dtype):
+        n = rows.stop - rows.start
+        # student extras: [sum e z_s, (reverse) sum e (z_s - z_t), gap sum]; teacher (forward): [sum e (z_t - z_s), gap]
+        acc_s = OnlineSoftmax(n, 3 if reverse else 1, like) if student else None
+        acc_t = OnlineSoftmax(n, 2 if forward else 0, like) if teacher else None
+        acc_d = OnlineSoftmax(n, 0, like) if degraded else None
         y = targets[rows] if targets is not None else None
-        z_s = s_head.logits(student[0].detach()[rows], temperature) if student else None
-        z_t = t_head.logits(teacher[0].detach()[rows], temperature) if teacher else None
-        # Probabilities are needed for any divergence and for student statistics; a teacher
-        # view needs them only for forward KL / JSD.
-        s = cm.softmax(z_s) if student else None
-        t = cm.softmax(z_t, with_probs=want_kl and divergence != "reverse") if teacher else None
-        grad_z = None
-        if want_kl:
-            out.kl[rows], grad_z = cm.divergence(s, t, divergence, beta, with_grad=row_grad is not None)
-        if y is not None and student:
-            out.student_logprob[rows] = cm.logprob(s, y)
-            out.student_entropy[rows] = cm.entropy(s)
-            if want_logprob_grad and row_grad is not None:
-                grad_z = cm.logprob_grad(s, y)
-        if y is not None and teacher:
-            out.teacher_logprob[rows] = cm.logprob(t, y)
-        if y is not None and degraded_hidden is not None:
-            z_d = t_head.logits(degraded_hidden.detach()[rows], temperature)
-            out.degraded_logprob[rows] = cm.logprob(cm.softmax(z_d, with_probs=False), y)
-            del z_d
-        if row_grad is not None:
-            # chain rule through z = W h / T
-            grad_z = grad_z * (row_grad[rows].to(dtype) / temperature)[:, None]
-            h = student[0].detach()[rows].to(dtype)
-            out.grad_hidden[rows] = grad_z @ s_head.weight
-            out.grad_weight.addmm_(grad_z.T, h)
-        del z_s, z_t, s, t, grad_z
+        picked = {name: torch.zeros(n, dtype=dtype, device=device) for name in ("s", "t", "d")}
+        for cols in col_tiles:
+            z_s = student.logits(rows, cols, temperature) if student else None
+            z_t = teacher.logits(rows, cols, temperature) if teacher else None
+            if student:
+                if reverse:
+                    acc_s.update(z_s, z_s, z_s - z_t, other=z_t)
+                else:
+                    acc_s.update(z_s, z_s)
+            if teacher:
+                if forward:
+                    acc_t.update(z_t, z_t - z_s, other=z_s)
+                else:
+                    acc_t.update(z_t)
+            if degraded:
+                z_d = degraded.logits(rows, cols, temperature)
+                acc_d.update(z_d)
+            if y is not None:
+                for name, z in (("s", z_s), ("t", z_t), ("d", z_d if degraded else None)):
+                    if z is not None:
+                        picked[name] = pick_targets(z, y, cols, picked[name])
+        if student:
+            out.lse_s[rows] = acc_s.lse
+            out.student_entropy[rows] = acc_s.lse - acc_s.mean(0)
+        if teacher:
+            out.lse_t[rows] = acc_t.lse
+        if reverse:  # KL(p_s || p_t) = E_ps[z_s - z_t] + (lse_t - lse_s)
+            out.gap[rows] = acc_s.gap_to(acc_t.lse, 2)
+            out.kl[rows] = acc_s.mean(1) + out.gap[rows]
+        if forward:  # KL(p_t || p_s) = E_pt[z_t - z_s] + (lse_s - lse_t)
+            out.gap[rows] = acc_t.gap_to(acc_s.lse, 1)
+            out.kl[rows] = acc_t.mean(0) + out.gap[rows]
+        if y is not None:
+            for name, acc in (("s", acc_s), ("t", acc_t), ("d", acc_d)):
+                if acc is not None:
+                    target_logit.setdefault(name, new())[rows] = picked[name] - acc.lse
+    out.student_logprob = target_logit.get("s")
+    out.teacher_logprob = target_logit.get("t")
+    out.degraded_logprob = target_logit.get("d")
+    if divergence == "jsd":
+        _jsd_pass(student, teacher, out, vocab_size=vocab_size, temperature=temperature, beta=beta)
     return out
 
 
-def _full_weight_grad(grad_weight: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _log_mixture(logp_s, logp_t, beta):
+    return torch.logaddexp(logp_t + math.log(beta), logp_s + math.log(1.0 - beta))
+
+
+def _jsd_pass(student, teacher, out, *, vocab_size, temperature, beta):
+    """JSD needs both log-normalisers before its sums: a second sweep."""
+    kl_s, kl_t = torch.zeros_like(out.lse_s), torch.zeros_like(out.lse_s)
+    for rows, col_tiles in _tiling(out.lse_s.shape[0], vocab_size, student.dtype):
+        for cols in col_tiles:
+            logp_s = student.logits(rows, cols, temperature) - out.lse_s[rows, None]
+            logp_t = teacher.logits(rows, cols, temperature) - out.lse_t[rows, None]
+            logm = _log_mixture(logp_s, logp_t, beta)
+            kl_s[rows] += (logp_s.exp() * (logp_s - logm)).sum(-1)
+            kl_t[rows] += (logp_t.exp() * (logp_t - logm)).sum(-1)
+    out.kl_s = kl_s
+    out.kl = beta * kl_t + (1.0 - beta) * kl_s
+
+
+@torch.no_grad()
+def _gradients(student, teacher, stats: _RowStats, row_grad, *, mode, vocab_size, temperature=1.0, beta=0.5,
+               targets=None):
+    """Pass 2: d(sum_n row_grad_n * q_n) w.r.t. student hidden [N, D] and head rows [V, D], where q is the
+    divergence ``mode`` (reverse | forward | jsd) or the target log-prob (``mode="logprob"``)."""
+    dtype = student.dtype
+    hidden = student.hidden
+    grad_hidden = torch.zeros(hidden.shape[0], hidden.shape[1], dtype=dtype, device=hidden.device)
+    grad_weight = torch.zeros(vocab_size, hidden.shape[1], dtype=dtype, device=hidden.device)
+    for rows, col_tiles in _tiling(hidden.shape[0], vocab_size, dtype):
+        h = hidden[rows].to(dtype)
+        scale = (row_grad[rows].to(dtype) / temperature)[:, None]
+        lse_s = stats.lse_s[rows, None]
+        for cols in col_tiles:
+            z_s = student.logits(rows, cols, temperature)
+            p_s = torch.exp(z_s - lse_s)
+            if mode == "reverse":  # p_s (log p_s - log p_t - KL)
+                z_t = teacher.logits(rows, cols, temperature)
+                g = p_s * (z_s - z_t + (stats.gap[rows] - stats.kl[rows])[:, None])
+            elif mode == "forward":  # p_s - p_t
+                g = p_s - torch.exp(teacher.logits(rows, cols, temperature) - stats.lse_t[rows, None])
+            elif mode == "jsd":  # (1 - beta) p_s (log p_s - log m - KL(p_s || m))
+                logp_s = z_s - lse_s
+                logp_t = teacher.logits(rows, cols, temperature) - stats.lse_t[rows, None]
+                g = (1.0 - beta) * p_s * (logp_s - _log_mixture(logp_s, logp_t, beta) - stats.kl_s[rows, None])
+            else:  # log-prob: onehot(y) - p_s
+                g = -p_s
+                y = targets[rows]
+                inside = (y >= cols.start) & (y < cols.stop)
+                local = (y - cols.start).clamp(0, g.shape[1] - 1)
+                g.scatter_add_(1, local[:, None], inside.to(dtype)[:, None])
+            g = g * scale
+            grad_hidden[rows].addmm_(g, student.weight[cols].to(dtype))
+            grad_weight[cols].addmm_(g.T, h)
+    return grad_hidden, grad_weight
+
+
+def _full_weight_grad(grad_weight: torch.Tensor, head_rows: int, dtype: torch.dtype) -> torch.Tensor:
     """Pad the [V, D] gradient with zero rows for LM-head padding rows >= V."""
-    if grad_weight.shape[0] == weight.shape[0]:
-        return grad_weight.to(weight.dtype)
-    full = torch.zeros_like(weight)
-    full[: grad_weight.shape[0]] = grad_weight.to(weight.dtype)
+    if grad_weight.shape[0] == head_rows:
+        return grad_weight.to(dtype)
+    full = grad_weight.new_zeros(head_rows, grad_weight.shape[1], dtype=dtype)
+    full[: grad_weight.shape[0]] = grad_weight
     return full
 
 
 class _RecomputeGrad(torch.autograd.Function):
-    """Attaches a chunk-recomputing backward to a value computed without autograd.
+    """Attaches a pass-2 backward to a value computed without autograd.
 
-    ``recompute(row_grad)`` re-runs the scan with the upstream per-row gradient and returns
-    (d hidden, d weight[:V]).
+    ``recompute(row_grad)`` returns (d hidden, d weight[:V]) for the upstream per-row gradient.
     """
 
     @staticmethod
     def forward(ctx, value, hidden, weight, recompute):
         ctx.recompute = recompute
-        ctx.dtypes = (hidden.dtype, weight)
+        ctx.hidden_dtype, ctx.head = hidden.dtype, (weight.shape[0], weight.dtype)
         return value.clone()
 
     @staticmethod
     def backward(ctx, row_grad):
-        out = ctx.recompute(row_grad)
-        hidden_dtype, weight = ctx.dtypes
-        return None, out.grad_hidden.to(hidden_dtype), _full_weight_grad(out.grad_weight, weight), None
+        grad_hidden, grad_weight = ctx.recompute(row_grad)
+        return None, grad_hidden.to(ctx.hidden_dtype), _full_weight_grad(grad_weight, *ctx.head), None
 
 
 class _PrecomputedGradLoss(torch.autograd.Function):
@@ -192,54 +250,59 @@ class _PrecomputedGradLoss(torch.autograd.Function):
                 grad_weight.mul_(grad_loss).to(ctx.dtypes[1]), None, None, None)
 
 
-def _with_grad(value, hidden, weight, **scan_options):
-    if not (hidden.requires_grad or weight.requires_grad) or not torch.is_grad_enabled():
-        return value
-    recompute = lambda row_grad: _scan(row_grad=row_grad, **scan_options)  # noqa: E731
-    return _RecomputeGrad.apply(value, hidden, weight, recompute)
+def _wants_grad(hidden, weight) -> bool:
+    return torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+
+
+def _attach(value, sh, sw, recompute):
+    return _RecomputeGrad.apply(value, sh, sw, recompute) if _wants_grad(sh, sw) else value
 
 
 def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
-    options = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, divergence=divergence,
-                   beta=beta, temperature=temperature, vocab_size=vocab_size)
-    with torch.no_grad():
-        kl = _scan(**options).kl
-    return _with_grad(kl, sh, sw, **options)
+    student, teacher, _, _ = _heads(sh, sw, th, tw)
+    opts = dict(vocab_size=vocab_size, temperature=temperature, beta=beta)
+    stats = _statistics(student, teacher, None, None, divergence=divergence, **opts)
+    return _attach(stats.kl, sh, sw, lambda g: _gradients(student, teacher, stats, g, mode=divergence, **opts))
 
 
 def linear_logprob(h, w, targets, *, temperature, vocab_size):
-    options = dict(student=(h, w), targets=targets, temperature=temperature, vocab_size=vocab_size)
-    with torch.no_grad():
-        lp = _scan(**options).student_logprob
-    return _with_grad(lp, h, w, want_logprob_grad=True, **options)
+    student, _, _, _ = _heads(h, w)
+    opts = dict(vocab_size=vocab_size, temperature=temperature)
+    stats = _statistics(student, None, None, targets, **opts)
+    return _attach(stats.student_logprob, h, w,
+                   lambda g: _gradients(student, None, stats, g, mode="logprob", targets=targets, **opts))
 
 
-@torch.no_grad()
 def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size):
-    out = _scan(teacher=(th, tw), degraded_hidden=th_degraded, targets=targets, vocab_size=vocab_size)
-    return out.teacher_logprob, out.degraded_logprob
+    _, teacher, degraded, _ = _heads(th=th, tw=tw, thd=th_degraded)
+    stats = _statistics(None, teacher, degraded, targets, vocab_size=vocab_size)
+    return stats.teacher_logprob, stats.degraded_logprob
 
 
-def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
-    options = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, vocab_size=vocab_size)
-    with torch.no_grad():
-        stats = _scan(degraded_hidden=th_degraded, targets=targets, **options)
+def _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size):
+    student, teacher, degraded, _ = _heads(sh, sw, th, tw, th_degraded)
+    stats = _statistics(student, teacher, degraded, targets, vocab_size=vocab_size, divergence="reverse")
     va = None
     if stats.degraded_logprob is not None:
         va = (stats.teacher_logprob - stats.degraded_logprob).clamp_min(0.0)
-    kl = _with_grad(stats.kl, sh, sw, **options)
+    return student, teacher, stats, va
+
+
+def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
+    student, teacher, stats, va = _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size)
+    kl = _attach(stats.kl, sh, sw,
+                 lambda g: _gradients(student, teacher, stats, g, mode="reverse", vocab_size=vocab_size))
     return VAKLResult(kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)
 
 
-def weighted_kl(sh, sw, th, tw, targets, token_weight, *, vocab_size):
-    options = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, row_grad=token_weight, vocab_size=vocab_size)
-    with torch.no_grad():
-        out = _scan(targets=targets, **options)
-        loss = (token_weight.to(out.kl.dtype) * out.kl).sum()
-    if (sh.requires_grad or sw.requires_grad) and torch.is_grad_enabled():
-        def recompute():
-            again = _scan(**options)
-            return again.grad_hidden, _full_weight_grad(again.grad_weight, sw)
-        loss = _PrecomputedGradLoss.apply(loss, sh, sw, out.grad_hidden,
-                                          _full_weight_grad(out.grad_weight, sw), recompute)
-    return loss, out.kl, out.student_logprob, out.student_entropy, out.teacher_logprob
+def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
+    student, teacher, stats, va = _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size)
+    token_weight = token_weights(va)
+    loss = (token_weight.to(stats.kl.dtype) * stats.kl).sum()
+    if _wants_grad(sh, sw):
+        def grads():
+            grad_hidden, grad_weight = _gradients(student, teacher, stats, token_weight, mode="reverse",
+                                                  vocab_size=vocab_size)
+            return grad_hidden, _full_weight_grad(grad_weight, sw.shape[0], sw.dtype)
+        loss = _PrecomputedGradLoss.apply(loss, sh, sw, *grads(), grads)
+    return loss, VAKLResult(stats.kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)

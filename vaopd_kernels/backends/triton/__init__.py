@@ -18,7 +18,7 @@ import os
 import torch
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
-from vaopd_kernels.backends._common import compute_dtype
+from vaopd_kernels.backends._common import compute_dtype, visual_advantage_from
 from vaopd_kernels.backends.triton import _config, autograd, kl_backward, kl_forward
 from vaopd_kernels.backends.triton.kl_forward import CROSS_FORWARD, CROSS_JSD, CROSS_NONE, CROSS_REVERSE
 from vaopd_kernels.backends.triton.logprob import linear_logprob
@@ -104,7 +104,9 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
     return VAKLResult(kl, va, lp_s, lp_t.to(out_dtype), stats.entropy.to(out_dtype))
 
 
-def weighted_kl(sh, sw, th, tw, targets, token_weight, *, vocab_size):
+def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
+    va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size)
+    token_weight = token_weights(va)  # VA first: the token weights depend on it
     out_dtype = compute_dtype(sh, sw, th, tw)
     shk, swk, thk, twk = kl_forward.operands(sh, sw, th, tw)
     with torch.no_grad():
@@ -121,4 +123,4 @@ def weighted_kl(sh, sw, th, tw, targets, token_weight, *, vocab_size):
         loss = autograd.PrecomputedGradLoss.apply(loss, sh, sw, grad_h, grad_w)
     lp_s = (stats.logit_s - stats.lse_s).to(out_dtype)
     lp_t = (stats.logit_t - stats.lse_t).to(out_dtype)
-    return loss, kl, lp_s, stats.entropy.to(out_dtype), lp_t
+    return loss, VAKLResult(kl, va, lp_s, lp_t, stats.entropy.to(out_dtype))
