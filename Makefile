@@ -26,3 +26,7 @@ demo: install
 # The loss alone at the real Qwen3-VL vocabulary, torch backend vs the full-logit reference.
 demo-loss: install
 	$(PYTHON) examples/loss_demo.py
+
+# The CPU benchmark preset: every implementation side by side (bench/results/<machine>/).
+bench: install
+	$(PYTHON) -m bench.compare --preset cpu-small
