@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import vaopd_kernels as vk
-from vaopd_kernels.backends import torch_chunked
 from problems import make_problem, rel_err
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -15,11 +14,10 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 def chunking(request):
     """Run every test with 1-row blocks x 7-wide vocab tiles (many tiles, ragged last one) and with
     the defaults (one tile at these sizes)."""
-    old_budget, old_tile = vk.get_chunk_budget(), torch_chunked._vocab_tile
     if request.param == "tiny-tiles":
         vk.set_chunk_budget(1, vocab_tile=7)
     yield
-    vk.set_chunk_budget(old_budget, vocab_tile=old_tile)
+    vk.set_chunk_budget(None)
 
 
 def _grads(value, problem):

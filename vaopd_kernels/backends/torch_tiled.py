@@ -12,12 +12,6 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
-# Below this |lse_to - lse_from| the normaliser gap is log1p(c / l) with c a sum of small
-# differences, instead of a difference of two ~log(V)-sized numbers (which costs ~1e-6 absolute
-# in fp32 exactly where student ~ teacher).
-SMALL_GAP = 0.5
-
-
 @dataclass
 class Head:
     """An LM head (its first ``vocab_size`` rows) and the hidden states that read it."""
@@ -33,9 +27,15 @@ class Head:
         return z / temperature if temperature != 1.0 else z
 
 
+def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_v a * b per row, without materialising the product (a batched BLAS dot)."""
+    return torch.einsum("rv,rv->r", a, b)
+
+
 class OnlineSoftmax:
-    """Per-row running max ``m``, ``l = sum e^(z - m)`` and extra sums ``sum e^(z - m) * f``
-    (and ``sum (e^(z_other - m) - e^(z - m))``), rescaled whenever the max moves."""
+    """Per-row running max ``m``, ``l = sum e^(z - m)`` and extra sums rescaled with it whenever
+    the max moves: ``sum e^(z - m) f`` for each weighted tile f, and optionally
+    ``sum e^(other - m)`` for another view's logits (the normaliser gap, see ``gap_to``)."""
 
     def __init__(self, rows: int, num_extra: int, like: torch.Tensor):
         self.m = torch.full((rows,), -math.inf, dtype=like.dtype, device=like.device)
@@ -43,15 +43,15 @@ class OnlineSoftmax:
         self.extra = torch.zeros(num_extra, rows, dtype=like.dtype, device=like.device)
 
     def update(self, z: torch.Tensor, *weighted: torch.Tensor, other: Optional[torch.Tensor] = None) -> None:
-        """Fold in a tile: ``weighted`` are tiles f multiplying e^(z - m); ``other`` adds the gap sum."""
         m_new = torch.maximum(self.m, z.amax(dim=-1))
         scale = torch.exp(self.m - m_new)
-        e = torch.exp(z - m_new[:, None])
+        e = (z - m_new[:, None]).exp_()
         self.l = self.l * scale + e.sum(-1)
-        sums = [(e * f).sum(-1) for f in weighted]
+        sums = [row_dot(e, f) for f in weighted]
         if other is not None:
-            # May overflow to inf only where z_other far exceeds z (then the direct gap is used).
-            sums.append((torch.exp(other - m_new[:, None]) - e).sum(-1))
+            # Overflows to inf only where the other view's logits far exceed these (gap_to then
+            # falls back to the plain difference of log-normalisers).
+            sums.append((other - m_new[:, None]).exp_().sum(-1))
         if sums:
             self.extra = self.extra * scale + torch.stack(sums)
         self.m = m_new
@@ -65,10 +65,11 @@ class OnlineSoftmax:
         return self.extra[i] / self.l
 
     def gap_to(self, lse_other: torch.Tensor, i: int) -> torch.Tensor:
-        """lse_other - lse, accurately when small (the i-th extra is the gap sum)."""
-        direct = lse_other - self.lse
-        near = torch.log1p(self.extra[i] / self.l)
-        return torch.where(direct.abs() < SMALL_GAP, near, direct)
+        """lse_other - lse from sums sharing one shift: log(sum e^(other-m) / sum e^(z-m)). The plain
+        difference of two ~log(V)-sized normalisers would lose ~1e-6 in fp32, exactly where the
+        views are close and KL is small."""
+        shared = torch.log(self.extra[i] / self.l)
+        return torch.where(torch.isfinite(shared), shared, lse_other - self.lse)
 
 
 def pick_targets(z: torch.Tensor, targets: torch.Tensor, cols: slice, current: torch.Tensor) -> torch.Tensor:
