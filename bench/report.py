@@ -86,7 +86,7 @@ def markdown(result: Dict) -> str:
              f"- created: {result['created']}; device: {m.get('gpu') or m['cpu']} "
              f"({m['cores']} cores, torch threads {m['torch_threads']}); load average at start: "
              f"{', '.join(f'{x:.2f}' for x in m.get('load_average_at_start', []))}",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if v),
              f"- measured matmul rate: {rate.get('flops_per_s', 0) / 1e12:.3f} TFLOP/s "
              f"({rate.get('dtype')} {rate.get('size')}^3); floor = GEMM FLOPs / rate "
              "(va_opd: 2NV(3Ds+2Dt), kl: 2NV(3Ds+Dt), va: 2NV(2Dt))",
