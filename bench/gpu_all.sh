@@ -3,8 +3,8 @@
 #   1. triton backend: GPU tests + large-shape correctness + headline timing (bench/gpu_check.sh)
 #   2. cuda backend: JIT build, kernel checks, contract matrix, large correctness, timing
 #   3. side-by-side runner, headline preset, every peer (Liger/CCE from .whl/ when carried)
-# Run as: run(command="bash bench/gpu_all.sh", carry=[".whl"], timeout_s=600); then copy $OUT's
-# files under bench/results/ with the card, versions and date.
+# Run as: run(command="bash bench/gpu_all.sh", carry=[".whl"], timeout_s=600); then unpack results.tgz
+# and the logs under bench/results/ with the card, versions and date.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
