@@ -8,6 +8,7 @@ import torch
 
 from vaopd_kernels import objective
 from vaopd_kernels.backends import resolve_backend
+from vaopd_kernels.backends._autograd import no_autocast
 from vaopd_kernels.results import ObjectiveResult, VAKLResult, VAOPDLossResult
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -158,8 +159,9 @@ def linear_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *,
     _check_divergence(divergence, beta)
     temperature = _check_positive("temperature", temperature)
     impl = resolve_backend(backend, student_hidden.device)
-    return impl.linear_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                          divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab)
+    with no_autocast(student_hidden.device):
+        return impl.linear_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+                              divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab)
 
 
 def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None, backend="auto") -> torch.Tensor:
@@ -170,7 +172,8 @@ def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     targets = _check_targets(targets, hidden.shape[0], vocab)
     temperature = _check_positive("temperature", temperature)
     impl = resolve_backend(backend, hidden.device)
-    return impl.linear_logprob(hidden, weight, targets, temperature=temperature, vocab_size=vocab)
+    with no_autocast(hidden.device):
+        return impl.linear_logprob(hidden, weight, targets, temperature=temperature, vocab_size=vocab)
 
 
 def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_size=None, clamp=True,
@@ -189,8 +192,9 @@ def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_siz
                        targets=targets if isinstance(targets, torch.Tensor) else None)
     targets = _check_targets(targets, hidden_full.shape[0], vocab)
     impl = resolve_backend(backend, hidden_full.device)
-    lp_full, lp_degraded = impl.teacher_logprobs(hidden_full.detach(), weight.detach(), targets,
-                                                 hidden_degraded.detach(), vocab_size=vocab)
+    with no_autocast(hidden_full.device):
+        lp_full, lp_degraded = impl.teacher_logprobs(hidden_full.detach(), weight.detach(), targets,
+                                                     hidden_degraded.detach(), vocab_size=vocab)
     gap = lp_full - lp_degraded
     return gap.clamp_min(0.0) if clamp else gap
 
@@ -204,8 +208,9 @@ def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, target
     targets = _check_targets(targets, student_hidden.shape[0], vocab)
     impl = resolve_backend(backend, student_hidden.device)
     degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
-    return impl.va_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                      targets, degraded, vocab_size=vocab)
+    with no_autocast(student_hidden.device):
+        return impl.va_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+                          targets, degraded, vocab_size=vocab)
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -279,8 +284,9 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
         return weights.token_weight
 
     degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
-    loss, stats = impl.weighted_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                                   targets, degraded, token_weights, vocab_size=vocab)
+    with no_autocast(student_hidden.device):
+        loss, stats = impl.weighted_kl(student_hidden, student_weight, teacher_hidden.detach(),
+                                       teacher_weight.detach(), targets, degraded, token_weights, vocab_size=vocab)
     result = objective.reduce_kl(stats.kl, chosen[0], loss=loss)
     result.metrics["entropy_mean"] = float(stats.student_entropy.double().mean())
     result.metrics["student_logprob_mean"] = float(stats.student_logprob.double().mean())

@@ -29,6 +29,7 @@ from typing import Dict, Optional
 
 import torch
 
+from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
 from vaopd_kernels.backends._common import compute_dtype, visual_advantage_from
 from vaopd_kernels.results import VAKLResult
 
@@ -371,56 +372,11 @@ def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, 
     return out
 
 
-def _full_weight_grad(grad_weight: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Pad the [V, D] gradient with zero rows for LM-head padding rows >= V."""
-    if grad_weight.shape[0] == weight.shape[0]:
-        return grad_weight.to(weight.dtype)
-    full = torch.zeros_like(weight)
-    full[: grad_weight.shape[0]] = grad_weight.to(weight.dtype)
-    return full
-
-
-class _RecomputeGrad(torch.autograd.Function):
-    """Attaches a chunk-recomputing backward to a value computed without autograd."""
-
-    @staticmethod
-    def forward(ctx, value, hidden, weight, recompute):
-        ctx.recompute = recompute
-        ctx.dtypes = (hidden.dtype, weight)
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, row_grad):
-        out = ctx.recompute(row_grad)
-        hidden_dtype, weight = ctx.dtypes
-        return None, out.grad_hidden.to(hidden_dtype), _full_weight_grad(out.grad_weight, weight), None
-
-
-class _PrecomputedGradLoss(torch.autograd.Function):
-    """A scalar whose gradients were formed during forward; backward only rescales them."""
-
-    @staticmethod
-    def forward(ctx, loss, sh, sw, grad_hidden, grad_weight):
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.dtypes = (sh.dtype, sw.dtype)
-        return loss.clone()
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (None, (grad_hidden * grad_loss).to(ctx.dtypes[0]),
-                (grad_weight * grad_loss).to(ctx.dtypes[1]), None, None)
-
-
-def _needs_grad(hidden, weight) -> bool:
-    return (hidden.requires_grad or weight.requires_grad) and torch.is_grad_enabled()
-
-
 def _with_grad(value, hidden, weight, **scan_options):
-    if not _needs_grad(hidden, weight):
-        return value
-    recompute = lambda row_grad: _scan(row_grad=row_grad, **scan_options)  # noqa: E731
-    return _RecomputeGrad.apply(value, hidden, weight, recompute)
+    def recompute(row_grad):
+        out = _scan(row_grad=row_grad, **scan_options)
+        return out.grad_hidden, out.grad_weight
+    return attach(value, hidden, weight, recompute)
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -459,11 +415,14 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
 def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
     va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size)
     token_weight = token_weights(va)  # VA first: the token weights depend on it
-    grad = _needs_grad(sh, sw)
+    grad = wants_grad(sh, sw)
+    options = dict(student=(sh, sw), teacher=(th, tw), vocab_size=vocab_size, want_kl=True)
     with torch.no_grad():
-        out = _scan(student=(sh, sw), teacher=(th, tw), targets=targets, vocab_size=vocab_size,
-                    want_kl=True, row_grad=token_weight if grad else None)
+        out = _scan(targets=targets, row_grad=token_weight if grad else None, **options)
         loss = (token_weight.to(out.kl.dtype) * out.kl).sum()
-    if grad:
-        loss = _PrecomputedGradLoss.apply(loss, sh, sw, out.grad_hidden, _full_weight_grad(out.grad_weight, sw))
+
+    def recompute():
+        again = _scan(row_grad=token_weight, **options)
+        return again.grad_hidden, again.grad_weight
+    loss = precomputed_loss(loss, sh, sw, (out.grad_hidden, out.grad_weight) if grad else None, recompute)
     return loss, VAKLResult(out.kl, va, out.student_logprob, out.teacher_logprob, out.student_entropy)

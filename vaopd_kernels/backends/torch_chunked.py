@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
 from vaopd_kernels.backends._common import compute_dtype
 from vaopd_kernels.backends.torch_tiled import Head, OnlineSoftmax, pick_targets, row_dot, tiles
 from vaopd_kernels.results import VAKLResult
@@ -210,76 +211,19 @@ def _gradients(student, teacher, stats: _RowStats, row_grad, *, mode, vocab_size
     return grad_hidden, grad_weight
 
 
-def _full_weight_grad(grad_weight: torch.Tensor, head_rows: int, dtype: torch.dtype) -> torch.Tensor:
-    """Pad the [V, D] gradient with zero rows for LM-head padding rows >= V."""
-    if grad_weight.shape[0] == head_rows:
-        return grad_weight.to(dtype)
-    full = grad_weight.new_zeros(head_rows, grad_weight.shape[1], dtype=dtype)
-    full[: grad_weight.shape[0]] = grad_weight
-    return full
-
-
-class _RecomputeGrad(torch.autograd.Function):
-    """Attaches a pass-2 backward to a value computed without autograd.
-
-    ``recompute(row_grad)`` returns (d hidden, d weight[:V]) for the upstream per-row gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, value, hidden, weight, recompute):
-        ctx.recompute = recompute
-        ctx.hidden_dtype, ctx.head = hidden.dtype, (weight.shape[0], weight.dtype)
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, row_grad):
-        grad_hidden, grad_weight = ctx.recompute(row_grad)
-        return None, grad_hidden.to(ctx.hidden_dtype), _full_weight_grad(grad_weight, *ctx.head), None
-
-
-class _PrecomputedGradLoss(torch.autograd.Function):
-    """A scalar whose gradients were formed during forward; backward only rescales them.
-
-    The first backward scales them in place and hands them over (no second [V, D] copy);
-    a repeated backward (retain_graph, gradcheck) gets them recomputed by ``recompute()``.
-    """
-
-    @staticmethod
-    def forward(ctx, loss, sh, sw, grad_hidden, grad_weight, recompute):
-        ctx.grads = (grad_hidden, grad_weight)
-        ctx.recompute = recompute
-        ctx.dtypes = (sh.dtype, sw.dtype)
-        return loss.clone()
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.grads if ctx.grads is not None else ctx.recompute()
-        ctx.grads = None
-        return (None, grad_hidden.mul_(grad_loss).to(ctx.dtypes[0]),
-                grad_weight.mul_(grad_loss).to(ctx.dtypes[1]), None, None, None)
-
-
-def _wants_grad(hidden, weight) -> bool:
-    return torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-
-
-def _attach(value, sh, sw, recompute):
-    return _RecomputeGrad.apply(value, sh, sw, recompute) if _wants_grad(sh, sw) else value
-
-
 def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
     student, teacher, _, _ = _heads(sh, sw, th, tw)
     opts = dict(vocab_size=vocab_size, temperature=temperature, beta=beta)
     stats = _statistics(student, teacher, None, None, divergence=divergence, **opts)
-    return _attach(stats.kl, sh, sw, lambda g: _gradients(student, teacher, stats, g, mode=divergence, **opts))
+    return attach(stats.kl, sh, sw, lambda g: _gradients(student, teacher, stats, g, mode=divergence, **opts))
 
 
 def linear_logprob(h, w, targets, *, temperature, vocab_size):
     student, _, _, _ = _heads(h, w)
     opts = dict(vocab_size=vocab_size, temperature=temperature)
     stats = _statistics(student, None, None, targets, **opts)
-    return _attach(stats.student_logprob, h, w,
-                   lambda g: _gradients(student, None, stats, g, mode="logprob", targets=targets, **opts))
+    return attach(stats.student_logprob, h, w,
+                  lambda g: _gradients(student, None, stats, g, mode="logprob", targets=targets, **opts))
 
 
 def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size):
@@ -299,8 +243,8 @@ def _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size):
 
 def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
     student, teacher, stats, va = _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size)
-    kl = _attach(stats.kl, sh, sw,
-                 lambda g: _gradients(student, teacher, stats, g, mode="reverse", vocab_size=vocab_size))
+    kl = attach(stats.kl, sh, sw,
+                lambda g: _gradients(student, teacher, stats, g, mode="reverse", vocab_size=vocab_size))
     return VAKLResult(kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)
 
 
@@ -308,10 +252,6 @@ def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_si
     student, teacher, stats, va = _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size)
     token_weight = token_weights(va)
     loss = (token_weight.to(stats.kl.dtype) * stats.kl).sum()
-    if _wants_grad(sh, sw):
-        def grads():
-            grad_hidden, grad_weight = _gradients(student, teacher, stats, token_weight, mode="reverse",
-                                                  vocab_size=vocab_size)
-            return grad_hidden, _full_weight_grad(grad_weight, sw.shape[0], sw.dtype)
-        loss = _PrecomputedGradLoss.apply(loss, sh, sw, *grads(), grads)
+    grads = lambda: _gradients(student, teacher, stats, token_weight, mode="reverse", vocab_size=vocab_size)  # noqa: E731
+    loss = precomputed_loss(loss, sh, sw, grads() if wants_grad(sh, sw) else None, grads)
     return loss, VAKLResult(stats.kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)

@@ -19,7 +19,8 @@ import torch
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
 from vaopd_kernels.backends._common import compute_dtype, visual_advantage_from
-from vaopd_kernels.backends.triton import _config, autograd, kl_backward, kl_forward
+from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
+from vaopd_kernels.backends.triton import _config, kl_backward, kl_forward
 from vaopd_kernels.backends.triton.kl_forward import CROSS_FORWARD, CROSS_JSD, CROSS_NONE, CROSS_REVERSE
 from vaopd_kernels.backends.triton.logprob import linear_logprob
 from vaopd_kernels.backends.triton.teacher import teacher_logprobs
@@ -84,7 +85,7 @@ def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
                                                 beta=beta, temperature=temperature)
     backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence=divergence, beta=beta, temperature=temperature,
                             vocab_size=vocab_size)
-    return autograd.attach(value.to(out_dtype), sh, sw, backward_fn)
+    return attach(value.to(out_dtype), sh, sw, backward_fn)
 
 
 def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
@@ -100,7 +101,7 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
             va = (lp_t - (stats.logit_d - stats.lse_d)).clamp_min(0.0).to(out_dtype)
     backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence="reverse", beta=0.5, temperature=1.0,
                             vocab_size=vocab_size)
-    kl = autograd.attach(kl.to(out_dtype), sh, sw, backward_fn)
+    kl = attach(kl.to(out_dtype), sh, sw, backward_fn)
     return VAKLResult(kl, va, lp_s, lp_t.to(out_dtype), stats.entropy.to(out_dtype))
 
 
@@ -113,14 +114,17 @@ def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_si
         stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets)
         kl = kl.to(out_dtype)
         loss = (token_weight.to(out_dtype) * kl).sum()
-        need_grad = sh.requires_grad or sw.requires_grad
-        if need_grad:
-            grad_h, grad_w = kl_backward.student_grads(mode="reverse", sh=shk, sw=swk, th=thk, tw=twk, rows=rows,
-                                                       row_grad=token_weight, vocab_size=vocab_size,
-                                                       precision=kl_forward.dot_precision(shk, thk))
-            grad_h, grad_w = grad_h.to(sh.dtype), grad_w.to(sw.dtype)  # fp32 accumulation done
-    if need_grad:
-        loss = autograd.PrecomputedGradLoss.apply(loss, sh, sw, grad_h, grad_w)
+
+    def grads():
+        grad_h, grad_w = kl_backward.student_grads(mode="reverse", sh=shk, sw=swk, th=thk, tw=twk, rows=rows,
+                                                   row_grad=token_weight, vocab_size=vocab_size,
+                                                   precision=kl_forward.dot_precision(shk, thk))
+        return grad_h.to(sh.dtype), grad_w.to(sw.dtype)  # fp32 accumulation done; hold input dtypes
+
+    need_grad = wants_grad(sh, sw)  # asked outside no_grad, which would always answer False
+    with torch.no_grad():
+        formed = grads() if need_grad else None
+    loss = precomputed_loss(loss, sh, sw, formed, grads)
     lp_s = (stats.logit_s - stats.lse_s).to(out_dtype)
     lp_t = (stats.logit_t - stats.lse_t).to(out_dtype)
     return loss, VAKLResult(kl, va, lp_s, lp_t, stats.entropy.to(out_dtype))

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from vaopd_kernels.backends._common import compute_dtype
-from vaopd_kernels.backends.triton import autograd, kl_backward, kl_forward
+from vaopd_kernels.backends._autograd import attach
+from vaopd_kernels.backends.triton import kl_backward, kl_forward
 
 
 def linear_logprob(h, w, targets, *, temperature, vocab_size):
@@ -21,4 +22,4 @@ def linear_logprob(h, w, targets, *, temperature, vocab_size):
                                          vocab_size=vocab_size, temperature=temperature, targets=targets,
                                          precision=kl_forward.dot_precision(hk, wk))
 
-    return autograd.attach(lp.to(out_dtype), h, w, backward_fn)
+    return attach(lp.to(out_dtype), h, w, backward_fn)

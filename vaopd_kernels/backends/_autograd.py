@@ -1,0 +1,90 @@
+"""Autograd plumbing shared by the backends (no math): gradients a backend forms itself.
+
+Backends compute values without autograd and attach their own backward. Both wrappers run that
+backward with autocast off, so a caller's ``torch.autocast`` region never changes the
+backends' precisions (fp32 accumulation) or mixes dtypes inside their GEMMs.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional, Tuple
+
+import torch
+
+Grads = Tuple[torch.Tensor, torch.Tensor]  # (d hidden [N, D], d weight [V or V_head, D])
+
+
+def no_autocast(device: torch.device):
+    """Autocast off on ``device``'s type (a no-op context where autocast does not apply)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _as_grad(grad: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """Cast to the input's dtype; zero rows for LM-head padding rows >= V (they never enter a softmax)."""
+    if grad.shape[0] == rows:
+        return grad.to(dtype)
+    full = grad.new_zeros(rows, grad.shape[1], dtype=dtype)
+    full[: grad.shape[0]] = grad
+    return full
+
+
+class _RowGrad(torch.autograd.Function):
+    """A per-row value whose backward is ``backward_fn(row_grad) -> (d hidden, d weight)``."""
+
+    @staticmethod
+    def forward(ctx, value, hidden, weight, backward_fn):
+        ctx.backward_fn = backward_fn
+        ctx.meta = (hidden.dtype, weight.shape[0], weight.dtype, hidden.device)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, row_grad):
+        hidden_dtype, head_rows, weight_dtype, device = ctx.meta
+        with no_autocast(device):
+            grad_hidden, grad_weight = ctx.backward_fn(row_grad)
+        return None, grad_hidden.to(hidden_dtype), _as_grad(grad_weight, head_rows, weight_dtype), None
+
+
+class _PrecomputedGradLoss(torch.autograd.Function):
+    """A scalar whose gradients were formed during forward; backward only rescales them.
+
+    The first backward scales them in place and hands them over (no second head-sized copy); a
+    repeated backward (retain_graph, gradcheck) gets them from ``recompute()``.
+    """
+
+    @staticmethod
+    def forward(ctx, loss, hidden, weight, grad_hidden, grad_weight, recompute):
+        ctx.grads = (grad_hidden, grad_weight)
+        ctx.recompute = recompute
+        ctx.meta = (hidden.dtype, weight.shape[0], weight.dtype, hidden.device)
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden_dtype, head_rows, weight_dtype, device = ctx.meta
+        if ctx.grads is None:
+            with no_autocast(device):
+                ctx.grads = ctx.recompute()
+        grad_hidden, grad_weight = ctx.grads
+        ctx.grads = None
+        return (None, grad_hidden.mul_(grad_loss).to(hidden_dtype),
+                _as_grad(grad_weight.mul_(grad_loss), head_rows, weight_dtype), None, None, None)
+
+
+def wants_grad(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+
+
+def attach(value: torch.Tensor, hidden, weight, backward_fn: Callable[[torch.Tensor], Grads]) -> torch.Tensor:
+    """``value`` with a gradient path to (hidden, weight) when autograd needs one."""
+    return _RowGrad.apply(value, hidden, weight, backward_fn) if wants_grad(hidden, weight) else value
+
+
+def precomputed_loss(loss: torch.Tensor, hidden, weight, grads: Optional[Grads],
+                     recompute: Callable[[], Grads]) -> torch.Tensor:
+    """``loss`` whose gradients ``grads`` were already formed (None: no gradient wanted)."""
+    if grads is None:
+        return loss
+    return _PrecomputedGradLoss.apply(loss, hidden, weight, *grads, recompute)
