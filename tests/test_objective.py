@@ -133,6 +133,7 @@ def rollout_batches(draw):
         for _ in range(draw(st.integers(1, 4))):
             lengths.append(draw(st.integers(1, 12)))
             prompts.append(pid * 7 + 1)
+    prompts = draw(st.permutations(prompts))  # siblings need not be adjacent nor sorted
     n = sum(lengths)
     # Few distinct VA values so ties are common.
     va = draw(st.lists(st.sampled_from([0.0, 0.0, 0.1, 0.25, 1.0, 3.5]), min_size=n, max_size=n))

@@ -1,6 +1,7 @@
 """The VA-OPD and OPD reductions of per-token KL to a loss (backend independent).
 
-Everything here is vectorised over packed rollouts: no Python loop over rollouts.
+Everything here is vectorised over packed rollouts: no Python loop over rollouts, and the
+weights need no host synchronisation (only the python-float metrics do).
 Inputs are assumed validated by ``api.py``.
 """
 from __future__ import annotations
@@ -25,19 +26,33 @@ def _segment_sum(values: torch.Tensor, index: torch.Tensor, num_segments: int) -
     return torch.zeros(num_segments, dtype=values.dtype, device=values.device).index_add_(0, index, values)
 
 
-def sibling_softmax_weights(rollout_mean_va: torch.Tensor, prompt_ids: torch.Tensor,
+def prompt_groups(prompt_ids: torch.Tensor):
+    """([R] dense group index of each rollout, number of distinct prompts as a 0-dim tensor).
+
+    Sort-based rather than ``torch.unique`` so that nothing waits on the host (a GPU stays busy).
+    """
+    order = torch.sort(prompt_ids, stable=True).indices
+    sorted_ids = prompt_ids[order]
+    starts = torch.ones_like(sorted_ids, dtype=torch.long)
+    starts[1:] = (sorted_ids[1:] != sorted_ids[:-1]).long()
+    group_of_sorted = torch.cumsum(starts, 0) - 1
+    group = torch.empty_like(group_of_sorted)
+    group[order] = group_of_sorted
+    return group, group_of_sorted[-1] + 1
+
+
+def sibling_softmax_weights(rollout_mean_va: torch.Tensor, group: torch.Tensor,
                             temperature: float, eps: float) -> torch.Tensor:
     """w_r = softmax over siblings of (abar_r - mean) / (population std + eps) / temperature."""
-    _, group = torch.unique(prompt_ids, return_inverse=True)
-    num_groups = int(group.max()) + 1
-    count = _segment_sum(torch.ones_like(rollout_mean_va), group, num_groups)
-    mean = _segment_sum(rollout_mean_va, group, num_groups) / count
+    slots = group.numel()  # at most one group per rollout; unused slots are never read
+    count = _segment_sum(torch.ones_like(rollout_mean_va), group, slots)
+    mean = _segment_sum(rollout_mean_va, group, slots) / count
     centered = rollout_mean_va - mean[group]
-    std = torch.sqrt(_segment_sum(centered * centered, group, num_groups) / count)
+    std = torch.sqrt(_segment_sum(centered * centered, group, slots) / count)
     score = centered / (std[group] + eps) / temperature
     group_max = torch.full_like(mean, -math.inf).scatter_reduce(0, group, score, reduce="amax")
     expd = torch.exp(score - group_max[group])
-    return expd / _segment_sum(expd, group, num_groups)[group]
+    return expd / _segment_sum(expd, group, slots)[group]
 
 
 def top_fraction_mask(values: torch.Tensor, rollout: torch.Tensor, lengths: torch.Tensor,
@@ -76,7 +91,8 @@ def va_opd_weights(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, pro
     rollout = rollout_index(cu_seqlens, num_rows)
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     rollout_mean_va = _segment_sum(va, rollout, num_rollouts) / lengths
-    rollout_weight = sibling_softmax_weights(rollout_mean_va, prompt_ids, temperature, eps)
+    group, distinct_prompts = prompt_groups(prompt_ids)
+    rollout_weight = sibling_softmax_weights(rollout_mean_va, group, temperature, eps)
 
     high = top_fraction_mask(va, rollout, lengths, high_fraction)
     high_count = _segment_sum(high.double(), rollout, num_rollouts)
@@ -85,8 +101,7 @@ def va_opd_weights(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, pro
     high_mass = torch.where(low_count > 0, torch.full_like(high_count, high_weight), torch.ones_like(high_count))
     group_coef = torch.where(high, high_mass[rollout] / high_count[rollout],
                              (1.0 - high_mass[rollout]) / low_count[rollout].clamp(min=1))
-    num_prompts = num_prompts or int(torch.unique(prompt_ids).numel())
-    token_weight = rollout_weight[rollout] * group_coef / num_prompts
+    token_weight = rollout_weight[rollout] * group_coef / (num_prompts or distinct_prompts)
     return TokenWeights(token_weight, rollout_weight, high, va)
 
 
