@@ -24,13 +24,15 @@ def make_batch(num_prompts: int, rollouts: int, max_len: int, ds: int, dt: int, 
     lengths = torch.randint(max_len // 4, max_len + 1, (num_prompts * rollouts,), generator=g)
     cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
     n = int(cu[-1])
-    teacher_weight = torch.randn(VOCAB, dt, generator=g) / dt ** 0.5 * 4
+    # In-place scaling: a temporary head-sized copy would raise the process's peak RSS before the
+    # baseline and hide the backends' own growth.
+    teacher_weight = torch.randn(VOCAB, dt, generator=g).mul_(4 / dt ** 0.5)
     teacher_hidden = torch.randn(n, dt, generator=g)
     # The pixelated view: a perturbed copy, so VA is positive on some tokens only.
     degraded = teacher_hidden + torch.randn(n, dt, generator=g) * (torch.rand(n, 1, generator=g) > 0.7)
     return dict(
         student_hidden=torch.randn(n, ds, generator=g).requires_grad_(),
-        student_weight=(torch.randn(VOCAB, ds, generator=g) / ds ** 0.5 * 4).requires_grad_(),
+        student_weight=torch.randn(VOCAB, ds, generator=g).mul_(4 / ds ** 0.5).requires_grad_(),
         teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, teacher_hidden_degraded=degraded,
         targets=torch.randint(0, VOCAB, (n,), generator=g), cu_seqlens=cu,
         prompt_ids=torch.arange(num_prompts).repeat_interleave(rollouts),
