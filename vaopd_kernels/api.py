@@ -36,9 +36,10 @@ def _check_int(name: str, value, ndim: int) -> None:
         raise TypeError(f"{name}: expected an integer dtype, got {value.dtype}")
 
 
-def _check_same_device(**tensors) -> torch.device:
+def _check_same_device(expected: Optional[torch.device] = None, **tensors) -> torch.device:
+    """All ``tensors`` on one device (``expected``, or the first one's)."""
     devices = {name: t.device for name, t in tensors.items() if t is not None}
-    first = next(iter(devices.values()))
+    first = expected if expected is not None else next(iter(devices.values()))
     for name, device in devices.items():
         if device != first:
             raise ValueError(f"{name}: expected a tensor on {first} like the other inputs, got {device}")
@@ -96,10 +97,9 @@ def _check_divergence(divergence: str, beta) -> None:
         raise ValueError(f"beta: expected 0 < beta < 1 for divergence='jsd', got {beta!r}")
 
 
-def _check_rollouts(cu_seqlens, prompt_ids, num_rows: int, device: torch.device):
+def _check_cu_seqlens(cu_seqlens, num_rows: int, device: torch.device) -> torch.Tensor:
     _check_int("cu_seqlens", cu_seqlens, 1)
-    _check_int("prompt_ids", prompt_ids, 1)
-    _check_same_device(token_rows=torch.empty(0, device=device), cu_seqlens=cu_seqlens, prompt_ids=prompt_ids)
+    _check_same_device(device, cu_seqlens=cu_seqlens)
     if cu_seqlens.numel() < 2:
         raise ValueError("cu_seqlens: expected at least 2 entries [0, ..., N]")
     cu = cu_seqlens.long()
@@ -108,6 +108,13 @@ def _check_rollouts(cu_seqlens, prompt_ids, num_rows: int, device: torch.device)
                          f"got {int(cu[0])} ... {int(cu[-1])}")
     if bool((cu[1:] <= cu[:-1]).any()):
         raise ValueError("cu_seqlens: expected strictly increasing offsets (no empty rollout)")
+    return cu
+
+
+def _check_rollouts(cu_seqlens, prompt_ids, num_rows: int, device: torch.device):
+    cu = _check_cu_seqlens(cu_seqlens, num_rows, device)
+    _check_int("prompt_ids", prompt_ids, 1)
+    _check_same_device(device, prompt_ids=prompt_ids)
     if prompt_ids.numel() != cu.numel() - 1:
         raise ValueError(f"prompt_ids: expected one id per rollout ({cu.numel() - 1}), got {prompt_ids.numel()}")
     return cu, prompt_ids.long()
@@ -241,9 +248,7 @@ def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high
 def opd_objective(token_kl, cu_seqlens, *, num_rollouts=None) -> ObjectiveResult:
     """Standard OPD loss: mean over rollouts of each rollout's mean token KL."""
     _check_token_values("token_kl", token_kl)
-    cu, _ = _check_rollouts(cu_seqlens, torch.zeros(max(cu_seqlens.numel() - 1, 0), dtype=torch.long,
-                                                    device=token_kl.device) if isinstance(cu_seqlens, torch.Tensor)
-                            else cu_seqlens, token_kl.shape[0], token_kl.device)
+    cu = _check_cu_seqlens(cu_seqlens, token_kl.shape[0], token_kl.device)
     weights = objective.opd_weights(cu, token_kl.shape[0], _check_count("num_rollouts", num_rollouts))
     return objective.reduce_kl(token_kl, weights)
 

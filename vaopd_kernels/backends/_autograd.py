@@ -30,21 +30,31 @@ def _as_grad(grad: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
     return full
 
 
+class _Inputs:
+    """What backward needs to know of (hidden, weight): dtypes, head rows and device, not the tensors."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor):
+        self.hidden_dtype, self.weight_dtype = hidden.dtype, weight.dtype
+        self.head_rows, self.device = weight.shape[0], hidden.device
+
+    def grads(self, grad_hidden: torch.Tensor, grad_weight: torch.Tensor):
+        return grad_hidden.to(self.hidden_dtype), _as_grad(grad_weight, self.head_rows, self.weight_dtype)
+
+
 class _RowGrad(torch.autograd.Function):
     """A per-row value whose backward is ``backward_fn(row_grad) -> (d hidden, d weight)``."""
 
     @staticmethod
     def forward(ctx, value, hidden, weight, backward_fn):
         ctx.backward_fn = backward_fn
-        ctx.meta = (hidden.dtype, weight.shape[0], weight.dtype, hidden.device)
+        ctx.inputs = _Inputs(hidden, weight)
         return value.clone()
 
     @staticmethod
     def backward(ctx, row_grad):
-        hidden_dtype, head_rows, weight_dtype, device = ctx.meta
-        with no_autocast(device):
-            grad_hidden, grad_weight = ctx.backward_fn(row_grad)
-        return None, grad_hidden.to(hidden_dtype), _as_grad(grad_weight, head_rows, weight_dtype), None
+        with no_autocast(ctx.inputs.device):
+            grads = ctx.backward_fn(row_grad)
+        return None, *ctx.inputs.grads(*grads), None
 
 
 class _PrecomputedGradLoss(torch.autograd.Function):
@@ -58,19 +68,17 @@ class _PrecomputedGradLoss(torch.autograd.Function):
     def forward(ctx, loss, hidden, weight, grad_hidden, grad_weight, recompute):
         ctx.grads = (grad_hidden, grad_weight)
         ctx.recompute = recompute
-        ctx.meta = (hidden.dtype, weight.shape[0], weight.dtype, hidden.device)
+        ctx.inputs = _Inputs(hidden, weight)
         return loss.clone()
 
     @staticmethod
     def backward(ctx, grad_loss):
-        hidden_dtype, head_rows, weight_dtype, device = ctx.meta
         if ctx.grads is None:
-            with no_autocast(device):
+            with no_autocast(ctx.inputs.device):
                 ctx.grads = ctx.recompute()
         grad_hidden, grad_weight = ctx.grads
         ctx.grads = None
-        return (None, grad_hidden.mul_(grad_loss).to(hidden_dtype),
-                _as_grad(grad_weight.mul_(grad_loss), head_rows, weight_dtype), None, None, None)
+        return None, *ctx.inputs.grads(grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss)), None, None, None
 
 
 def wants_grad(hidden: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -83,7 +83,7 @@ def _heads(sh=None, sw=None, th=None, tw=None, thd=None):
     student = Head(sh.detach(), sw.detach(), dtype) if sh is not None else None
     teacher = Head(th.detach(), tw.detach(), dtype) if th is not None else None
     degraded = Head(thd.detach(), tw.detach(), dtype) if thd is not None else None
-    return student, teacher, degraded, dtype
+    return student, teacher, degraded
 
 
 @torch.no_grad()
@@ -212,14 +212,14 @@ def _gradients(student, teacher, stats: _RowStats, row_grad, *, mode, vocab_size
 
 
 def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
-    student, teacher, _, _ = _heads(sh, sw, th, tw)
+    student, teacher, _ = _heads(sh, sw, th, tw)
     opts = dict(vocab_size=vocab_size, temperature=temperature, beta=beta)
     stats = _statistics(student, teacher, None, None, divergence=divergence, **opts)
     return attach(stats.kl, sh, sw, lambda g: _gradients(student, teacher, stats, g, mode=divergence, **opts))
 
 
 def linear_logprob(h, w, targets, *, temperature, vocab_size):
-    student, _, _, _ = _heads(h, w)
+    student, _, _ = _heads(h, w)
     opts = dict(vocab_size=vocab_size, temperature=temperature)
     stats = _statistics(student, None, None, targets, **opts)
     return attach(stats.student_logprob, h, w,
@@ -227,13 +227,13 @@ def linear_logprob(h, w, targets, *, temperature, vocab_size):
 
 
 def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size):
-    _, teacher, degraded, _ = _heads(th=th, tw=tw, thd=th_degraded)
+    _, teacher, degraded = _heads(th=th, tw=tw, thd=th_degraded)
     stats = _statistics(None, teacher, degraded, targets, vocab_size=vocab_size)
     return stats.teacher_logprob, stats.degraded_logprob
 
 
 def _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size):
-    student, teacher, degraded, _ = _heads(sh, sw, th, tw, th_degraded)
+    student, teacher, degraded = _heads(sh, sw, th, tw, th_degraded)
     stats = _statistics(student, teacher, degraded, targets, vocab_size=vocab_size, divergence="reverse")
     va = None
     if stats.degraded_logprob is not None:
