@@ -8,6 +8,12 @@ import vaopd_kernels as vk
 from problems import make_problem, rel_err
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+# Gradients are judged norm-wise, and the reverse-KL gradient p_s (log p_s - log p_t - KL) cancels:
+# with KL ~ 18 (temperature 0.7, one row) fp32's last-bit rounding of KL alone moves the gradient
+# by up to ~7e-5 of its norm. Measured over 4,000 fresh draws of the worst case (N = 1): this
+# backend 7.0e-5 at most, the naive fp32 reference 5.8e-5. A real bug (a dropped tile or term)
+# costs far more than 1e-3.
+GRAD_TOL = {torch.float32: 2e-4, torch.bfloat16: 2e-2}
 
 
 @pytest.fixture(params=["tiny-tiles", "default-tiles"])
@@ -53,7 +59,7 @@ def test_linear_kl_matches_reference(chunking, dtype, shape, divergence, tempera
     for g_out, g_ref, leaf in zip(_grads(_weighted_sum(out), out_p), _grads(_weighted_sum(ref), ref_p),
                                   [out_p.student_hidden, out_p.student_weight]):
         assert g_out.dtype == leaf.dtype and g_out.shape == leaf.shape
-        assert rel_err(g_out, g_ref) <= TOL[dtype]
+        assert rel_err(g_out, g_ref) <= GRAD_TOL[dtype]
     if pad:  # LM-head padding rows never enter a softmax, so they get exactly zero gradient
         assert torch.all(_grads(out.sum(), out_p)[1][v:] == 0)
 
@@ -72,7 +78,7 @@ def test_logprob_va_and_va_kl_match_reference(chunking, dtype, shape):
                                vocab_size=V, backend="torch")
     assert rel_err(lp_out, lp_ref) <= TOL[dtype]
     for a, b in zip(_grads(_weighted_sum(lp_out), out_p), _grads(_weighted_sum(lp_ref), ref_p)):
-        assert rel_err(a, b) <= TOL[dtype]
+        assert rel_err(a, b) <= GRAD_TOL[dtype]
 
     for clamp in (True, False):
         va_ref = vk.visual_advantage(ref_p.teacher_hidden, ref_p.teacher_hidden_degraded, ref_p.teacher_weight,
@@ -93,7 +99,7 @@ def test_logprob_va_and_va_kl_match_reference(chunking, dtype, shape):
         assert (got - want).abs().max() <= TOL[dtype] * (1 + want.abs().max()), field
     assert (out.visual_advantage >= 0).all()
     for a, b in zip(_grads(_weighted_sum(out.kl), out_p), _grads(_weighted_sum(ref.kl), ref_p)):
-        assert rel_err(a, b) <= TOL[dtype]
+        assert rel_err(a, b) <= GRAD_TOL[dtype]
     no_va = vk.va_kl(*out_p.kl_args, base.targets, vocab_size=V, backend="torch")
     assert no_va.visual_advantage is None
 
@@ -112,7 +118,7 @@ def test_va_opd_loss_matches_reference(chunking, dtype, with_va):
     (ref, ref_g), (out, out_g) = results["reference"], results["torch"]
     assert rel_err(out.loss, ref.loss) <= TOL[dtype]
     for a, b in zip(out_g, ref_g):
-        assert rel_err(a, b) <= TOL[dtype]
+        assert rel_err(a, b) <= GRAD_TOL[dtype]
     assert torch.equal(out.high_mask, ref.high_mask) or dtype == torch.bfloat16
     assert out.loss.dtype == torch.float32 and out.kl.dtype == torch.float32
     # The loss is exactly the weighted sum of the reported per-token KL.
