@@ -33,7 +33,7 @@ def _cuda_extension():
     here = os.path.dirname(os.path.abspath(__file__))
     ext = CUDAExtension(
         name="vaopd_kernels._cuda_ext",
-        sources=["csrc/vaopd_kernels.cu", "csrc/bindings.cpp"],
+        sources=["csrc/vaopd_kernels.cu", "csrc/objective.cu", "csrc/bindings.cpp"],
         include_dirs=[os.path.join(here, "csrc")],
         extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-lineinfo", *_arch_flags()]},
     )

@@ -374,11 +374,6 @@ __global__ void __launch_bounds__(kThreads) logprob_grad_kernel(LogprobGradArgs 
 }
 
 // ------------------------------------------------------------------------------------------ host side
-cudaError_t fail(const char* why) {
-  g_argument_error = why;
-  return cudaErrorInvalidValue;
-}
-
 size_t type_size(LogitType t) { return t == LogitType::kFloat64 ? 8 : 4; }
 
 bool aligned(const void* p, int64_t ld, LogitType t) {
@@ -414,7 +409,7 @@ cudaError_t launch_divergence(const DivergenceArgs& a, bool vec, cudaStream_t st
       }
       break;
   }
-  return fail("divergence_stats: grad_format must be kSame for float64 logits");
+  return invalid_argument("divergence_stats: grad_format must be kSame for float64 logits");
 }
 
 template <typename T>
@@ -424,7 +419,7 @@ cudaError_t launch_divergence_type(const DivergenceArgs& a, bool vec, cudaStream
     case Divergence::kForward: return launch_divergence<T, Divergence::kForward>(a, vec, stream);
     case Divergence::kJSD: return launch_divergence<T, Divergence::kJSD>(a, vec, stream);
   }
-  return fail("divergence_stats: unknown divergence");
+  return invalid_argument("divergence_stats: unknown divergence");
 }
 
 template <typename T>
@@ -447,7 +442,7 @@ cudaError_t launch_logprob_grad(const LogprobGradArgs& a, bool vec, cudaStream_t
       }
       break;
   }
-  return fail("logprob_grad: grad_format must be kSame for float64 logits");
+  return invalid_argument("logprob_grad: grad_format must be kSame for float64 logits");
 }
 
 bool valid_sizes(int64_t rows, int64_t vocab) {
@@ -458,13 +453,18 @@ bool valid_sizes(int64_t rows, int64_t vocab) {
 
 const char* last_argument_error() { return g_argument_error; }
 
+cudaError_t invalid_argument(const char* why) {
+  g_argument_error = why;
+  return cudaErrorInvalidValue;
+}
+
 cudaError_t view_stats(const ViewStatsArgs& a, cudaStream_t stream) {
-  if (!valid_sizes(a.rows, a.vocab)) return fail("view_stats: bad rows/vocab");
-  if (a.num_views < 1 || a.num_views > kMaxViews) return fail("view_stats: num_views must be 1..3");
+  if (!valid_sizes(a.rows, a.vocab)) return invalid_argument("view_stats: bad rows/vocab");
+  if (a.num_views < 1 || a.num_views > kMaxViews) return invalid_argument("view_stats: num_views must be 1..3");
   bool vec = true;
   for (int i = 0; i < a.num_views; ++i) {
-    if (!a.logits[i]) return fail("view_stats: null logits");
-    if (a.ld[i] < a.vocab) return fail("view_stats: ld < vocab");
+    if (!a.logits[i]) return invalid_argument("view_stats: null logits");
+    if (a.ld[i] < a.vocab) return invalid_argument("view_stats: ld < vocab");
     vec = vec && aligned(a.logits[i], a.ld[i], a.type);
   }
   if (a.rows == 0) return cudaSuccess;
@@ -478,11 +478,11 @@ cudaError_t view_stats(const ViewStatsArgs& a, cudaStream_t stream) {
 }
 
 cudaError_t divergence_stats(const DivergenceArgs& a, cudaStream_t stream) {
-  if (!valid_sizes(a.rows, a.vocab)) return fail("divergence_stats: bad rows/vocab");
-  if (!a.student || !a.teacher || !a.kl) return fail("divergence_stats: null student/teacher/kl");
-  if (a.ld_student < a.vocab || a.ld_teacher < a.vocab) return fail("divergence_stats: ld < vocab");
+  if (!valid_sizes(a.rows, a.vocab)) return invalid_argument("divergence_stats: bad rows/vocab");
+  if (!a.student || !a.teacher || !a.kl) return invalid_argument("divergence_stats: null student/teacher/kl");
+  if (a.ld_student < a.vocab || a.ld_teacher < a.vocab) return invalid_argument("divergence_stats: ld < vocab");
   if (a.divergence == Divergence::kJSD && !(a.beta > 0.0 && a.beta < 1.0)) {
-    return fail("divergence_stats: JSD needs 0 < beta < 1");
+    return invalid_argument("divergence_stats: JSD needs 0 < beta < 1");
   }
   if (a.rows == 0) return cudaSuccess;
   const bool vec = aligned(a.student, a.ld_student, a.type) && aligned(a.teacher, a.ld_teacher, a.type);
@@ -491,9 +491,9 @@ cudaError_t divergence_stats(const DivergenceArgs& a, cudaStream_t stream) {
 }
 
 cudaError_t logprob_grad(const LogprobGradArgs& a, cudaStream_t stream) {
-  if (!valid_sizes(a.rows, a.vocab)) return fail("logprob_grad: bad rows/vocab");
-  if (!a.student || !a.lse || !a.targets || !a.row_grad) return fail("logprob_grad: null pointer");
-  if (a.ld_student < a.vocab) return fail("logprob_grad: ld < vocab");
+  if (!valid_sizes(a.rows, a.vocab)) return invalid_argument("logprob_grad: bad rows/vocab");
+  if (!a.student || !a.lse || !a.targets || !a.row_grad) return invalid_argument("logprob_grad: null pointer");
+  if (a.ld_student < a.vocab) return invalid_argument("logprob_grad: ld < vocab");
   if (a.rows == 0) return cudaSuccess;
   const bool vec = aligned(a.student, a.ld_student, a.type);
   return a.type == LogitType::kFloat64 ? launch_logprob_grad<double>(a, vec, stream)

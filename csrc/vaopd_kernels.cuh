@@ -1,4 +1,5 @@
-// vaopd CUDA kernels: row statistics of fp32/fp64 logit chunks (plain CUDA C++, no torch headers).
+// vaopd CUDA kernels: row statistics of fp32/fp64 logit chunks and the VA-OPD objective's weights
+// (plain CUDA C++, no torch headers).
 //
 // Every function takes raw device pointers, sizes, row strides (in elements of the logit type) and
 // a cudaStream_t, launches its kernel(s) on that stream and returns the launch's cudaError_t
@@ -85,7 +86,35 @@ cudaError_t view_stats(const ViewStatsArgs& args, cudaStream_t stream);
 cudaError_t divergence_stats(const DivergenceArgs& args, cudaStream_t stream);
 cudaError_t logprob_grad(const LogprobGradArgs& args, cudaStream_t stream);
 
+// The VA-OPD objective's token coefficients (DESIGN.md section 2; objective.cu, objective_core.h):
+// per rollout the top ceil(f T) tokens by VA (ties to the earlier token), the lambda / (1 - lambda)
+// group split and the sibling-softmax rollout weight, over P prompts. Float64 throughout, so the
+// results match the torch objective's float64 arithmetic to rounding.
+struct VAOPDWeightsArgs {
+  int64_t num_rows = 0;
+  int64_t num_rollouts = 0;
+  const double* visual_advantage = nullptr;  // [num_rows]
+  const int64_t* cu_seqlens = nullptr;       // [num_rollouts + 1], 0 = c_0 < c_1 < ... = num_rows
+  const int64_t* prompt_ids = nullptr;       // [num_rollouts]
+  double high_fraction = 0.2;                // 0 < f <= 1
+  double high_weight = 0.5;                  // 0 <= lambda <= 1
+  double temperature = 1.0;
+  double eps = 1e-6;
+  int64_t num_prompts = 0;                   // P; 0 = the number of distinct prompt ids
+  // outputs
+  double* token_weight = nullptr;            // [num_rows]: the loss is sum(token_weight * KL)
+  double* rollout_weight = nullptr;          // [num_rollouts]
+  bool* high_mask = nullptr;                 // [num_rows]
+  // workspace: [num_rollouts] mean VA of each rollout, and a counter of distinct prompts
+  double* rollout_mean_va = nullptr;
+  unsigned long long* distinct_prompts = nullptr;
+};
+
+cudaError_t va_opd_weights(const VAOPDWeightsArgs& args, cudaStream_t stream);
+
 // Human-readable name of the last argument-validation failure of this thread ("" if none).
 const char* last_argument_error();
+// Records why for last_argument_error() and returns cudaErrorInvalidValue.
+cudaError_t invalid_argument(const char* why);
 
 }  // namespace vaopd

@@ -5,6 +5,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
+from hypothesis import strategies as st
 
 
 @dataclass
@@ -71,3 +72,26 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
         return float("inf")
     scale = max(float(ref.norm()), ABS_FLOOR * ref.numel() ** 0.5)
     return float((out - ref).norm()) / scale
+
+
+@st.composite
+def rollout_batches(draw, va_values=(0.0, 0.0, 0.1, 0.25, 1.0, 3.5)):
+    """(kl, va, cu_seqlens, prompt_ids, high_fraction, high_weight): shuffled siblings, few distinct VA values."""
+    num_prompts = draw(st.integers(1, 4))
+    lengths, prompts = [], []
+    for pid in range(num_prompts):
+        for _ in range(draw(st.integers(1, 4))):
+            lengths.append(draw(st.integers(1, 12)))
+            prompts.append(pid * 7 + 1)
+    prompts = draw(st.permutations(prompts))  # siblings need not be adjacent nor sorted
+    n = sum(lengths)
+    # Few distinct VA values so ties are common.
+    va = draw(st.lists(st.sampled_from(va_values), min_size=n, max_size=n))
+    kl = draw(st.lists(st.floats(0, 10, allow_nan=False), min_size=n, max_size=n))
+    f = draw(st.sampled_from([0.2, 0.1, 0.5, 1.0, 0.33]))
+    lam = draw(st.sampled_from([0.5, 0.0, 1.0, 0.8]))
+    cu = [0]
+    for length in lengths:
+        cu.append(cu[-1] + length)
+    return (torch.tensor(kl, dtype=torch.float64), torch.tensor(va, dtype=torch.float64), torch.tensor(cu),
+            torch.tensor(prompts), f, lam)

@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
 
 import vaopd_kernels as vk
+from problems import rollout_batches
 
 
 def loop_oracle(kl, va, cu, prompts, f=0.2, lam=0.5, tau=1.0, eps=1e-6):
@@ -123,28 +124,6 @@ def test_metrics_report_the_groups():
     assert m["kl_high_mean"] == pytest.approx(2.0) and m["kl_low_mean"] == pytest.approx(13 / 4)
     assert m["rollout_weight_min"] == m["rollout_weight_max"] == pytest.approx(1.0)
     assert all(isinstance(v, float) for v in m.values())
-
-
-@st.composite
-def rollout_batches(draw):
-    num_prompts = draw(st.integers(1, 4))
-    lengths, prompts = [], []
-    for pid in range(num_prompts):
-        for _ in range(draw(st.integers(1, 4))):
-            lengths.append(draw(st.integers(1, 12)))
-            prompts.append(pid * 7 + 1)
-    prompts = draw(st.permutations(prompts))  # siblings need not be adjacent nor sorted
-    n = sum(lengths)
-    # Few distinct VA values so ties are common.
-    va = draw(st.lists(st.sampled_from([0.0, 0.0, 0.1, 0.25, 1.0, 3.5]), min_size=n, max_size=n))
-    kl = draw(st.lists(st.floats(0, 10, allow_nan=False), min_size=n, max_size=n))
-    f = draw(st.sampled_from([0.2, 0.1, 0.5, 1.0, 0.33]))
-    lam = draw(st.sampled_from([0.5, 0.0, 1.0, 0.8]))
-    cu = [0]
-    for length in lengths:
-        cu.append(cu[-1] + length)
-    return (torch.tensor(kl, dtype=torch.float64), torch.tensor(va, dtype=torch.float64), torch.tensor(cu),
-            torch.tensor(prompts), f, lam)
 
 
 @settings(max_examples=150, deadline=None)

@@ -31,6 +31,7 @@ import torch
 
 from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
 from vaopd_kernels.backends._common import compute_dtype, visual_advantage_from
+from vaopd_kernels.objective import TokenWeights
 from vaopd_kernels.results import VAKLResult
 
 _MIB = 1 << 20
@@ -40,7 +41,7 @@ _GRAD_FORMAT = {None: 0, torch.bfloat16: 1, torch.float16: 2}
 _DIVERGENCE = {"reverse": 0, "forward": 1, "jsd": 2}
 
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"
-_SOURCES = ("vaopd_kernels.cu", "bindings.cpp")
+_SOURCES = ("vaopd_kernels.cu", "objective.cu", "bindings.cpp")
 _EXT_NAME = "vaopd_cuda_ext"
 
 _lock = threading.Lock()
@@ -163,8 +164,11 @@ def _register_fakes() -> None:
     def _fake_logprob_grad(student, lse, targets, row_grad, inv_temperature, grad_format):
         return None
 
+    def _fake_va_opd_weights(va, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature, eps, num_prompts):
+        return va.new_empty(va.shape), va.new_empty(prompt_ids.shape), va.new_empty(va.shape, dtype=torch.bool)
+
     for name, fn in (("vaopd::view_stats", _fake_view_stats), ("vaopd::divergence", _fake_divergence),
-                     ("vaopd::logprob_grad", _fake_logprob_grad)):
+                     ("vaopd::logprob_grad", _fake_logprob_grad), ("vaopd::va_opd_weights", _fake_va_opd_weights)):
         try:
             register(name, fn)
         except RuntimeError as exc:  # already registered (module reloaded)
@@ -426,3 +430,13 @@ def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_si
         return again.grad_hidden, again.grad_weight
     loss = precomputed_loss(loss, sh, sw, (out.grad_hidden, out.grad_weight) if grad else None, recompute)
     return loss, VAKLResult(out.kl, va, out.student_logprob, out.teacher_logprob, out.student_entropy)
+
+
+def va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction, high_weight, temperature, eps,
+                   num_prompts):
+    """The objective's coefficients from csrc/objective.cu: objective.va_opd_weights' results, on the GPU."""
+    va = visual_advantage.detach().to(torch.float64).contiguous()
+    token_weight, rollout_weight, high = _load_ops().va_opd_weights(
+        va, cu_seqlens.long().contiguous(), prompt_ids.long().contiguous(), high_fraction, high_weight,
+        temperature, eps, num_prompts or 0)
+    return TokenWeights(token_weight, rollout_weight, high, va)
