@@ -1,13 +1,16 @@
 """A torch emulation of the torch.ops.vaopd kernels (csrc/), same signatures and in-place semantics.
 
 Lets the cuda backend's orchestration (chunking, GEMM routes, packed half gradients, autograd
-wiring) run on a CPU; the real kernels are checked against the same tests on a GPU.
+wiring) run on a CPU; the real kernels are checked against the same tests on a GPU. The objective's
+``va_opd_weights`` is not emulated: it is the CUDA source's algorithm built for the host.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+import native_objective
 
 _HALF = {1: torch.bfloat16, 2: torch.float16}
 
@@ -58,6 +61,9 @@ class EmulatedOps:
         if row_grad is not None:
             _write_grad(student, grad * (row_grad * inv_temperature)[:, None], grad_format)
         return div, lse_s, lp_s, ent, lp_t
+
+    # The objective kernels' own algorithm (csrc/objective_core.h), compiled for the host.
+    va_opd_weights = staticmethod(native_objective.va_opd_weights)
 
     @staticmethod
     def logprob_grad(student, lse, targets, row_grad, inv_temperature, grad_format):

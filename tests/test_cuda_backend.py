@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from _cuda_emulation import EmulatedOps
+from vaopd_kernels import objective
 from vaopd_kernels.backends import cuda as cuda_backend
 from vaopd_kernels.backends import reference
 
@@ -156,6 +157,17 @@ def test_close_distributions_emulated(emulated_ops):
     compare(run_case(cuda_backend, "va_kl", {}, x), oracle("va_kl", {}, x), torch.float64)
 
 
+def test_objective_weights_emulated(emulated_ops):
+    va = torch.tensor([0.0, 0.3, 0.3, 0.1, 0.0, 2.0, 0.5, 0.5, 0.5, 0.0], dtype=torch.float64)
+    cu, prompts = torch.tensor([0, 1, 4, 10]), torch.tensor([3, 8, 3])
+    options = dict(high_fraction=0.34, high_weight=0.7, temperature=0.5, eps=1e-6, num_prompts=None)
+    got, want = cuda_backend.va_opd_weights(va, cu, prompts, **options), objective.va_opd_weights(va, cu, prompts,
+                                                                                                    **options)
+    assert torch.equal(got.high_mask, want.high_mask)
+    for field in ("token_weight", "rollout_weight", "visual_advantage"):
+        torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-12, atol=0)
+
+
 def test_rows_per_chunk_respects_budget(chunk_budget):
     chunk_budget(1 << 30)
     rows = cuda_backend._rows_per_chunk(8192, 151936, 2, torch.float32)
@@ -167,7 +179,7 @@ def test_rows_per_chunk_respects_budget(chunk_budget):
 
 def test_backend_contract_surface():
     for fn in ("linear_kl", "linear_logprob", "teacher_logprobs", "va_kl", "weighted_kl",
-               "unavailable_reason", "supports_device"):
+               "va_opd_weights", "unavailable_reason", "supports_device"):
         assert callable(getattr(cuda_backend, fn))
     assert cuda_backend.supports_device(torch.device("cpu")) is False
     if not torch.cuda.is_available():
@@ -221,6 +233,12 @@ def test_public_api_va_opd_loss_gpu():
     torch.testing.assert_close(results["cuda"].kl.double(), results["reference"].kl.double(), atol=1e-3, rtol=1e-3)
     for got, want in zip(grads["cuda"], grads["reference"]):
         assert float((got - want).norm() / want.norm()) < 3e-2
+    # The coefficients came from the objective kernels: same mask and weights as the torch objective.
+    assert torch.equal(results["cuda"].high_mask, results["reference"].high_mask)
+    objective_args = (results["cuda"].kl, results["cuda"].visual_advantage, cu, pid)
+    on_gpu, in_torch = (vk.va_opd_objective(*objective_args, backend=b) for b in ("cuda", "torch"))
+    assert torch.equal(on_gpu.high_mask, in_torch.high_mask)
+    torch.testing.assert_close(on_gpu.token_weight, in_torch.token_weight, rtol=1e-6, atol=0)
 
 
 @needs_gpu

@@ -85,6 +85,10 @@ def test_objective_rejects_bad_input():
         vk.va_opd_objective(kl, va[:3], cu, pid)
     with pytest.raises(ValueError, match="token_kl"):
         vk.va_opd_objective(kl[None], va, cu, pid)
+    with pytest.raises(ValueError, match="backend"):
+        vk.va_opd_objective(kl, va, cu, pid, backend="gpu")
+    with pytest.raises(RuntimeError, match="cuda"):  # the cuda kernels cannot take CPU tensors
+        vk.va_opd_objective(kl, va, cu, pid, backend="cuda")
     with pytest.raises(ValueError, match="cu_seqlens"):
         vk.opd_objective(kl, torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="num_rollouts"):

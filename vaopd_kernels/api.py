@@ -227,11 +227,18 @@ def _check_token_values(name, value, num_rows=None) -> None:
         _check_rows(num_rows, **{name: value})
 
 
+def _objective_weights(impl):
+    """A backend's own VA-OPD coefficients (the optional ``va_opd_weights`` hook), else the torch objective."""
+    return getattr(impl, "va_opd_weights", objective.va_opd_weights)
+
+
 def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
-                     temperature=1.0, eps=1e-6, num_prompts=None) -> ObjectiveResult:
+                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto") -> ObjectiveResult:
     """VA-OPD loss from per-token KL and VA (DESIGN.md): sibling-softmax rollout weights and a
     lambda / (1 - lambda) split between each rollout's top-VA tokens and the rest, over P prompts
-    (``num_prompts`` overrides P, e.g. the global count under data parallelism)."""
+    (``num_prompts`` overrides P, e.g. the global count under data parallelism).
+    ``backend="cuda"`` computes the coefficients with the CUDA kernels; the others use the
+    vectorised torch objective (same results)."""
     _check_token_values("token_kl", token_kl)
     _check_token_values("visual_advantage", visual_advantage, token_kl.shape[0])
     cu, pid = _check_rollouts(cu_seqlens, prompt_ids, token_kl.shape[0], token_kl.device)
@@ -239,9 +246,9 @@ def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high
     _check_objective_options(high_fraction, high_weight, temperature, eps)
     if not bool(torch.isfinite(visual_advantage).all()):
         raise ValueError("visual_advantage: expected finite values, got NaN or inf")
-    weights = objective.va_opd_weights(visual_advantage, cu, pid, high_fraction=float(high_fraction),
-                                       high_weight=float(high_weight), temperature=float(temperature),
-                                       eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
+    weights = _objective_weights(resolve_backend(backend, token_kl.device))(
+        visual_advantage, cu, pid, high_fraction=float(high_fraction), high_weight=float(high_weight),
+        temperature=float(temperature), eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
     return objective.reduce_kl(token_kl, weights)
 
 
@@ -282,7 +289,7 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
             if not bool(torch.isfinite(va).all()):
                 raise ValueError("teacher_hidden/teacher_hidden_degraded: visual advantage is not finite "
                                  "(NaN or inf in the teacher's hidden states?)")
-            weights = objective.va_opd_weights(va, cu, pid, high_fraction=float(high_fraction),
+            weights = _objective_weights(impl)(va, cu, pid, high_fraction=float(high_fraction),
                                                high_weight=float(high_weight), temperature=float(temperature),
                                                eps=float(eps), num_prompts=num_prompts)
         chosen.append(weights)

@@ -20,6 +20,9 @@ inputs):
   token_weights(visual_advantage or None)`` is asked for as soon as VA is known, so a backend
   can form the gradients during the forward call and have nothing to recompute in backward.
   Only ``loss`` carries gradients; the result's tensors are detached.
+- optional ``va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction, high_weight,
+  temperature, eps, num_prompts) -> objective.TokenWeights``: the backend's own VA-OPD
+  coefficients (the cuda backend's kernels); without it ``objective.va_opd_weights`` is used.
 """
 from __future__ import annotations
 
