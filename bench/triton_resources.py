@@ -1,0 +1,157 @@
+"""Registers, spills and shared memory of every Triton kernel configuration, without a GPU.
+
+Triton compiles for a named target (``GPUTarget``) with its bundled ptxas, so the per-thread
+register count and the local-memory stack (spills) of each autotune configuration can be read
+from the cubin on any machine: the compiler's view of what limits a kernel, to check before a
+GPU run is spent on it.
+
+    python -m bench.triton_resources [--arch 90a 80] [--out bench/results/triton-resources]
+
+Prints a markdown table; writes ``resources.json`` and ``resources.md`` under ``--out``.
+Spilling shows as STACK > 0 bytes per thread. Needs a Triton build with the NVIDIA backend
+(the PyPI wheels have it); runs on CPU-only torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from vaopd_kernels.backends.triton import kl_backward, kl_forward
+
+# The launches the backend makes at the headline shape (bf16, N = 8192, Ds = 2048, Dt = 4096,
+# V = 151,936): kernel, constexpr flags, and the integer arguments it sees there. Integers are
+# specialised as Triton's JIT does (1 becomes a constant, multiples of 16 carry divisibility 16),
+# so the compiler sees the same contiguity it sees on a GPU.
+N, V, DS, DT = 8192, 151_936, 2048, 4096
+COLS = kl_backward._chunk_columns(N, V, 2)  # the backward's vocabulary chunk (bf16 workspace)
+_SHAPE = dict(N=N, V=V, Ds=DS, Dt=DT, stride_sh=DS, stride_sw=DS, stride_th=DT, stride_tw=DT)
+_STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=kl_forward.CROSS_NONE)
+_MATMUL = dict(stride_bk=DS, stride_bn=1, stride_cm=DS)
+LAUNCHES = {
+    "stats: teacher + pixelated (VA)": (kl_forward._stats_kernel, {**_STATS, "HAS_T": True, "HAS_D": True,
+                                                                     "HAS_Y": True}, _SHAPE, {}),
+    "stats: student + teacher, reverse KL": (kl_forward._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
+                                                                          "HAS_Y": True, "CROSS": 1}, _SHAPE, {}),
+    "stats: three views (va_kl)": (kl_forward._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
+                                                               "HAS_D": True, "HAS_Y": True, "CROSS": 1}, _SHAPE, {}),
+    "dlogits: reverse KL": (kl_backward._dlogits_kernel, dict(MODE=kl_backward.MODE_REVERSE),
+                            {**_SHAPE, "v_begin": 0, "v_end": COLS, "Vc": COLS, "stride_dz": COLS}, {}),
+    "matmul: d head = dz^T h": (kl_backward._matmul_kernel, dict(ACCUMULATE=False),
+                                {**_MATMUL, "M": COLS, "N": DS, "K": N, "stride_am": 1, "stride_ak": COLS},
+                                {"c_ptr": "*bf16"}),
+    "matmul: d hidden += dz W": (kl_backward._matmul_kernel, dict(ACCUMULATE=True),
+                                 {**_MATMUL, "M": N, "N": DS, "K": COLS, "stride_am": COLS, "stride_ak": 1},
+                                 {"c_ptr": "*fp32"}),
+}
+_POINTER_TYPES = {"sh_ptr": "*bf16", "sw_ptr": "*bf16", "th_ptr": "*bf16", "td_ptr": "*bf16", "tw_ptr": "*bf16",
+                  "a_ptr": "*bf16", "b_ptr": "*bf16", "dz_ptr": "*bf16", "y_ptr": "*i64"}
+_F32_SCALARS = {"inv_temp", "log_beta", "log_1m_beta", "one_m_beta"}
+
+
+@dataclass
+class Row:
+    launch: str
+    arch: str
+    config: str
+    registers: int
+    stack_bytes: int
+    shared_bytes: int
+
+
+def _specialise(fn, flags: Dict[str, object], ints: Dict[str, int], pointers: Dict[str, str]):
+    """(signature, constexprs, attrs) for ASTSource, as the JIT would build them for these arguments."""
+    signature, constexprs, attrs = {}, dict(flags), {}
+    for index, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = pointers.get(name, _POINTER_TYPES.get(name, "*fp32"))
+            attrs[(index,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        elif name in _F32_SCALARS:
+            signature[name] = "fp32"
+        elif ints[name] == 1:
+            signature[name], constexprs[name] = "constexpr", 1
+        else:
+            signature[name] = "i32"
+            if ints[name] % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    return signature, constexprs, attrs
+
+
+def _cuobjdump() -> str:
+    import triton.backends.nvidia as nvidia
+    return os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
+
+
+def _resource_usage(cubin: bytes, workdir: Path) -> Dict[str, int]:
+    path = workdir / "kernel.cubin"
+    path.write_bytes(cubin)
+    text = subprocess.run([_cuobjdump(), "-res-usage", str(path)], capture_output=True, text=True,
+                          check=True).stdout
+    found = dict(re.findall(r"(REG|STACK|SHARED):(\d+)", text))
+    return {k: int(v) for k, v in found.items()}
+
+
+def _target(arch: str) -> GPUTarget:
+    return GPUTarget("cuda", int(arch.rstrip("a")), 32)
+
+
+def measure(arch: str, workdir: Path) -> List[Row]:
+    rows = []
+    for launch, (tuned, flags, ints, pointers) in LAUNCHES.items():
+        for config in tuned.configs:
+            flags = {"CAST_F32": False, "PRECISION": "tf32", **flags, **config.kwargs}
+            source = ASTSource(tuned.fn, *_specialise(tuned.fn, flags, ints, pointers))
+            compiled = triton.compile(source, target=_target(arch),
+                                      options=dict(num_warps=config.num_warps, num_stages=config.num_stages))
+            usage = _resource_usage(compiled.asm["cubin"], workdir)
+            label = (", ".join(f"{k}={v}" for k, v in config.kwargs.items())
+                     + f", warps={config.num_warps}, stages={config.num_stages}")
+            # Dynamic shared memory (Triton's pipelining buffers) is in the metadata, static in the cubin.
+            rows.append(Row(launch, f"sm_{arch}", label, usage.get("REG", -1), usage.get("STACK", -1),
+                            int(compiled.metadata.shared) + usage.get("SHARED", 0)))
+    return rows
+
+
+def markdown(rows: List[Row]) -> str:
+    lines = ["| launch | arch | config | registers | spill stack (B/thread) | shared (KiB) |",
+             "| --- | --- | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r.launch} | {r.arch} | {r.config} | {r.registers} | {r.stack_bytes} | "
+                     f"{r.shared_bytes / 1024:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", nargs="+", default=["90a", "80"], help="targets, e.g. 90a 80")
+    parser.add_argument("--out", type=Path, default=None, help="folder for resources.json / resources.md")
+    args = parser.parse_args(argv)
+    workdir = Path(args.out or Path(os.environ.get("TMPDIR", "/tmp")) / "vaopd-triton-resources")
+    workdir.mkdir(parents=True, exist_ok=True)
+    rows = [row for arch in args.arch for row in measure(arch, workdir)]
+    table = markdown(rows)
+    print(table)
+    if args.out:
+        (workdir / "kernel.cubin").unlink(missing_ok=True)
+        meta = {"triton": triton.__version__, "python": sys.version.split()[0]}
+        (args.out / "resources.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
+                                                            indent=1))
+        (args.out / "resources.md").write_text(f"Triton {triton.__version__}, compiled offline "
+                                               f"(`python -m bench.triton_resources`).\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
