@@ -40,6 +40,17 @@ RESULTS = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "pytho
 T0 = time.time()
 
 
+OUT_DIR = os.environ.get("OUT") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS_PATH = os.path.join(OUT_DIR, "gpu_check.json")
+
+
+def save():
+    """Write what is known so far: a run cut short by its time limit still leaves its results."""
+    os.makedirs(OUT_DIR, exist_ok=True)
+    with open(RESULTS_PATH, "w") as f:
+        json.dump(RESULTS, f, indent=2, default=str)
+
+
 def log(*a):
     print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
 
@@ -56,6 +67,7 @@ def guarded(name):
         finally:
             if CUDA:
                 torch.cuda.empty_cache()
+            save()
         return fn
     return deco
 
@@ -241,6 +253,17 @@ def kl_only_step(x):
 
 
 guarded("time_va_opd_triton")(lambda: time_case(va_opd_step("triton"), 5 if CUDA else 1))
+
+
+@guarded("time_va_opd_triton_fused_views")
+def fused_views_case():
+    """The same step with all three views in one statistics pass (_config.FUSED_VIEWS)."""
+    from vaopd_kernels.backends.triton import _config
+    _config.FUSED_VIEWS = True
+    try:
+        return time_case(va_opd_step("triton"), 5 if CUDA else 1)
+    finally:
+        _config.FUSED_VIEWS = False
 guarded("time_kl_only_triton")(lambda: time_case(kl_only_step, 5 if CUDA else 1))
 
 
@@ -289,6 +312,9 @@ def kernel_breakdown():
         "student_teacher_stats": (lambda: kl_forward.row_stats(vocab_size=H["v"], student=(sh, sw), teacher=(th, tw),
                                                                targets=x["y"], cross=kl_forward.CROSS_REVERSE),
                                   nv2 * (H["ds"] + H["dt"])),
+        "three_views_stats": (lambda: kl_forward.row_stats(vocab_size=H["v"], student=(sh, sw), teacher=(th, tw),
+                                                           degraded=td, targets=x["y"], cross=kl_forward.CROSS_REVERSE),
+                              nv2 * (H["ds"] + 2 * H["dt"])),
         "backward_dz_dw_dh": (lambda: kl_backward.student_grads(mode="reverse", sh=sh, sw=sw, th=th, tw=tw, rows=rows,
                                                                 row_grad=w, vocab_size=H["v"], precision="tf32"),
                               nv2 * (3 * H["ds"] + H["dt"])),
@@ -336,6 +362,7 @@ n, v, ds, dt = H["n"], H["v"], H["ds"], H["dt"]
 floors = {"va_opd": 2 * n * v * (3 * ds + 2 * dt), "kl_only": 2 * n * v * (3 * ds + dt)}
 rows = []
 for key, label, floor in (("time_va_opd_triton", "va_opd_loss fwd+bwd, pixelated, triton", "va_opd"),
+                          ("time_va_opd_triton_fused_views", "same, triton, VAOPD_TRITON_FUSED_VIEWS=1", "va_opd"),
                           ("time_va_opd_torch", "va_opd_loss fwd+bwd, pixelated, torch", "va_opd"),
                           ("time_kl_only_triton", "linear_kl reverse fwd+bwd (KL only), triton", "kl_only"),
                           ("time_kl_only_liger", "LigerFusedLinearJSDLoss beta=1 fwd+bwd", "kl_only")):
@@ -353,12 +380,8 @@ for key, label, floor in (("time_va_opd_triton", "va_opd_loss fwd+bwd, pixelated
     rows.append((label, f"{r['ms']:.1f}", f"{floor_ms:.1f}" if floor_ms else "?",
                  f"{r['time_over_floor']:.2f}x" if floor_ms else "?", str(r.get("peak_extra_mb", "?"))))
 
-out_dir = os.environ.get("OUT") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-os.makedirs(out_dir, exist_ok=True)
-path = os.path.join(out_dir, "gpu_check.json")
-with open(path, "w") as f:
-    json.dump(RESULTS, f, indent=2, default=str)
-log("wrote", path)
+save()
+log("wrote", RESULTS_PATH)
 
 print()
 print(f"## vaopd triton GPU check: {RESULTS.get('device', 'cpu (smoke)')}, torch {RESULTS['torch']}, "

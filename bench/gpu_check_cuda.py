@@ -393,8 +393,47 @@ def timing(cb):
     floor()
 
 
+# ----------------------------------------------------------------------------- 6. objective kernels
+def objective_checks(cb):
+    """csrc/objective.cu against the torch objective on the GPU: random rollouts full of ties, then
+    step-sized batches, with both timed."""
+    from vaopd_kernels import objective
+
+    options = dict(high_fraction=0.2, high_weight=0.5, temperature=1.0, eps=1e-6, num_prompts=None)
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for trial in range(40):
+        lengths = torch.randint(1, 300 if trial % 4 else 5000, (int(torch.randint(1, 64, (1,), generator=gen)),),
+                                generator=gen)
+        values = torch.tensor([0.0, -0.0, 0.1, 0.25, 1.0, 3.5])
+        va = values[torch.randint(0, 6, (int(lengths.sum()),), generator=gen)]
+        if trial % 3 == 0:  # continuous values too
+            va = torch.rand(va.shape, generator=gen, dtype=torch.float64).clamp_min(0.5) - 0.5
+        pid = torch.randint(0, max(1, lengths.numel() // 4), (lengths.numel(),), generator=gen)
+        cases.append((f"random {trial}", lengths, va.double(), pid))
+    for num_rollouts in (16, 512):
+        lengths = torch.full((num_rollouts,), 8192 // num_rollouts)
+        va = torch.rand(8192, generator=gen, dtype=torch.float64).clamp_min(0.7) - 0.7
+        cases.append((f"step N=8192 R={num_rollouts}", lengths, va, torch.arange(num_rollouts) // 8))
+    for label, lengths, va, pid in cases:
+        @guarded("objective", label)
+        def one():
+            cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).cuda()
+            args = (va.cuda(), cu, pid.cuda())
+            got, want = cb.va_opd_weights(*args, **options), objective.va_opd_weights(*args, **options)
+            assert torch.equal(got.high_mask, want.high_mask), "high mask differs"
+            torch.testing.assert_close(got.token_weight, want.token_weight, rtol=1e-12, atol=0)
+            torch.testing.assert_close(got.rollout_weight, want.rollout_weight, rtol=1e-12, atol=1e-300)
+            extra = {}
+            if label.startswith("step"):
+                extra = {name: round(cuda_time(lambda f=f: f(*args, **options), reps=20)[0], 3)
+                         for name, f in (("cuda_ms", cb.va_opd_weights), ("torch_ms", objective.va_opd_weights))}
+            record("objective", label, True, " ".join(f"{k} {v}" for k, v in extra.items()), **extra)
+        one()
+
+
 # ----------------------------------------------------------------------------- main
-STEPS = ("op_checks", "contract_matrix", "large_correctness", "timing")
+STEPS = ("op_checks", "contract_matrix", "objective_checks", "large_correctness", "timing")
 
 
 def main():

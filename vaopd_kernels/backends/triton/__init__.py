@@ -88,6 +88,11 @@ def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
     return attach(value.to(out_dtype), sh, sw, backward_fn)
 
 
+def _visual_advantage(stats) -> torch.Tensor:
+    """max(log p_t(y) - log p_d(y), 0) from a pass that scored both teacher views."""
+    return ((stats.logit_t - stats.lse_t) - (stats.logit_d - stats.lse_d)).clamp_min(0.0)
+
+
 def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
     out_dtype = compute_dtype(sh, sw, th, tw, *(x for x in (th_degraded,) if x is not None))
     shk, swk, thk, twk, tdk = kl_forward.operands(sh, sw, th, tw, th_degraded)
@@ -96,9 +101,7 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
                                                  degraded=tdk)
         lp_s = (stats.logit_s - stats.lse_s).to(out_dtype)
         lp_t = stats.logit_t - stats.lse_t
-        va = None
-        if tdk is not None:
-            va = (lp_t - (stats.logit_d - stats.lse_d)).clamp_min(0.0).to(out_dtype)
+        va = _visual_advantage(stats).to(out_dtype) if tdk is not None else None
     backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence="reverse", beta=0.5, temperature=1.0,
                             vocab_size=vocab_size)
     kl = attach(kl.to(out_dtype), sh, sw, backward_fn)
@@ -106,12 +109,20 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
 
 
 def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
-    va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size)
-    token_weight = token_weights(va)  # VA first: the token weights depend on it
     out_dtype = compute_dtype(sh, sw, th, tw)
-    shk, swk, thk, twk = kl_forward.operands(sh, sw, th, tw)
+    if _config.FUSED_VIEWS and th_degraded is not None:  # all three views in one statistics pass
+        shk, swk, thk, twk, tdk = kl_forward.operands(sh, sw, th, tw, th_degraded)
+        with torch.no_grad():
+            stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets,
+                                                     degraded=tdk)
+            va = _visual_advantage(stats).to(out_dtype)
+    else:  # the teacher views first, then student + teacher
+        va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size)
+        shk, swk, thk, twk = kl_forward.operands(sh, sw, th, tw)
+        with torch.no_grad():
+            stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets)
+    token_weight = token_weights(va)  # before any gradient work: the gradients are weighted by it
     with torch.no_grad():
-        stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets)
         kl = kl.to(out_dtype)
         loss = (token_weight.to(out_dtype) * kl).sum()
 

@@ -10,6 +10,10 @@
 - ``AUTOTUNE``: ``VAOPD_TRITON_AUTOTUNE=0`` keeps only the first (default) configuration.
 - ``ALLOW_TF32``: fp32 inputs use IEEE fp32 dots by default (exact); True allows TF32.
 - ``DZ_WORKSPACE_BYTES``: the backward's only [rows, vocab-chunk] buffer (default 32 MiB).
+- ``FUSED_VIEWS``: ``weighted_kl`` (``va_opd_loss``) scores student, teacher and pixelated teacher
+  in one statistics pass (``VAOPD_TRITON_FUSED_VIEWS=1``) instead of the teacher views first and
+  then student + teacher: 29% fewer forward GEMM FLOPs at Ds = 2048, Dt = 4096, but a kernel with
+  three logit tiles live. Off until an H100/H200 run shows it faster (``bench/gpu_all.sh``).
 
 No kernel uses atomics: every output element has one writer, so results are deterministic.
 """
@@ -24,6 +28,7 @@ POISON: bool = os.environ.get("VAOPD_TRITON_POISON", "0") == "1"
 FORCE_SPLITS = None
 AUTOTUNE: bool = os.environ.get("VAOPD_TRITON_AUTOTUNE", "1") != "0"
 ALLOW_TF32: bool = False
+FUSED_VIEWS: bool = os.environ.get("VAOPD_TRITON_FUSED_VIEWS", "0") == "1"
 DZ_WORKSPACE_BYTES: int = int(float(os.environ.get("VAOPD_TRITON_WORKSPACE_MB", "32")) * (1 << 20))
 
 
