@@ -27,7 +27,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from vaopd_kernels.backends.triton import kl_backward, kl_forward
+from vaopd_kernels.backends.triton import _config, kl_backward, kl_forward
 
 # The launches the backend makes at the headline shape (bf16, N = 8192, Ds = 2048, Dt = 4096,
 # V = 151,936): kernel, constexpr flags, and the integer arguments it sees there. Integers are
@@ -107,10 +107,13 @@ def _target(arch: str) -> GPUTarget:
     return GPUTarget("cuda", int(arch.rstrip("a")), 32)
 
 
-def measure(arch: str, workdir: Path) -> List[Row]:
+def measure(arch: str, workdir: Path, only: str = "", max_configs: int = 0) -> List[Row]:
+    """Rows for every launch whose name contains ``only``, each config (the first ``max_configs``)."""
     rows = []
     for launch, (tuned, flags, ints, pointers) in LAUNCHES.items():
-        for config in tuned.configs:
+        if only not in launch:
+            continue
+        for config in tuned.configs[:max_configs or None]:
             flags = {"CAST_F32": False, "PRECISION": "tf32", **flags, **config.kwargs}
             source = ASTSource(tuned.fn, *_specialise(tuned.fn, flags, ints, pointers))
             compiled = triton.compile(source, target=_target(arch),
@@ -137,10 +140,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", nargs="+", default=["90a", "80"], help="targets, e.g. 90a 80")
     parser.add_argument("--out", type=Path, default=None, help="folder for resources.json / resources.md")
+    parser.add_argument("--launch", default="", help="only launches whose name contains this")
+    parser.add_argument("--max-configs", type=int, default=0, help="first N configurations of each (0: all)")
     args = parser.parse_args(argv)
+    if _config.INTERPRET:
+        parser.error("TRITON_INTERPRET=1 replaces the kernels and their configurations: unset it")
     workdir = Path(args.out or Path(os.environ.get("TMPDIR", "/tmp")) / "vaopd-triton-resources")
     workdir.mkdir(parents=True, exist_ok=True)
-    rows = [row for arch in args.arch for row in measure(arch, workdir)]
+    rows = [row for arch in args.arch for row in measure(arch, workdir, args.launch, args.max_configs)]
     table = markdown(rows)
     print(table)
     if args.out:
