@@ -14,6 +14,7 @@ Spilling shows as STACK > 0 bytes per thread. Needs a Triton build with the NVID
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import re
@@ -152,11 +153,13 @@ def main(argv=None) -> int:
     print(table)
     if args.out:
         (workdir / "kernel.cubin").unlink(missing_ok=True)
-        meta = {"triton": triton.__version__, "python": sys.version.split()[0]}
+        meta = {"triton": triton.__version__, "python": sys.version.split()[0],
+                "date": datetime.date.today().isoformat(), "shape": dict(N=N, V=V, Ds=DS, Dt=DT, dtype="bf16")}
         (args.out / "resources.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
                                                             indent=1))
-        (args.out / "resources.md").write_text(f"Triton {triton.__version__}, compiled offline "
-                                               f"(`python -m bench.triton_resources`).\n\n{table}\n")
+        (args.out / "resources.md").write_text(
+            f"Triton {triton.__version__}, compiled offline on {meta['date']} (`python -m bench.triton_resources`), "
+            f"bf16, specialised for N={N}, Ds={DS}, Dt={DT}, V={V}.\n\n{table}\n")
     return 0
 
 

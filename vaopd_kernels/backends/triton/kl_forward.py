@@ -90,10 +90,8 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
         v_mask = offs_v < V
         z_s = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
         z_t = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
-        if HAS_S:
-            raw, _unused = logits_tile(sh_ptr, sh_ptr, stride_sh, sw_ptr, stride_sw, offs_n, n_mask, offs_v, v_mask,
-                                       Ds, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
-            z_s = scaled(raw, v_mask, inv_temp)
+        # Teacher views first, and the degraded one reduced at once: at most two logit tiles are
+        # live at any time (three would spill; see bench/triton_resources.py).
         if HAS_T:
             raw_t, raw_d = logits_tile(th_ptr, td_ptr, stride_th, tw_ptr, stride_tw, offs_n, n_mask, offs_v, v_mask,
                                        Dt, HAS_D, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
@@ -103,6 +101,10 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
                 m_d, l_d, _alpha_d, _e_d = online_lse(m_d, l_d, z_d)
                 if HAS_Y:
                     y_d += pick(z_d, offs_v, y)
+        if HAS_S:
+            raw, _unused = logits_tile(sh_ptr, sh_ptr, stride_sh, sw_ptr, stride_sw, offs_n, n_mask, offs_v, v_mask,
+                                       Ds, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+            z_s = scaled(raw, v_mask, inv_temp)
         if CROSS == 3:
             # second JSD pass: exact log-probabilities from the first pass's normalisers
             logp_s = z_s - lse_s[:, None]
@@ -111,10 +113,10 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
             a_x += tl.sum(tl.where(v_mask[None, :], tl.exp(logp_t) * (logp_t - logm), 0.0), 1)
             c_x += tl.sum(tl.where(v_mask[None, :], tl.exp(logp_s) * (logp_s - logm), 0.0), 1)
         else:
-            diff = tl.where(v_mask[None, :], z_s - z_t, 0.0)
+            diff = z_s - z_t
             if HAS_S:
                 m_new, l_s, alpha_s, e_s = online_lse(m_s, l_s, z_s)
-                b_s = b_s * alpha_s + tl.sum(e_s * tl.where(v_mask[None, :], z_s, 0.0), 1)
+                b_s = b_s * alpha_s + tl.sum(e_s * z_s, 1)
                 if HAS_Y:
                     y_s += pick(z_s, offs_v, y)
                 if CROSS == 1:
