@@ -35,8 +35,8 @@ NUM_STATS = 12
 # difference of two ~log(V)-sized normalisers (which loses ~1e-6 in fp32 when student ~ teacher).
 _SMALL_GAP = 0.5
 
-# The last three hold an [N, V] tile of 8192 elements over 8 warps: with two or three views live
-# they spill 8-16 bytes per thread on sm_90a where the 128 x 128 tiles spill 320-1100
+# The last three spread 8192-element tiles over 8 warps: none spills on sm_90a with two or three
+# views, where the 128 x 128 tiles spill 16 (two views) and 256 (three) bytes per thread
 # (``python -m bench.triton_resources``); the autotuner decides which is faster.
 _CONFIGS = [
     C.cfg(8, 3, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
