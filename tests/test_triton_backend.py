@@ -209,6 +209,43 @@ def test_weighted_kl_without_grad():
           torch.float32, "loss")
 
 
+# ----------------------------------------------------------------------------- gradient filtering
+@pytest.mark.parametrize("mode", ["reverse", "logprob"])
+def test_gradient_filtering(mode, monkeypatch):
+    """eps = 0 keeps every block (the unfiltered gradients exactly); a huge eps drops all of them
+    (zero gradients: the skip path really skips); 2^-12 on peaked distributions drops blocks, and
+    each gradient entry moves by at most what the dropped entries (|d q / d z| < eps) can carry."""
+    n, vocab = 40, 300
+    low, _, y = make(n, 32, 32, vocab, torch.float32, seed=12)
+    with torch.no_grad():  # peaked softmax, as in a trained LM: z = 30 cos(h, w_target) + noise
+        for hidden, weight in ((low[0], low[1]), (low[2], low[3])):
+            weight /= weight.norm(dim=1, keepdim=True)
+            hidden.copy_(30.0 * weight[y] + 3.0 * torch.randn(hidden.shape, generator=torch.Generator().manual_seed(3)))
+    upstream = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def run(eps):
+        monkeypatch.setattr(_config, "FILTER_EPS", eps)
+        if mode == "logprob":
+            value = vk.linear_logprob(low[0], low[1], y, vocab_size=vocab, backend="triton")
+        else:
+            value = vk.linear_kl(*low[:4], vocab_size=vocab, backend="triton")
+        return [g.double() for g in torch.autograd.grad((value * upstream.float()).sum(), low[:2])]
+
+    unfiltered = run(None)
+    for exact, base in zip(run(0.0), unfiltered):
+        assert torch.equal(exact, base)
+    for dropped in run(1e9):
+        assert torch.count_nonzero(dropped) == 0
+    eps = 2.0 ** -12
+    d_hidden, d_weight = run(eps)
+    assert not torch.equal(d_hidden, unfiltered[0]), "nothing was filtered"
+    g = upstream.abs()
+    h_max, w_max = low[0].detach().abs().max().double(), low[1].detach().abs().max().double()
+    # d h_n = sum_v g_n dq_nv w_v and d w_v = sum_n g_n dq_nv h_n, with |dq| < eps wherever dropped
+    assert ((d_hidden - unfiltered[0]).abs() <= vocab * eps * w_max * g[:, None] * 1.01 + 1e-6).all()
+    assert ((d_weight - unfiltered[1]).abs() <= n * eps * h_max * g.max() * 1.01 + 1e-6).all()
+
+
 # ----------------------------------------------------------------------------- GPU only
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (large shapes)")
 def test_large_bf16_gpu():

@@ -10,6 +10,11 @@
 - ``AUTOTUNE``: ``VAOPD_TRITON_AUTOTUNE=0`` keeps only the first (default) configuration.
 - ``ALLOW_TF32``: fp32 inputs use IEEE fp32 dots by default (exact); True allows TF32.
 - ``DZ_WORKSPACE_BYTES``: the backward's only [rows, vocab-chunk] buffer (default 32 MiB).
+- ``FILTER_EPS``: gradient filtering (``VAOPD_TRITON_FILTER_EPS``, e.g. ``2**-12``; default None
+  = off). The backward skips, in both of its matmuls, the ``FLAG_BLOCK`` x ``FLAG_BLOCK`` blocks of
+  d loss / d logits whose every entry, before the row weight, is below it in magnitude (as Cut
+  Cross-Entropy does for softmax blocks). Off until a GPU run shows it faster; its error is
+  measured by tests/test_triton_backend.py and bench/gpu_check.py.
 - ``FUSED_VIEWS``: ``weighted_kl`` (``va_opd_loss``) scores student, teacher and pixelated teacher
   in one statistics pass (``VAOPD_TRITON_FUSED_VIEWS=1``) instead of the teacher views first and
   then student + teacher: 29% fewer forward GEMM FLOPs at Ds = 2048, Dt = 4096, but a kernel with
@@ -28,6 +33,9 @@ POISON: bool = os.environ.get("VAOPD_TRITON_POISON", "0") == "1"
 FORCE_SPLITS = None
 AUTOTUNE: bool = os.environ.get("VAOPD_TRITON_AUTOTUNE", "1") != "0"
 ALLOW_TF32: bool = False
+FILTER_EPS = float(os.environ["VAOPD_TRITON_FILTER_EPS"]) if os.environ.get("VAOPD_TRITON_FILTER_EPS") else None
+# Granularity of the filter map: divides every tile size of the kernels (the interpreter's are small).
+FLAG_BLOCK: int = 16 if INTERPRET else 64
 FUSED_VIEWS: bool = os.environ.get("VAOPD_TRITON_FUSED_VIEWS", "0") == "1"
 DZ_WORKSPACE_BYTES: int = int(float(os.environ.get("VAOPD_TRITON_WORKSPACE_MB", "32")) * (1 << 20))
 

@@ -21,6 +21,7 @@ Gradient of the row quantity q_n times the row weight g_n (already divided by T)
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
@@ -50,13 +51,13 @@ _MM_CONFIGS = [
 
 
 @C.autotune(_DZ_CONFIGS, C.cfg(1, 1, BLOCK_N=16, BLOCK_V=32, BLOCK_D=32),
-            key=["Ds", "Dt", "MODE", "PRECISION"])  # not N: no retuning per batch
+            key=["Ds", "Dt", "MODE", "PRECISION", "FILTER"])  # not N: no retuning per batch
 @triton.jit
-def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, g_ptr, dz_ptr,
+def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, g_ptr, dz_ptr, flag_ptr,
                     N, v_begin, v_end, Vc, Ds, Dt, stride_sh, stride_sw, stride_th, stride_tw, stride_dz,
-                    inv_temp, one_m_beta, log_beta, log_1m_beta,
-                    MODE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+                    flag_cols, inv_temp, one_m_beta, log_beta, log_1m_beta, filter_eps,
+                    MODE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, FILTER: tl.constexpr,
+                    FLAG_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_v = v_begin + tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     n_mask = offs_n < N
@@ -86,6 +87,15 @@ def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, g_ptr, dz_p
             logp_t = z_t - lse_t[:, None]
             logm = logaddexp(logp_t + log_beta, logp_s + log_1m_beta)
             dz = one_m_beta * p_s * (logp_s - logm - aux[:, None])
+    if FILTER:  # flag each FLAG_BLOCK x FLAG_BLOCK block holding some |d q_n / d z| >= filter_eps
+        size = tl.where(n_mask[:, None] & v_mask[None, :], tl.abs(dz), 0.0)
+        blocks = tl.reshape(size, (BLOCK_N // FLAG_BLOCK, FLAG_BLOCK, BLOCK_V // FLAG_BLOCK, FLAG_BLOCK))
+        block_max = tl.max(tl.max(blocks, 3), 1)
+        row_blocks = tl.program_id(0) * (BLOCK_N // FLAG_BLOCK) + tl.arange(0, BLOCK_N // FLAG_BLOCK)
+        col_blocks = tl.program_id(1) * (BLOCK_V // FLAG_BLOCK) + tl.arange(0, BLOCK_V // FLAG_BLOCK)
+        in_map = (row_blocks < tl.cdiv(N, FLAG_BLOCK))[:, None] & (col_blocks < flag_cols)[None, :]
+        tl.store(flag_ptr + row_blocks[:, None] * flag_cols + col_blocks[None, :],
+                 (block_max >= filter_eps).to(tl.int8), mask=in_map)
     dz = dz * g[:, None]  # masked columns hold p = 0 exactly (see scaled); the store skips them anyway
     ptrs = dz_ptr + offs_n[:, None] * stride_dz + (offs_v - v_begin)[None, :]
     tl.store(ptrs, dz.to(dz_ptr.dtype.element_ty), mask=n_mask[:, None] & v_mask[None, :])
@@ -93,12 +103,15 @@ def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, g_ptr, dz_p
 
 @C.autotune(_MM_CONFIGS, C.cfg(1, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32),
             # key: output width and layout only (M, K follow the batch size: no retuning per batch)
-            key=["N", "stride_am", "ACCUMULATE", "PRECISION"], restore_value=["c_ptr"])
+            key=["N", "stride_am", "ACCUMULATE", "PRECISION", "FILTER"], restore_value=["c_ptr"])
 @triton.jit
-def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
-                   ACCUMULATE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """c (+)= a @ b with fp32 accumulation; c is row-major with unit column stride."""
+def _matmul_kernel(a_ptr, b_ptr, c_ptr, flag_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
+                   stride_fm, stride_fk,
+                   ACCUMULATE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, FILTER: tl.constexpr,
+                   FLAG_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """c (+)= a @ b with fp32 accumulation; c is row-major with unit column stride. With FILTER, a
+    K step runs only where the int8 map flags[m / FLAG_BLOCK, k / FLAG_BLOCK] (strides stride_fm,
+    stride_fk) marks some block of a's rows x that step's columns as non-negligible."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -121,18 +134,31 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk
         if CAST_F32:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if FILTER:
+            fm = tl.program_id(0) * (BLOCK_M // FLAG_BLOCK) + tl.arange(0, BLOCK_M // FLAG_BLOCK)
+            fk = k // FLAG_BLOCK + tl.arange(0, BLOCK_K // FLAG_BLOCK)
+            flags = tl.load(flag_ptr + fm[:, None] * stride_fm + fk[None, :] * stride_fk,
+                            mask=(fm < tl.cdiv(M, FLAG_BLOCK))[:, None] & (fk < tl.cdiv(K, FLAG_BLOCK))[None, :],
+                            other=0)
+            if tl.max(tl.max(flags, 1), 0) > 0:
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        else:
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *, accumulate: bool, precision: str) -> None:
-    """c (+)= a @ b for 2-D views (any strides for a and b; c with unit column stride)."""
+def matmul(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *, accumulate: bool, precision: str,
+           flags: Optional[torch.Tensor] = None) -> None:
+    """c (+)= a @ b for 2-D views (any strides for a and b; c with unit column stride). ``flags``:
+    an int8 [M / FLAG_BLOCK, K / FLAG_BLOCK] view (any strides); K steps it marks 0 are skipped."""
     m, k = a.shape
     n = b.shape[1]
     assert c.stride(1) == 1 and c.shape == (m, n)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
-    _matmul_kernel[grid](a, b, c, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0),
-                         ACCUMULATE=accumulate, CAST_F32=C.INTERPRET, PRECISION=precision)
+    fm, fk = flags.stride() if flags is not None else (0, 0)
+    _matmul_kernel[grid](a, b, c, flags if flags is not None else c, m, n, k, a.stride(0), a.stride(1), b.stride(0),
+                         b.stride(1), c.stride(0), fm, fk, ACCUMULATE=accumulate, CAST_F32=C.INTERPRET,
+                         PRECISION=precision, FILTER=flags is not None, FLAG_BLOCK=C.FLAG_BLOCK)
 
 
 def _chunk_columns(num_rows: int, vocab_size: int, itemsize: int) -> int:
@@ -163,6 +189,10 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
         grad_h.fill_(float("nan"))
     cols = _chunk_columns(n, vocab_size, torch.finfo(ws_dtype).bits // 8)
     workspace = torch.empty(n, cols, dtype=ws_dtype, device=device)
+    filtering = C.FILTER_EPS is not None
+    flag_cols = triton.cdiv(cols, C.FLAG_BLOCK)
+    flag_map = torch.empty(triton.cdiv(n, C.FLAG_BLOCK), flag_cols if filtering else 0, dtype=torch.int8,
+                           device=device)
     th = th if th is not None else sh
     tw = tw if tw is not None else sw
     y = targets if targets is not None else g
@@ -173,11 +203,16 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
         dz = workspace[:, :width]
         if C.POISON:
             dz.fill_(float("nan"))
+        flags = flag_map[:, :triton.cdiv(width, C.FLAG_BLOCK)] if filtering else None
+        if flags is not None and C.POISON:
+            flags.zero_()  # an unwritten flag would drop a live block: the tests would see it
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(width, meta["BLOCK_V"]))  # noqa: E731
-        _dlogits_kernel[grid](sh, sw, th, tw, y, rows, g, dz, n, v_begin, v_end, cols, ds, th.shape[1],
-                              sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0), dz.stride(0),
-                              1.0 / temperature, 1.0 - beta, math.log(beta), math.log1p(-beta),
-                              MODE=MODES[mode], CAST_F32=C.INTERPRET, PRECISION=precision)
-        matmul(dz.t(), sh, grad_w[v_begin:v_end], accumulate=False, precision=precision)
-        matmul(dz, sw[v_begin:v_end], grad_h, accumulate=v_begin > 0, precision=precision)
+        _dlogits_kernel[grid](sh, sw, th, tw, y, rows, g, dz, flag_map if filtering else dz, n, v_begin, v_end, cols,
+                              ds, th.shape[1], sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0), dz.stride(0),
+                              flag_cols, 1.0 / temperature, 1.0 - beta, math.log(beta), math.log1p(-beta),
+                              C.FILTER_EPS or 0.0, MODE=MODES[mode], CAST_F32=C.INTERPRET, PRECISION=precision,
+                              FILTER=filtering, FLAG_BLOCK=C.FLAG_BLOCK)
+        matmul(dz.t(), sh, grad_w[v_begin:v_end], accumulate=False, precision=precision,
+               flags=flags.t() if filtering else None)
+        matmul(dz, sw[v_begin:v_end], grad_h, accumulate=v_begin > 0, precision=precision, flags=flags)
     return grad_h, grad_w
