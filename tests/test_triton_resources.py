@@ -26,7 +26,7 @@ def test_offline_register_report(tmp_path):
     # The test session runs the interpreter; the report needs the compiled kernels.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    cmd = [sys.executable, "-m", "bench.triton_resources", "--arch", "90a", "--launch", "dlogits",
+    cmd = [sys.executable, "-m", "bench.triton_resources", "--arch", "90a", "--launch", "dlogits: reverse KL, filtered",
            "--max-configs", "1", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
