@@ -36,6 +36,13 @@ from vaopd_kernels.results import VAKLResult
 
 _MIB = 1 << 20
 _chunk_budget_bytes = int(float(os.environ.get("VAOPD_CUDA_CHUNK_MB", "2048")) * _MIB)
+# d(head) sums over row chunks. "fp32" (default): in one fp32 [V, Ds] buffer, exact (1.2 GiB at
+# V = 151,936, Ds = 2048). "native": in the head's own bf16/fp16, each chunk's GEMM accumulating
+# in fp32 inside cuBLAS and rounding once into the sum: no buffer beyond the chunks, one half-
+# precision rounding per chunk (error measured in tests/test_cuda_backend.py).
+HEAD_GRAD_ACCUMULATION = os.environ.get("VAOPD_CUDA_HEAD_GRAD", "fp32")
+if HEAD_GRAD_ACCUMULATION not in ("fp32", "native"):
+    raise ValueError(f"VAOPD_CUDA_HEAD_GRAD: expected 'fp32' or 'native', got {HEAD_GRAD_ACCUMULATION!r}")
 _HALF = (torch.bfloat16, torch.float16)
 _GRAD_FORMAT = {None: 0, torch.bfloat16: 1, torch.float16: 2}
 _DIVERGENCE = {"reverse": 0, "forward": 1, "jsd": 2}
@@ -324,7 +331,9 @@ def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, 
     if row_grad is not None:
         grad_half = s_head.op_dtype if s_head.op_dtype in _HALF else None
         out.grad_hidden = torch.empty(num_rows, student[0].shape[1], dtype=cdtype, device=device)
-        out.grad_weight = torch.zeros(vocab_size, student[1].shape[1], dtype=cdtype, device=device)
+        native = HEAD_GRAD_ACCUMULATION == "native" and grad_half is not None
+        out.grad_weight = torch.zeros(vocab_size, student[1].shape[1], dtype=grad_half if native else cdtype,
+                                      device=device)
         row_grad = row_grad.detach().to(device=device, dtype=cdtype).contiguous()
     grad_format = _GRAD_FORMAT[grad_half]
 
