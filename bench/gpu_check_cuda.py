@@ -335,10 +335,12 @@ def timing(cb):
     budgets = [int(os.environ.get("VAOPD_CUDA_CHUNK_MB", "2048")), 1024, 4096]
     saved = cb.get_chunk_budget()
     results = {}
-    for mb in dict.fromkeys(budgets):
-        @guarded("timing", f"va_opd_loss fwd+bwd budget={mb}MiB")
+    variants = [(mb, "fp32") for mb in dict.fromkeys(budgets)] + [(1024, "native")]
+    for mb, head_grad in variants:
+        @guarded("timing", f"va_opd_loss fwd+bwd budget={mb}MiB head_grad={head_grad}")
         def one():
             cb.set_chunk_budget(mb * 2**20)
+            cb.HEAD_GRAD_ACCUMULATION = head_grad
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated()
@@ -348,17 +350,18 @@ def timing(cb):
             peak = torch.cuda.max_memory_allocated() - base
             finite = bool(torch.isfinite(r.loss)) and shg.grad is not None and bool(torch.isfinite(shg.grad).all())
             med, times = cuda_time(step)
-            results[mb] = med
+            results[(mb, head_grad)] = med
             rows = cb._rows_per_chunk(n, vocab, 2, torch.float32)
             detail = (f"median {med:.1f} ms (runs {', '.join(f'{t:.1f}' for t in times)}), peak extra "
                       f"{peak / 2**30:.2f} GiB, {rows} rows/chunk (2 views), loss={float(r.loss):.4f}, "
                       f"{flops / med / 1e9:.0f} TFLOP/s on the exact-O(N) GEMM count")
             REPORT["timings"].append(dict(case="va_opd_loss fwd+bwd", n=n, ds=ds, dt=dt, vocab=vocab,
-                                          chunk_mb=mb, median_ms=med, times_ms=times, peak_extra_bytes=peak,
+                                          chunk_mb=mb, head_grad=head_grad, median_ms=med, times_ms=times, peak_extra_bytes=peak,
                                           rows_per_chunk=rows, loss=float(r.loss)))
-            record("timing", f"va_opd_loss budget={mb}MiB", finite, detail)
+            record("timing", f"va_opd_loss budget={mb}MiB head_grad={head_grad}", finite, detail)
         one()
     cb.set_chunk_budget(saved)
+    cb.HEAD_GRAD_ACCUMULATION = "fp32"
 
     @guarded("timing", "breakdown")
     def breakdown():
