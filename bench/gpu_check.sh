@@ -5,7 +5,9 @@ set -u
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-# small-shape test matrix on the GPU (first config only: no autotuning per test shape)
-# (each test shape compiles its own kernels: capped at 120 s; SIGINT still prints pytest's summary)
-VAOPD_TRITON_AUTOTUNE=0 timeout -s INT 120 python -m pytest -q -x tests/test_triton_backend.py 2>&1 | tail -15
+# Headline numbers first (gpu_check.json is saved after every case), then the small-shape test
+# matrix on the GPU (first config only: no autotuning per test shape; each test shape compiles its
+# own kernels, so it is capped; SIGINT still prints pytest's summary).
 python bench/gpu_check.py "$@"
+VAOPD_TRITON_AUTOTUNE=0 timeout -s INT "${PYTEST_SECONDS:-90}" python -m pytest -q -x tests/test_triton_backend.py \
+  tests/test_objective_native.py 2>&1 | tail -15
