@@ -5,7 +5,8 @@
 #      test subset (bench/gpu_check.sh)
 #   2. cuda backend: JIT build, kernel checks, contract matrix, objective kernels vs the torch
 #      objective, large correctness, timing (also VAOPD_CUDA_HEAD_GRAD=native)
-#   3. side-by-side runner, headline preset, every peer (Liger/CCE from .whl/ when carried)
+#   3. the trainer's demo on the GPU (bf16, 4 steps)
+#   4. side-by-side runner, headline preset, every peer (Liger/CCE from .whl/ when carried)
 # Run as: run(command="bash bench/gpu_all.sh", carry=[".whl"], timeout_s=600); then unpack results.tgz
 # and the logs under bench/results/ with the card, versions and date.
 set -u
@@ -18,7 +19,11 @@ timeout "${TRITON_SECONDS:-270}" bash bench/gpu_check.sh > "$OUT/triton_check.lo
 echo "triton check exit $?"; tail -n 50 "$OUT/triton_check.log"
 timeout "${CUDA_SECONDS:-170}" python3 bench/gpu_check_cuda.py > "$OUT/cuda_check.log" 2>&1
 echo "cuda check exit $?"; tail -n 25 "$OUT/cuda_check.log"
-BUDGET="${COMPARE_SECONDS:-110}" timeout "$(( ${COMPARE_SECONDS:-110} + 20 ))" bash bench/gpu_compare.sh \
+# The trainer's GPU path (never run on a GPU before): the demo config, bf16, 4 steps, triton loss.
+timeout "${TRAINER_SECONDS:-60}" python3 -m vaopd_trainer --config configs/demo.yaml --max_steps 4 --save_steps 0 \
+  --bf16 true --output_dir "$OUT/trainer-gpu" > "$OUT/trainer_gpu.log" 2>&1
+echo "trainer exit $?"; tail -n 12 "$OUT/trainer_gpu.log"
+BUDGET="${COMPARE_SECONDS:-60}" timeout "$(( ${COMPARE_SECONDS:-60} + 20 ))" bash bench/gpu_compare.sh \
   > "$OUT/compare.log" 2>&1
 echo "compare exit $?"; tail -n 40 "$OUT/compare.log"
 # The device returns at most 8 files: pack everything but the logs into one archive.
