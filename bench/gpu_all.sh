@@ -21,8 +21,9 @@ timeout "${CUDA_SECONDS:-170}" python3 bench/gpu_check_cuda.py > "$OUT/cuda_chec
 echo "cuda check exit $?"; tail -n 25 "$OUT/cuda_check.log"
 # The trainer's GPU path (never run on a GPU before): the demo config, bf16, 4 steps, triton loss.
 timeout "${TRAINER_SECONDS:-60}" python3 -m vaopd_trainer --config configs/demo.yaml --max_steps 4 --save_steps 0 \
-  --bf16 true --output_dir "$OUT/trainer-gpu" > "$OUT/trainer_gpu.log" 2>&1
+  --bf16 true --output_dir /tmp/vaopd-trainer-gpu > "$OUT/trainer_gpu.log" 2>&1
 echo "trainer exit $?"; tail -n 12 "$OUT/trainer_gpu.log"
+cp /tmp/vaopd-trainer-gpu/metrics.jsonl "$OUT/trainer_gpu_metrics.jsonl" 2>/dev/null || true
 BUDGET="${COMPARE_SECONDS:-60}" timeout "$(( ${COMPARE_SECONDS:-60} + 20 ))" bash bench/gpu_compare.sh \
   > "$OUT/compare.log" 2>&1
 echo "compare exit $?"; tail -n 40 "$OUT/compare.log"
