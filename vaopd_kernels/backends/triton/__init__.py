@@ -46,14 +46,14 @@ def supports_device(device) -> bool:
 
 
 def _rows(*columns):
-    """[4, N] row statistics for the backward kernel (missing ones are zero)."""
+    """[5, N] row statistics for the backward kernel (missing ones are zero)."""
     ref = next(c for c in columns if c is not None)
     return torch.stack([c if c is not None else torch.zeros_like(ref) for c in columns])
 
 
 def _student_teacher_stats(sh, sw, th, tw, *, vocab_size, divergence="reverse", beta=0.5, temperature=1.0,
                            targets=None, degraded=None):
-    """Forward statistics and the [4, N] rows the backward needs for ``divergence``."""
+    """Forward statistics and the [5, N] rows the backward needs for ``divergence``."""
     cross = {"reverse": CROSS_REVERSE, "forward": CROSS_FORWARD, "jsd": CROSS_NONE}[divergence]
     stats = kl_forward.row_stats(vocab_size=vocab_size, student=(sh, sw), teacher=(th, tw), degraded=degraded,
                                  targets=targets, temperature=temperature, cross=cross, beta=beta)
@@ -62,10 +62,10 @@ def _student_teacher_stats(sh, sw, th, tw, *, vocab_size, divergence="reverse", 
                                       temperature=temperature, cross=CROSS_JSD, beta=beta,
                                       lse=torch.stack([stats.lse_s, stats.lse_t]))
         value = beta * second.jsd_t + (1.0 - beta) * second.jsd_s
-        rows = _rows(stats.lse_s, stats.lse_t, None, second.jsd_s)
+        rows = _rows(stats.lse_s, stats.lse_t, None, second.jsd_s, stats.max_s)
     else:
         value = stats.kl
-        rows = _rows(stats.lse_s, stats.lse_t, stats.gap, stats.kl)
+        rows = _rows(stats.lse_s, stats.lse_t, stats.gap, stats.kl, stats.max_s)
     return stats, value, rows
 
 

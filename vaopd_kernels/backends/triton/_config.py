@@ -12,8 +12,8 @@
 - ``DZ_WORKSPACE_BYTES``: the backward's only [rows, vocab-chunk] buffer (default 32 MiB).
 - ``FILTER_EPS``: gradient filtering (``VAOPD_TRITON_FILTER_EPS``, e.g. ``2**-12``; default None
   = off). The backward skips, in both of its matmuls, the ``FLAG_BLOCK`` x ``FLAG_BLOCK`` blocks of
-  d loss / d logits whose every entry, before the row weight, is below it in magnitude (as Cut
-  Cross-Entropy does for softmax blocks). Off until a GPU run shows it faster; its error is
+  d loss / d logits whose every entry, before the row weight, is below eps x the row's largest
+  student probability in magnitude (as Cut Cross-Entropy does for softmax blocks). Off until a GPU run shows it faster; its error is
   measured by tests/test_triton_backend.py and bench/gpu_check.py.
 - ``FUSED_VIEWS``: ``weighted_kl`` (``va_opd_loss``) scores student, teacher and pixelated teacher
   in one statistics pass (``VAOPD_TRITON_FUSED_VIEWS=1``) instead of the teacher views first and

@@ -87,15 +87,17 @@ def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, g_ptr, dz_p
             logp_t = z_t - lse_t[:, None]
             logm = logaddexp(logp_t + log_beta, logp_s + log_1m_beta)
             dz = one_m_beta * p_s * (logp_s - logm - aux[:, None])
-    if FILTER:  # flag each FLAG_BLOCK x FLAG_BLOCK block holding some |d q_n / d z| >= filter_eps
-        size = tl.where(n_mask[:, None] & v_mask[None, :], tl.abs(dz), 0.0)
-        blocks = tl.reshape(size, (BLOCK_N // FLAG_BLOCK, FLAG_BLOCK, BLOCK_V // FLAG_BLOCK, FLAG_BLOCK))
+    if FILTER:  # flag each FLAG_BLOCK x FLAG_BLOCK block with some |d q_n / d z| >= eps * max_v p_s
+        max_s = tl.load(rows_ptr + 4 * N + offs_n, mask=n_mask, other=0.0)
+        threshold = filter_eps * tl.exp(max_s - lse_s)
+        excess = tl.where(n_mask[:, None] & v_mask[None, :], tl.abs(dz) - threshold[:, None], -1.0)
+        blocks = tl.reshape(excess, (BLOCK_N // FLAG_BLOCK, FLAG_BLOCK, BLOCK_V // FLAG_BLOCK, FLAG_BLOCK))
         block_max = tl.max(tl.max(blocks, 3), 1)
         row_blocks = tl.program_id(0) * (BLOCK_N // FLAG_BLOCK) + tl.arange(0, BLOCK_N // FLAG_BLOCK)
         col_blocks = tl.program_id(1) * (BLOCK_V // FLAG_BLOCK) + tl.arange(0, BLOCK_V // FLAG_BLOCK)
         in_map = (row_blocks < tl.cdiv(N, FLAG_BLOCK))[:, None] & (col_blocks < flag_cols)[None, :]
         tl.store(flag_ptr + row_blocks[:, None] * flag_cols + col_blocks[None, :],
-                 (block_max >= filter_eps).to(tl.int8), mask=in_map)
+                 (block_max >= 0.0).to(tl.int8), mask=in_map)
     dz = dz * g[:, None]  # masked columns hold p = 0 exactly (see scaled); the store skips them anyway
     ptrs = dz_ptr + offs_n[:, None] * stride_dz + (offs_v - v_begin)[None, :]
     tl.store(ptrs, dz.to(dz_ptr.dtype.element_ty), mask=n_mask[:, None] & v_mask[None, :])
@@ -172,8 +174,9 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
                   precision: str = "ieee"):
     """(d hidden [N, Ds] fp32, d weight [Vs, Ds] in sw's dtype, zero rows >= V).
 
-    ``sh``/``sw``/``th``/``tw`` are kernel operands (see kl_forward.prepare); ``rows`` is [4, N] fp32:
-    lse_s, lse_t, gap = lse_t - lse_s (accurate form), aux (KL for reverse, KL(p_s||m) for JSD).
+    ``sh``/``sw``/``th``/``tw`` are kernel operands (see kl_forward.prepare); ``rows`` is [5, N] fp32:
+    lse_s, lse_t, gap = lse_t - lse_s (accurate form), aux (KL for reverse, KL(p_s||m) for JSD), and
+    the student's largest logit (scales the gradient filter's threshold).
     """
     n, ds = sh.shape
     device = sh.device

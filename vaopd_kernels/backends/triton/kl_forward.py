@@ -199,6 +199,7 @@ class RowStats:
     lse_s: Optional[torch.Tensor] = None
     lse_t: Optional[torch.Tensor] = None
     lse_d: Optional[torch.Tensor] = None
+    max_s: Optional[torch.Tensor] = None    # the student's largest logit (already / T)
     entropy: Optional[torch.Tensor] = None
     logit_s: Optional[torch.Tensor] = None  # target logits (already / T)
     logit_t: Optional[torch.Tensor] = None
@@ -258,6 +259,7 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
     w_s = w_t = l_s = l_t = None
     if student is not None:
         out.lse_s, w_s, l_s = _merge_lse(parts, M_S, L_S)
+        out.max_s = parts[M_S].amax(0)
         out.entropy = out.lse_s - (parts[B_S] * w_s).sum(0) / l_s
         if targets is not None:
             out.logit_s = parts[Y_S].sum(0)
