@@ -112,3 +112,53 @@ def test_module_form_matches_function(p):
     with pytest.raises(ValueError, match="high_weight"):
         vk.VAOPDLoss(high_weight=2.0)
     assert "torch" in vk.available_backends() and "reference" in vk.available_backends()
+
+
+def _poisoned(t, value):
+    t = t.detach().clone()
+    t.view(-1)[t.numel() // 2] = value
+    return t.requires_grad_(True) if t.is_floating_point() else t
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("name", ["student_hidden", "student_weight", "teacher_hidden", "teacher_weight",
+                                  "teacher_hidden_degraded"])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_non_finite_inputs_are_named_not_propagated(p, name, value, backend):
+    """A NaN or inf anywhere in the hidden states or heads raises, naming that input, in every
+    public function (never a silent NaN loss), OPD and VA-OPD alike."""
+    bad = _poisoned(getattr(p, name), value)
+    if name == "student_weight" or name == "teacher_weight":  # inside the vocabulary, not the head padding
+        bad = getattr(p, name).detach().clone()
+        bad[3, 1] = value
+    with pytest.raises(ValueError, match=name):
+        _loss(p, **{name: bad}, backend=backend)
+    if name != "teacher_hidden_degraded":
+        with pytest.raises(ValueError, match=name):
+            _loss(p, **{name: bad}, teacher_hidden_degraded=None, backend=backend)
+        args = {k: getattr(p, k) for k in ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight")}
+        args[name] = bad
+        with pytest.raises(ValueError, match=name):
+            vk.linear_kl(*args.values(), vocab_size=p.vocab_size, backend=backend)
+        with pytest.raises(ValueError, match=name):
+            vk.va_kl(*args.values(), p.targets, teacher_hidden_degraded=p.teacher_hidden_degraded,
+                     vocab_size=p.vocab_size, backend=backend)
+    if name.startswith("student"):
+        hidden, weight = (bad, p.student_weight) if name == "student_hidden" else (p.student_hidden, bad)
+        with pytest.raises(ValueError, match=name.split("_")[1]):
+            vk.linear_logprob(hidden, weight, p.targets, vocab_size=p.vocab_size, backend=backend)
+    if name in ("teacher_hidden", "teacher_hidden_degraded"):
+        full, degraded = ((bad, p.teacher_hidden_degraded) if name == "teacher_hidden"
+                          else (p.teacher_hidden, bad))
+        with pytest.raises(ValueError, match="hidden_full" if name == "teacher_hidden" else "hidden_degraded"):
+            vk.visual_advantage(full, degraded, p.teacher_weight, p.targets, vocab_size=p.vocab_size,
+                                backend=backend)
+
+
+def test_non_finite_token_kl_is_named():
+    kl, va, cu, pid = torch.rand(4), torch.rand(4), torch.tensor([0, 4]), torch.tensor([0])
+    kl[1] = float("inf")
+    with pytest.raises(ValueError, match="token_kl"):
+        vk.va_opd_objective(kl, va, cu, pid)
+    with pytest.raises(ValueError, match="token_kl"):
+        vk.opd_objective(kl, cu)

@@ -137,6 +137,18 @@ def _check_count(name: str, value) -> Optional[int]:
     return value
 
 
+def _finite(outputs, **inputs):
+    """Return ``outputs`` if every tensor in them is finite; else raise, naming the inputs that hold
+    NaN or inf (looked for only then). One host sync per call, on [N]-sized outputs."""
+    present = [o for o in outputs if o is not None]
+    if bool(torch.stack([torch.isfinite(o).all() for o in present]).all()):
+        return outputs
+    culprits = [name for name, t in inputs.items() if t is not None and not bool(torch.isfinite(t).all())]
+    if culprits:
+        raise ValueError(f"{', '.join(culprits)}: expected finite values, got NaN or inf")
+    raise ValueError(f"the result is not finite although {', '.join(inputs)} are: logits overflowed")
+
+
 def _check_student_teacher(sh, sw, th, tw, vocab_size, extra_rows=None) -> int:
     _check_pair("student_hidden", sh, "student_weight", sw)
     _check_pair("teacher_hidden", th, "teacher_weight", tw)
@@ -167,8 +179,10 @@ def linear_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *,
     temperature = _check_positive("temperature", temperature)
     impl = resolve_backend(backend, student_hidden.device)
     with no_autocast(student_hidden.device):
-        return impl.linear_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                              divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab)
+        kl = impl.linear_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+                            divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab)
+    return _finite([kl], student_hidden=student_hidden, student_weight=student_weight,
+                   teacher_hidden=teacher_hidden, teacher_weight=teacher_weight)[0]
 
 
 def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None, backend="auto") -> torch.Tensor:
@@ -180,7 +194,8 @@ def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     temperature = _check_positive("temperature", temperature)
     impl = resolve_backend(backend, hidden.device)
     with no_autocast(hidden.device):
-        return impl.linear_logprob(hidden, weight, targets, temperature=temperature, vocab_size=vocab)
+        lp = impl.linear_logprob(hidden, weight, targets, temperature=temperature, vocab_size=vocab)
+    return _finite([lp], hidden=hidden, weight=weight)[0]
 
 
 def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_size=None, clamp=True,
@@ -202,7 +217,8 @@ def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_siz
     with no_autocast(hidden_full.device):
         lp_full, lp_degraded = impl.teacher_logprobs(hidden_full.detach(), weight.detach(), targets,
                                                      hidden_degraded.detach(), vocab_size=vocab)
-    gap = lp_full - lp_degraded
+    gap = _finite([lp_full - lp_degraded], hidden_full=hidden_full, hidden_degraded=hidden_degraded,
+                  weight=weight)[0]
     return gap.clamp_min(0.0) if clamp else gap
 
 
@@ -216,8 +232,12 @@ def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, target
     impl = resolve_backend(backend, student_hidden.device)
     degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
     with no_autocast(student_hidden.device):
-        return impl.va_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                          targets, degraded, vocab_size=vocab)
+        result = impl.va_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+                            targets, degraded, vocab_size=vocab)
+    _finite([result.kl, result.visual_advantage, result.student_logprob, result.teacher_logprob],
+            student_hidden=student_hidden, student_weight=student_weight, teacher_hidden=teacher_hidden,
+            teacher_weight=teacher_weight, teacher_hidden_degraded=teacher_hidden_degraded)
+    return result
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -244,8 +264,7 @@ def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high
     cu, pid = _check_rollouts(cu_seqlens, prompt_ids, token_kl.shape[0], token_kl.device)
     _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
     _check_objective_options(high_fraction, high_weight, temperature, eps)
-    if not bool(torch.isfinite(visual_advantage).all()):
-        raise ValueError("visual_advantage: expected finite values, got NaN or inf")
+    _finite([token_kl, visual_advantage], token_kl=token_kl, visual_advantage=visual_advantage)
     weights = _objective_weights(resolve_backend(backend, token_kl.device))(
         visual_advantage, cu, pid, high_fraction=float(high_fraction), high_weight=float(high_weight),
         temperature=float(temperature), eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
@@ -256,6 +275,7 @@ def opd_objective(token_kl, cu_seqlens, *, num_rollouts=None) -> ObjectiveResult
     """Standard OPD loss: mean over rollouts of each rollout's mean token KL."""
     _check_token_values("token_kl", token_kl)
     cu = _check_cu_seqlens(cu_seqlens, token_kl.shape[0], token_kl.device)
+    _finite([token_kl], token_kl=token_kl)
     weights = objective.opd_weights(cu, token_kl.shape[0], _check_count("num_rollouts", num_rollouts))
     return objective.reduce_kl(token_kl, weights)
 
@@ -285,10 +305,7 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
         """Called by the backend once VA is known (None for OPD), before any gradient work."""
         if va is None:
             weights = objective.opd_weights(cu, num_rows, num_rollouts)
-        else:
-            if not bool(torch.isfinite(va).all()):
-                raise ValueError("teacher_hidden/teacher_hidden_degraded: visual advantage is not finite "
-                                 "(NaN or inf in the teacher's hidden states?)")
+        else:  # a non-finite VA is reported after the backend returns (no host sync in between)
             weights = _objective_weights(impl)(va, cu, pid, high_fraction=float(high_fraction),
                                                high_weight=float(high_weight), temperature=float(temperature),
                                                eps=float(eps), num_prompts=num_prompts)
@@ -299,6 +316,9 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     with no_autocast(student_hidden.device):
         loss, stats = impl.weighted_kl(student_hidden, student_weight, teacher_hidden.detach(),
                                        teacher_weight.detach(), targets, degraded, token_weights, vocab_size=vocab)
+    _finite([loss, stats.kl, stats.visual_advantage, stats.student_logprob], student_hidden=student_hidden,
+            student_weight=student_weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
+            teacher_hidden_degraded=teacher_hidden_degraded)
     result = objective.reduce_kl(stats.kl, chosen[0], loss=loss)
     result.metrics["entropy_mean"] = float(stats.student_entropy.double().mean())
     result.metrics["student_logprob_mean"] = float(stats.student_logprob.double().mean())
