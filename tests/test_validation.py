@@ -162,3 +162,22 @@ def test_non_finite_token_kl_is_named():
         vk.va_opd_objective(kl, va, cu, pid)
     with pytest.raises(ValueError, match="token_kl"):
         vk.opd_objective(kl, cu)
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "0", "nan", "inf"])
+def test_bad_settings_name_the_variable(value, monkeypatch):
+    from vaopd_kernels.backends._common import env_number
+    monkeypatch.setenv("VAOPD_SOME_SETTING", value)
+    with pytest.raises(ValueError, match="VAOPD_SOME_SETTING: expected a positive number"):
+        env_number("VAOPD_SOME_SETTING", 1.0)
+    monkeypatch.setenv("VAOPD_SOME_SETTING", "")
+    assert env_number("VAOPD_SOME_SETTING", 1.5) == 1.5
+
+
+def test_backends_read_their_settings_through_the_check():
+    import os
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", "import vaopd_kernels.backends.torch_chunked"],
+                          env={**os.environ, "VAOPD_CHUNK_MB": "lots"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "VAOPD_CHUNK_MB: expected a positive number, got 'lots'" in proc.stderr

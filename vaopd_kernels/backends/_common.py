@@ -1,7 +1,26 @@
-"""Small helpers shared by the backends (no math lives here, only dtype policy)."""
+"""Small helpers shared by the backends (no math lives here: dtype policy, settings)."""
 from __future__ import annotations
 
+import math
+import os
+from typing import Optional
+
 import torch
+
+
+def env_number(name: str, default: Optional[float]) -> Optional[float]:
+    """A positive number from environment variable ``name`` (``default`` when unset or empty);
+    anything else raises a ValueError that names the variable."""
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a positive number, got {raw!r}")
+    return value
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -30,12 +30,12 @@ from typing import Dict, Optional
 import torch
 
 from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
-from vaopd_kernels.backends._common import compute_dtype, visual_advantage_from
+from vaopd_kernels.backends._common import compute_dtype, env_number, visual_advantage_from
 from vaopd_kernels.objective import TokenWeights
 from vaopd_kernels.results import VAKLResult
 
 _MIB = 1 << 20
-_chunk_budget_bytes = int(float(os.environ.get("VAOPD_CUDA_CHUNK_MB", "2048")) * _MIB)
+_chunk_budget_bytes = int(env_number("VAOPD_CUDA_CHUNK_MB", 2048) * _MIB)
 # d(head) sums over row chunks. "fp32" (default): in one fp32 [V, Ds] buffer, exact (1.2 GiB at
 # V = 151,936, Ds = 2048). "native": in the head's own bf16/fp16, each chunk's GEMM accumulating
 # in fp32 inside cuBLAS and rounding once into the sum: no buffer beyond the chunks, one half-

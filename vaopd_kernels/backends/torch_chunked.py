@@ -16,14 +16,13 @@ on the teacher's VA only), runs pass 2 at once, and backward only rescales the r
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
-from vaopd_kernels.backends._common import compute_dtype
+from vaopd_kernels.backends._common import compute_dtype, env_number
 from vaopd_kernels.backends.torch_tiled import Head, OnlineSoftmax, pick_targets, row_dot, tiles
 from vaopd_kernels.results import VAKLResult
 
@@ -32,8 +31,8 @@ _MIB = 1 << 20
 # still efficient (measured: 16 MiB / 2048 beat 64 MiB / 8192 by ~20% on a 2-core Xeon). GPUs
 # want large tiles to amortise launches.
 _DEFAULTS = {"cpu": (16 * _MIB, 2048), "gpu": (512 * _MIB, 16384)}
-_override_budget = int(float(os.environ["VAOPD_CHUNK_MB"]) * _MIB) if "VAOPD_CHUNK_MB" in os.environ else None
-_override_tile = int(os.environ["VAOPD_VOCAB_TILE"]) if "VAOPD_VOCAB_TILE" in os.environ else None
+_override_budget = int(env_number("VAOPD_CHUNK_MB", 0) * _MIB) or None
+_override_tile = int(env_number("VAOPD_VOCAB_TILE", 0)) or None
 # Live [row_block, vocab_tile] arrays at once: the views' logits plus exp/product temporaries.
 _LIVE_TILE_ARRAYS = 8
 

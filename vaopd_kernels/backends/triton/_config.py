@@ -28,16 +28,18 @@ import os
 
 import triton
 
+from vaopd_kernels.backends._common import env_number
+
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POISON: bool = os.environ.get("VAOPD_TRITON_POISON", "0") == "1"
 FORCE_SPLITS = None
 AUTOTUNE: bool = os.environ.get("VAOPD_TRITON_AUTOTUNE", "1") != "0"
 ALLOW_TF32: bool = False
-FILTER_EPS = float(os.environ["VAOPD_TRITON_FILTER_EPS"]) if os.environ.get("VAOPD_TRITON_FILTER_EPS") else None
+FILTER_EPS = env_number("VAOPD_TRITON_FILTER_EPS", None)
 # Granularity of the filter map: divides every tile size of the kernels (the interpreter's are small).
 FLAG_BLOCK: int = 16 if INTERPRET else 64
 FUSED_VIEWS: bool = os.environ.get("VAOPD_TRITON_FUSED_VIEWS", "0") == "1"
-DZ_WORKSPACE_BYTES: int = int(float(os.environ.get("VAOPD_TRITON_WORKSPACE_MB", "32")) * (1 << 20))
+DZ_WORKSPACE_BYTES: int = int(env_number("VAOPD_TRITON_WORKSPACE_MB", 32) * (1 << 20))
 
 
 def _fast_bench(fn, quantiles=None, **_):
