@@ -297,6 +297,7 @@ guarded("time_va_opd_triton_filtered")(lambda: variant_case("FILTER_EPS", 2.0 **
 guarded("time_va_opd_triton_peaked")(lambda: time_case(va_opd_step("triton"), 5 if CUDA else 1, peaked_inputs()))
 guarded("time_va_opd_triton_peaked_filtered")(lambda: variant_case("FILTER_EPS", 2.0 ** -12, peaked_inputs()))
 guarded("time_va_opd_triton_fused_views")(lambda: variant_case("FUSED_VIEWS", True))
+guarded("time_va_opd_triton_cublas_backward")(lambda: variant_case("BACKWARD_GEMM", "cublas"))
 
 
 guarded("time_kl_only_triton")(lambda: time_case(kl_only_step, 5 if CUDA else 1))
@@ -398,6 +399,8 @@ floors = {"va_opd": 2 * n * v * (3 * ds + 2 * dt), "kl_only": 2 * n * v * (3 * d
 rows = []
 for key, label, floor in (("time_va_opd_triton", "va_opd_loss fwd+bwd, pixelated, triton", "va_opd"),
                           ("time_va_opd_triton_fused_views", "same, triton, VAOPD_TRITON_FUSED_VIEWS=1", "va_opd"),
+                          ("time_va_opd_triton_cublas_backward", "same, triton, VAOPD_TRITON_BACKWARD_GEMM=cublas",
+                           "va_opd"),
                           ("time_va_opd_triton_filtered", "same, triton, gradient filter 2^-12 (see grad_rel_err_vs_default)",
                            "va_opd"),
                           ("time_va_opd_triton_peaked", "triton, peaked rows (p_target ~ 0.95)", "va_opd"),

@@ -180,10 +180,12 @@ def test_va_kl(dtype, degraded):
         close(a, b, dtype, name)
 
 
+@pytest.mark.parametrize("backward_gemm", ["triton", "cublas"])
 @pytest.mark.parametrize("fused_views", [False, True], ids=["teacher-first", "fused-views"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-def test_va_opd_loss_weighted_kl(dtype, fused_views, monkeypatch):
+def test_va_opd_loss_weighted_kl(dtype, fused_views, backward_gemm, monkeypatch):
     monkeypatch.setattr(_config, "FUSED_VIEWS", fused_views)
+    monkeypatch.setattr(_config, "BACKWARD_GEMM", backward_gemm)
     low, ref, y = make(23, 32, 40, 190, dtype, seed=10)
     cu = torch.tensor([0, 4, 9, 10, 17, 23], device=DEVICE)
     pid = torch.tensor([0, 0, 1, 1, 1], device=DEVICE)

@@ -31,6 +31,7 @@ import torch
 
 from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
 from vaopd_kernels.backends._common import compute_dtype, env_number, visual_advantage_from
+from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.objective import TokenWeights
 from vaopd_kernels.results import VAKLResult
 
@@ -55,7 +56,6 @@ _lock = threading.Lock()
 _ops = None                      # object with view_stats / divergence / logprob_grad
 _load_error: Optional[str] = None
 BUILD_INFO: Dict[str, object] = {}   # how the extension was loaded (for benchmarks/reports)
-GEMM_PATHS: Dict[str, str] = {}      # which matmul route each (op, dtype, device) took
 
 
 # ----------------------------------------------------------------------------- budget
@@ -216,65 +216,6 @@ def supports_device(device: torch.device) -> bool:
     return torch.device(device).type == "cuda"
 
 
-# ----------------------------------------------------------------------------- GEMMs
-def _gemm_candidates(kind: str):
-    f32 = torch.float32
-    if kind == "mm":  # out[m, n] = a @ b with half a, b and fp32 out
-        return [
-            ("mm(out_dtype, out=)", lambda out, a, b: torch.mm(a, b, out_dtype=f32, out=out)),
-            ("mm(out_dtype)+copy", lambda out, a, b: out.copy_(torch.mm(a, b, out_dtype=f32))),
-            ("upcast fp32 mm", lambda out, a, b: torch.mm(a.float(), b.float(), out=out)),
-        ]
-    return [  # acc[m, n] += a @ b
-        ("addmm(out_dtype, out=acc)", lambda acc, a, b: torch.addmm(acc, a, b, out_dtype=f32, out=acc)),
-        ("acc += mm(out_dtype)", lambda acc, a, b: acc.add_(torch.mm(a, b, out_dtype=f32))),
-        ("upcast fp32 addmm_", lambda acc, a, b: acc.addmm_(a.float(), b.float())),
-    ]
-
-
-_gemm_choice: Dict[tuple, object] = {}
-
-
-def _pick_gemm(kind: str, dtype: torch.dtype, device: torch.device):
-    """First candidate that runs and matches an fp32 reference on a small probe (cached)."""
-    key = (kind, dtype, device.type, device.index)
-    if key in _gemm_choice:
-        return _gemm_choice[key]
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(40, 72, generator=gen).to(device=device, dtype=dtype)
-    b = torch.randn(72, 24, generator=gen).to(device=device, dtype=dtype)
-    base = torch.randn(40, 24, generator=gen).to(device)
-    expected = a.float() @ b.float() + (base if kind == "addmm" else 0)
-    errors = []
-    for name, fn in _gemm_candidates(kind):
-        out = base.clone() if kind == "addmm" else torch.empty(40, 24, device=device)
-        try:
-            fn(out, a, b)
-            if not torch.allclose(out, expected, rtol=1e-3, atol=1e-3):
-                raise RuntimeError("wrong result")
-        except Exception as exc:  # unsupported overload on this build/device
-            errors.append(f"{name}: {type(exc).__name__}")
-            continue
-        _gemm_choice[key] = fn
-        GEMM_PATHS[f"{kind}/{dtype}/{device.type}"] = name
-        return fn
-    raise RuntimeError(f"no working {kind} route for {dtype} on {device}: {errors}")
-
-
-def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.dtype == out.dtype:
-        torch.mm(a, b, out=out)
-    else:
-        _pick_gemm("mm", a.dtype, out.device)(out, a, b)
-
-
-def _addmm_into(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.dtype == acc.dtype:
-        acc.addmm_(a, b)
-    else:
-        _pick_gemm("addmm", a.dtype, acc.device)(acc, a, b)
-
-
 class _Head:
     """One LM head restricted to the tokenizer support; GEMMs in the operands' dtype when both are
     bf16 (or both fp16) with fp32 results, else in the compute dtype."""
@@ -289,7 +230,7 @@ class _Head:
         return self.hidden[rows].to(self.op_dtype)
 
     def logits_into(self, buf: torch.Tensor, rows: slice) -> None:
-        _mm_into(buf, self.rows(rows), self.weight.T)
+        mm_into(buf, self.rows(rows), self.weight.T)
 
 
 # ----------------------------------------------------------------------------- the scan
@@ -380,8 +321,8 @@ def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, 
         if rg is not None:
             # z_s now holds row_grad / T * dD/dz (in place); chain rule through z = W h.
             grad_z = z_s if grad_half is None else z_s.view(grad_half)[:, :vocab_size]
-            _mm_into(out.grad_hidden[rows], grad_z, s_head.weight)
-            _addmm_into(out.grad_weight, grad_z.T, s_head.rows(rows))
+            mm_into(out.grad_hidden[rows], grad_z, s_head.weight)
+            addmm_into(out.grad_weight, grad_z.T, s_head.rows(rows))
     return out
 
 

@@ -15,6 +15,10 @@
   d loss / d logits whose every entry, before the row weight, is below eps x the row's largest
   student probability in magnitude (as Cut Cross-Entropy does for softmax blocks). Off until a GPU run shows it faster; its error is
   measured by tests/test_triton_backend.py and bench/gpu_check.py.
+- ``BACKWARD_GEMM``: ``"triton"`` (default) or ``"cublas"`` (``VAOPD_TRITON_BACKWARD_GEMM``): who runs
+  the backward's two matmuls (d head = dz^T h, d hidden += dz W). cuBLAS writes the same outputs
+  in place (fp32 accumulation, no extra buffer); gradient filtering needs the Triton matmuls. The
+  default stays until a GPU run times both.
 - ``FUSED_VIEWS``: ``weighted_kl`` (``va_opd_loss``) scores student, teacher and pixelated teacher
   in one statistics pass (``VAOPD_TRITON_FUSED_VIEWS=1``) instead of the teacher views first and
   then student + teacher: 29% fewer forward GEMM FLOPs at Ds = 2048, Dt = 4096, but a kernel with
@@ -38,6 +42,9 @@ ALLOW_TF32: bool = False
 FILTER_EPS = env_number("VAOPD_TRITON_FILTER_EPS", None)
 # Granularity of the filter map: divides every tile size of the kernels (the interpreter's are small).
 FLAG_BLOCK: int = 16 if INTERPRET else 64
+BACKWARD_GEMM: str = os.environ.get("VAOPD_TRITON_BACKWARD_GEMM", "triton")
+if BACKWARD_GEMM not in ("triton", "cublas"):
+    raise ValueError(f"VAOPD_TRITON_BACKWARD_GEMM: expected 'triton' or 'cublas', got {BACKWARD_GEMM!r}")
 FUSED_VIEWS: bool = os.environ.get("VAOPD_TRITON_FUSED_VIEWS", "0") == "1"
 DZ_WORKSPACE_BYTES: int = int(env_number("VAOPD_TRITON_WORKSPACE_MB", 32) * (1 << 20))
 

@@ -9,6 +9,7 @@ The vocabulary is walked in chunks of ``Vc`` columns (``Vc`` from a fixed worksp
 2. ``matmul`` writes d W_s[chunk] = dz^T @ h (K = N: each gradient row written once, no fp32
    copy of the head's gradient);
 3. ``matmul`` accumulates d h += dz @ W_s[chunk] into one fp32 [N, Ds] buffer.
+(``VAOPD_TRITON_BACKWARD_GEMM=cublas`` runs steps 2 and 3 through cuBLAS instead.)
 
 Every output element has exactly one writer: no atomics, deterministic.
 
@@ -27,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.backends.triton import _config as C
 from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, scaled
 
@@ -193,6 +195,7 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
     cols = _chunk_columns(n, vocab_size, torch.finfo(ws_dtype).bits // 8)
     workspace = torch.empty(n, cols, dtype=ws_dtype, device=device)
     filtering = C.FILTER_EPS is not None
+    cublas = C.BACKWARD_GEMM == "cublas" and not filtering  # cuBLAS cannot skip filtered blocks
     flag_cols = triton.cdiv(cols, C.FLAG_BLOCK)
     flag_map = torch.empty(triton.cdiv(n, C.FLAG_BLOCK), flag_cols if filtering else 0, dtype=torch.int8,
                            device=device)
@@ -215,7 +218,11 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
                               flag_cols, 1.0 / temperature, 1.0 - beta, math.log(beta), math.log1p(-beta),
                               C.FILTER_EPS or 0.0, MODE=MODES[mode], CAST_F32=C.INTERPRET, PRECISION=precision,
                               FILTER=filtering, FLAG_BLOCK=C.FLAG_BLOCK)
-        matmul(dz.t(), sh, grad_w[v_begin:v_end], accumulate=False, precision=precision,
-               flags=flags.t() if filtering else None)
-        matmul(dz, sw[v_begin:v_end], grad_h, accumulate=v_begin > 0, precision=precision, flags=flags)
+        if cublas:
+            mm_into(grad_w[v_begin:v_end], dz.t(), sh)  # same dtype in and out: torch.mm, fp32 inside
+            (addmm_into if v_begin > 0 else mm_into)(grad_h, dz, sw[v_begin:v_end])
+        else:
+            matmul(dz.t(), sh, grad_w[v_begin:v_end], accumulate=False, precision=precision,
+                   flags=flags.t() if filtering else None)
+            matmul(dz, sw[v_begin:v_end], grad_h, accumulate=v_begin > 0, precision=precision, flags=flags)
     return grad_h, grad_w
