@@ -24,7 +24,8 @@
   then student + teacher: 29% fewer forward GEMM FLOPs at Ds = 2048, Dt = 4096, but a kernel with
   three logit tiles live. Off until an H100/H200 run shows it faster (``bench/gpu_all.sh``).
 
-No kernel uses atomics: every output element has one writer, so results are deterministic.
+No kernel uses atomics: every output element has one writer, so results are deterministic (with
+``BACKWARD_GEMM="cublas"``, as deterministic as cuBLAS is on one GPU).
 """
 from __future__ import annotations
 
