@@ -16,7 +16,7 @@ mkdir -p "$OUT"
 export OUT PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
 timeout "${TRITON_SECONDS:-270}" bash bench/gpu_check.sh > "$OUT/triton_check.log" 2>&1
-echo "triton check exit $?"; tail -n 50 "$OUT/triton_check.log"
+echo "triton check exit $?"; tail -n 75 "$OUT/triton_check.log"
 timeout "${CUDA_SECONDS:-170}" python3 bench/gpu_check_cuda.py > "$OUT/cuda_check.log" 2>&1
 echo "cuda check exit $?"; tail -n 25 "$OUT/cuda_check.log"
 # The trainer's GPU path (never run on a GPU before): the demo config, bf16, 4 steps, triton loss.
