@@ -124,15 +124,16 @@ VAOPD_FN SiblingWeight sibling_weight(int64_t r, int64_t num_rollouts, const int
     squares += centered * centered;
   }
   const double scale = sqrt(squares / count) + eps;
+  const auto score = [&](int64_t j) { return (mean_va[j] - mean) / scale / temperature; };
   double top = -INFINITY;
   for (int64_t j = 0; j < num_rollouts; ++j) {
-    if (prompt_ids[j] == prompt) top = fmax(top, (mean_va[j] - mean) / scale / temperature);
+    if (prompt_ids[j] == prompt) top = fmax(top, score(j));
   }
   double denominator = 0.0;
   for (int64_t j = 0; j < num_rollouts; ++j) {
-    if (prompt_ids[j] == prompt) denominator += exp((mean_va[j] - mean) / scale / temperature - top);
+    if (prompt_ids[j] == prompt) denominator += exp(score(j) - top);
   }
-  return {exp((mean_va[r] - mean) / scale / temperature - top) / denominator, first};
+  return {exp(score(r) - top) / denominator, first};
 }
 
 }  // namespace objective
