@@ -30,7 +30,7 @@ from typing import Dict, Optional
 import torch
 
 from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
-from vaopd_kernels.backends._common import compute_dtype, env_number, visual_advantage_from
+from vaopd_kernels.backends._common import compute_dtype, env_number, visual_advantage, visual_advantage_from
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.objective import TokenWeights
 from vaopd_kernels.results import VAKLResult
@@ -361,7 +361,7 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
         stats = _scan(degraded_hidden=th_degraded, targets=targets, **options)
     va = None
     if stats.degraded_logprob is not None:
-        va = (stats.teacher_logprob - stats.degraded_logprob).clamp_min(0.0)
+        va = visual_advantage(stats.teacher_logprob, stats.degraded_logprob)
     kl = _with_grad(stats.kl, sh, sw, **options)
     return VAKLResult(kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)
 

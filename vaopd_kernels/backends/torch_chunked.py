@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
-from vaopd_kernels.backends._common import compute_dtype, env_number
+from vaopd_kernels.backends._common import compute_dtype, env_number, visual_advantage
 from vaopd_kernels.backends.torch_tiled import Head, OnlineSoftmax, pick_targets, row_dot, tiles
 from vaopd_kernels.results import VAKLResult
 
@@ -236,7 +236,7 @@ def _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size):
     stats = _statistics(student, teacher, degraded, targets, vocab_size=vocab_size, divergence="reverse")
     va = None
     if stats.degraded_logprob is not None:
-        va = (stats.teacher_logprob - stats.degraded_logprob).clamp_min(0.0)
+        va = visual_advantage(stats.teacher_logprob, stats.degraded_logprob)
     return student, teacher, stats, va
 
 

@@ -18,7 +18,7 @@ import os
 import torch
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
-from vaopd_kernels.backends._common import compute_dtype, visual_advantage_from
+from vaopd_kernels.backends._common import compute_dtype, visual_advantage, visual_advantage_from
 from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
 from vaopd_kernels.backends.triton import _config, kl_backward, kl_forward
 from vaopd_kernels.backends.triton.kl_forward import CROSS_FORWARD, CROSS_JSD, CROSS_NONE, CROSS_REVERSE
@@ -89,8 +89,8 @@ def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
 
 
 def _visual_advantage(stats) -> torch.Tensor:
-    """max(log p_t(y) - log p_d(y), 0) from a pass that scored both teacher views."""
-    return ((stats.logit_t - stats.lse_t) - (stats.logit_d - stats.lse_d)).clamp_min(0.0)
+    """VA from a statistics pass that scored both teacher views."""
+    return visual_advantage(stats.logit_t - stats.lse_t, stats.logit_d - stats.lse_d)
 
 
 def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
