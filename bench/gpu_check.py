@@ -335,7 +335,7 @@ def kernel_breakdown():
     sh, sw, th, tw, td = kl_forward.operands(x["sh"], x["sw"], x["th"], x["tw"], x["td"])
     stats = kl_forward.row_stats(vocab_size=H["v"], student=(sh, sw), teacher=(th, tw), targets=x["y"],
                                  cross=kl_forward.CROSS_REVERSE)
-    rows = torch.stack([stats.lse_s, stats.lse_t, stats.gap, stats.kl, stats.max_s])
+    rows = kl_backward.saved_rows(stats, aux=stats.kl)
     w = torch.rand(H["n"], device=DEV)
     nv2 = 2 * H["n"] * H["v"]
     phases = {

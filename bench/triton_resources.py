@@ -37,7 +37,7 @@ from vaopd_kernels.backends.triton import _config, kl_backward, kl_forward
 N, V, DS, DT = 8192, 151_936, 2048, 4096
 COLS = kl_backward._chunk_columns(N, V, 2)  # the backward's vocabulary chunk (bf16 workspace)
 _SHAPE = dict(N=N, V=V, Ds=DS, Dt=DT, stride_sh=DS, stride_sw=DS, stride_th=DT, stride_tw=DT)
-_STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=kl_forward.CROSS_NONE)
+_STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=kl_forward.CROSS_NONE, MIN_T=False)
 _MATMUL = dict(stride_bk=DS, stride_bn=1, stride_cm=DS)
 LAUNCHES = {
     "stats: teacher + pixelated (VA)": (kl_forward._stats_kernel, {**_STATS, "HAS_T": True, "HAS_D": True,

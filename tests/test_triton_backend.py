@@ -254,6 +254,73 @@ def test_gradient_filtering(mode, monkeypatch):
     assert ((d_weight - unfiltered[1]).abs() <= n * eps * h_max * g.max() * 1.01 + 1e-6).all()
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_teacher_skip_threshold_is_sound(splits):
+    """Reverse KL's teacher skip: wherever p_s <= tau (from the kernel's row statistics), the exact
+    float64 |d KL / d z_s| is at most eps * max p_s, on rows from flat to very peaked, student and
+    teacher agreeing or not, for any eps; the teacher's smallest logit matches float64."""
+    from vaopd_kernels.backends.triton import kl_backward, kl_forward
+    _config.FORCE_SPLITS = splits
+    gen = torch.Generator().manual_seed(21)
+    n, dim, vocab = 64, 16, 300
+    skippable = 0
+    for _ in range(3):
+        # per-row sharpness from log-uniform [0.05, 20], drawn independently for student and teacher
+        sharp = [torch.exp(torch.empty(n, 1).uniform_(-3.0, 3.0, generator=gen)) for _ in range(2)]
+        sh, th = (torch.randn(n, dim, generator=gen) * s for s in sharp)
+        sw, tw = (torch.randn(vocab + 3, dim, generator=gen) / dim ** 0.5 for _ in range(2))
+        stats = kl_forward.row_stats(vocab_size=vocab, student=(sh.to(DEVICE), sw.to(DEVICE)),
+                                     teacher=(th.to(DEVICE), tw.to(DEVICE)), cross=kl_forward.CROSS_REVERSE,
+                                     teacher_min=True)
+        z_s, z_t = sh.double() @ sw.double()[:vocab].T, th.double() @ tw.double()[:vocab].T
+        assert torch.allclose(stats.min_t.double().cpu(), z_t.min(1).values, rtol=1e-5, atol=1e-5)
+        logp_s, logp_t = z_s.log_softmax(1), z_t.log_softmax(1)
+        p_s = logp_s.exp()
+        dz = p_s * (logp_s - logp_t - (p_s * (logp_s - logp_t)).sum(1, keepdim=True))
+        rows = kl_backward.saved_rows(stats, aux=stats.kl)
+        for eps in (0.0, 2.0 ** -12, 2.0 ** -4, 0.5, 1e9):
+            tau = kl_backward.teacher_skip_threshold(rows, eps).double().cpu()
+            below = p_s <= tau[:, None]
+            bound = eps * p_s.max(1, keepdim=True).values * (1 + 1e-4)
+            assert (dz.abs() <= bound)[below].all(), f"eps={eps}: an entry the skip drops exceeds the threshold"
+            skippable += int(below.sum()) if 0 < eps < 1 else 0
+    assert skippable > 0.2 * 3 * 3 * n * vocab, "the bound skips almost nothing: too loose to be useful"
+
+
+def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
+    """With the filter on, reverse KL never reads teacher columns where no row's student has any
+    non-negligible probability: NaN written there after the forward pass leaves the gradients
+    exactly as they were (without the filter, the same NaN reaches them). The teacher's logits
+    carry an offset of 10^4 (its softmax is unchanged), so a skipped tile that still formed a
+    gradient from the missing teacher tile would be far off the unfiltered gradient."""
+    n, dim, vocab = 8, 32, 300
+    low, _, _ = make(n, dim, dim, vocab, torch.float32, seed=5)
+    y = torch.randint(0, 32, (n,), generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    with torch.no_grad():  # peaked rows, every target in columns [0, 32); the student's p ~ 1e-7
+        for hidden, weight, margin in ((low[0], low[1], 16.0), (low[2], low[3], 60.0)):
+            weight /= weight.norm(dim=1, keepdim=True)
+            hidden.copy_(margin * weight[y])
+        low[1][32:] *= 0.1
+        low[2][:, -1], low[3][:, -1] = 1e4, 1.0
+
+    def run(eps, poison):
+        monkeypatch.setattr(_config, "FILTER_EPS", eps)
+        tw = low[3].detach().clone()
+        kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton")
+        if poison:  # columns past 128: outside any tile holding a target, for tiles of up to 128
+            tw[128:] = float("nan")
+        return torch.autograd.grad(kl.sum(), low[:2])
+
+    eps = 2.0 ** -12
+    clean, exact = run(eps, poison=False), run(None, poison=False)
+    for a, b in zip(run(eps, poison=True), clean):
+        assert torch.equal(a, b)
+    assert not torch.isfinite(run(None, poison=True)[0]).all(), "the poisoned columns never mattered"
+    w_max, h_max = low[1].detach().abs().max(), low[0].detach().abs().max()
+    assert ((clean[0] - exact[0]).abs() <= vocab * eps * w_max * 1.01 + 1e-6).all()
+    assert ((clean[1] - exact[1]).abs() <= n * eps * h_max * 1.01 + 1e-6).all()
+
+
 # ----------------------------------------------------------------------------- GPU only
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (large shapes)")
 def test_large_bf16_gpu():

@@ -45,27 +45,22 @@ def supports_device(device) -> bool:
     return device.type == "cpu" if _config.INTERPRET else device.type == "cuda"
 
 
-def _rows(*columns):
-    """[5, N] row statistics for the backward kernel (missing ones are zero)."""
-    ref = next(c for c in columns if c is not None)
-    return torch.stack([c if c is not None else torch.zeros_like(ref) for c in columns])
-
-
 def _student_teacher_stats(sh, sw, th, tw, *, vocab_size, divergence="reverse", beta=0.5, temperature=1.0,
                            targets=None, degraded=None):
-    """Forward statistics and the [5, N] rows the backward needs for ``divergence``."""
+    """Forward statistics and the rows the backward needs for ``divergence``."""
     cross = {"reverse": CROSS_REVERSE, "forward": CROSS_FORWARD, "jsd": CROSS_NONE}[divergence]
     stats = kl_forward.row_stats(vocab_size=vocab_size, student=(sh, sw), teacher=(th, tw), degraded=degraded,
-                                 targets=targets, temperature=temperature, cross=cross, beta=beta)
+                                 targets=targets, temperature=temperature, cross=cross, beta=beta,
+                                 teacher_min=_config.FILTER_EPS is not None)
     if divergence == "jsd":
         second = kl_forward.row_stats(vocab_size=vocab_size, student=(sh, sw), teacher=(th, tw),
                                       temperature=temperature, cross=CROSS_JSD, beta=beta,
                                       lse=torch.stack([stats.lse_s, stats.lse_t]))
         value = beta * second.jsd_t + (1.0 - beta) * second.jsd_s
-        rows = _rows(stats.lse_s, stats.lse_t, None, second.jsd_s, stats.max_s)
+        rows = kl_backward.saved_rows(stats, aux=second.jsd_s)
     else:
         value = stats.kl
-        rows = _rows(stats.lse_s, stats.lse_t, stats.gap, stats.kl, stats.max_s)
+        rows = kl_backward.saved_rows(stats, aux=stats.kl)
     return stats, value, rows
 
 

@@ -31,6 +31,7 @@ import triton.language as tl
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.backends.triton import _config as C
 from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, scaled
+from vaopd_kernels.backends.triton.kl_forward import RowStats
 
 MODE_REVERSE, MODE_FORWARD, MODE_JSD, MODE_LOGPROB = 0, 1, 2, 3
 MODES = {"reverse": MODE_REVERSE, "forward": MODE_FORWARD, "jsd": MODE_JSD, "logprob": MODE_LOGPROB}
@@ -54,7 +55,7 @@ _MM_CONFIGS = [
 @C.autotune(_DZ_CONFIGS, C.cfg(1, 1, BLOCK_N=16, BLOCK_V=32, BLOCK_D=32),
             key=["Ds", "Dt", "MODE", "PRECISION", "FILTER"])  # not N: no retuning per batch
 @triton.jit
-def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, g_ptr, dz_ptr, flag_ptr,
+def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr, g_ptr, dz_ptr, flag_ptr,
                     N, v_begin, v_end, Vc, Ds, Dt, stride_sh, stride_sw, stride_th, stride_tw, stride_dz,
                     flag_cols, inv_temp, one_m_beta, log_beta, log_1m_beta, filter_eps,
                     MODE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, FILTER: tl.constexpr,
@@ -68,6 +69,15 @@ def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, g_ptr, dz_p
     z_s = scaled(raw, v_mask, inv_temp)
     lse_s = tl.load(rows_ptr + offs_n, mask=n_mask, other=0.0)
     g = tl.load(g_ptr + offs_n, mask=n_mask, other=0.0)
+    teacher_depth = Dt
+    if FILTER and MODE == 0:
+        # Reverse KL: where every p_s of the tile is <= its row's tau (see teacher_skip_threshold),
+        # every entry is provably below the filter's threshold: the teacher's GEMM loop runs zero
+        # steps and the tile's gradient is zero. (A loop bound, not a branch around the GEMM: the
+        # branch cost 34-42 more registers per thread on sm_90a.)
+        log_tau = tl.load(log_tau_ptr + offs_n, mask=n_mask, other=float("inf"))  # rows past N: never live
+        live = tl.max(tl.max(z_s - (lse_s + log_tau)[:, None], 1), 0) > 0.0
+        teacher_depth = Dt * live.to(tl.int32)
     logp_s = z_s - lse_s[:, None]
     p_s = tl.exp(logp_s)
     if MODE == 3:
@@ -75,13 +85,15 @@ def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, g_ptr, dz_p
         dz = tl.where(offs_v[None, :] == y[:, None], 1.0, 0.0) - p_s
     else:
         raw_t, _unused_t = logits_tile(th_ptr, th_ptr, stride_th, tw_ptr, stride_tw, offs_n, n_mask, offs_v,
-                                       v_mask, Dt, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+                                       v_mask, teacher_depth, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
         z_t = scaled(raw_t, v_mask, inv_temp)
         lse_t = tl.load(rows_ptr + N + offs_n, mask=n_mask, other=0.0)
         gap = tl.load(rows_ptr + 2 * N + offs_n, mask=n_mask, other=0.0)
         aux = tl.load(rows_ptr + 3 * N + offs_n, mask=n_mask, other=0.0)
         if MODE == 0:
             dz = p_s * ((z_s - z_t) + (gap - aux)[:, None])
+            if FILTER:
+                dz = tl.where(teacher_depth > 0, dz, 0.0)
         elif MODE == 1:
             dz = p_s - tl.exp(z_t - lse_t[:, None])
         else:
@@ -164,6 +176,33 @@ def matmul(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *, accumulate: boo
                          PRECISION=precision, FILTER=flags is not None, FLAG_BLOCK=C.FLAG_BLOCK)
 
 
+def saved_rows(stats: RowStats, aux: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The [6, N] fp32 rows :func:`student_grads` reads, from a statistics pass (absent ones zero):
+    lse_s, lse_t, gap = lse_t - lse_s (accurate form), ``aux`` (KL for reverse, KL(p_s||m) for
+    JSD), the student's largest logit (scales the filter's threshold) and the teacher's smallest
+    (bounds -log p_t for the filter's teacher skip)."""
+    # a missing min_t reads as -inf: an infinite bound, so the teacher skip drops nothing
+    min_t = stats.min_t if stats.min_t is not None else torch.full_like(stats.lse_s, float("-inf"))
+    columns = (stats.lse_s, stats.lse_t, stats.gap, aux, stats.max_s, min_t)
+    return torch.stack([c if c is not None else torch.zeros_like(min_t) for c in columns])
+
+
+def teacher_skip_threshold(rows: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per row, a tau such that p_s <= tau implies |d KL(p_s||p_t) / d z_s| <= eps * max_v p_s.
+
+    That derivative is p_s (log p_s - log p_t - KL). With k = |KL| + (lse_t - min_v z_t), a bound
+    on |log p_t| + |KL|, it is at most f(p_s) = p_s (-log p_s + k), increasing up to 1/e. With
+    b = eps max p_s and d = max(k - log b + 1, 1), tau = min(b / (d + log d), 1/e) gives
+    f(tau) <= b (it reduces to log(d + log d) <= 1 + log d; the 1/e cap to f(1/e) <= b). The
+    backward skips the teacher tile wherever all of a tile's p_s are this small: those entries
+    would be filtered out anyway.
+    """
+    lse_s, lse_t, _, kl, max_s, min_t = rows.double()
+    b = eps * torch.exp(max_s - lse_s)
+    d = (kl.abs() + (lse_t - min_t) - torch.log(b) + 1.0).clamp(min=1.0)
+    return (b / (d + torch.log(d))).clamp(max=math.exp(-1.0)).float()
+
+
 def _chunk_columns(num_rows: int, vocab_size: int, itemsize: int) -> int:
     cols = C.DZ_WORKSPACE_BYTES // max(1, num_rows * itemsize)
     cols = max(256, cols // 256 * 256)
@@ -175,9 +214,8 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
                   precision: str = "ieee"):
     """(d hidden [N, Ds] fp32, d weight [Vs, Ds] in sw's dtype, zero rows >= V).
 
-    ``sh``/``sw``/``th``/``tw`` are kernel operands (see kl_forward.prepare); ``rows`` is [5, N] fp32:
-    lse_s, lse_t, gap = lse_t - lse_s (accurate form), aux (KL for reverse, KL(p_s||m) for JSD), and
-    the student's largest logit (scales the gradient filter's threshold).
+    ``sh``/``sw``/``th``/``tw`` are kernel operands (see kl_forward.prepare); ``rows`` comes from
+    :func:`saved_rows`.
     """
     n, ds = sh.shape
     device = sh.device
@@ -198,6 +236,7 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
     flag_cols = triton.cdiv(cols, C.FLAG_BLOCK)
     flag_map = torch.empty(triton.cdiv(n, C.FLAG_BLOCK), flag_cols if filtering else 0, dtype=torch.int8,
                            device=device)
+    log_tau = teacher_skip_threshold(rows, C.FILTER_EPS).log() if filtering and mode == "reverse" else g
     th = th if th is not None else sh
     tw = tw if tw is not None else sw
     y = targets if targets is not None else g
@@ -212,7 +251,7 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
         if flags is not None and C.POISON:
             flags.zero_()  # an unwritten flag would drop a live block: the tests would see it
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(width, meta["BLOCK_V"]))  # noqa: E731
-        _dlogits_kernel[grid](sh, sw, th, tw, y, rows, g, dz, flag_map if filtering else dz, n, v_begin, v_end, cols,
+        _dlogits_kernel[grid](sh, sw, th, tw, y, rows, log_tau, g, dz, flag_map if filtering else dz, n, v_begin, v_end, cols,
                               ds, th.shape[1], sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0), dz.stride(0),
                               flag_cols, 1.0 / temperature, 1.0 - beta, math.log(beta), math.log1p(-beta),
                               C.FILTER_EPS or 0.0, MODE=MODES[mode], CAST_F32=C.INTERPRET, PRECISION=precision,

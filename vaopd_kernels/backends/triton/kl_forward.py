@@ -7,7 +7,8 @@ keeps, per row and per view, a running max ``m`` and ``l = sum e^(z - m)``, plus
 - student: ``b = sum e^(z_s - m_s) z_s`` (entropy) and the target logit;
 - CROSS=REVERSE: ``a = sum e^(z_s - m_s)(z_s - z_t)`` and ``c = sum (e^(z_t - m_s) - e^(z_s - m_s))``
   so KL = a/l_s + (lse_t - lse_s) with the gap taken as log1p(c/l_s) when it is small (the
-  difference z_s - z_t stays inside the sums: accurate when student ~ teacher);
+  difference z_s - z_t stays inside the sums: accurate when student ~ teacher); with MIN_T also
+  the teacher's smallest logit, which bounds -log p_t for the backward's gradient filter;
 - CROSS=FORWARD: the same with the roles swapped (teacher max);
 - CROSS=JSD: a second pass with lse_s, lse_t known: sum p_t(log p_t - log m), sum p_s(log p_s - log m).
 
@@ -29,8 +30,8 @@ from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, online_
 
 CROSS_NONE, CROSS_REVERSE, CROSS_FORWARD, CROSS_JSD = 0, 1, 2, 3
 # rows of the [NUM_STATS, S, N] partial-statistics buffer
-M_S, L_S, B_S, Y_S, M_T, L_T, Y_T, M_D, L_D, Y_D, A_X, C_X = range(12)
-NUM_STATS = 12
+M_S, L_S, B_S, Y_S, M_T, L_T, Y_T, M_D, L_D, Y_D, A_X, C_X, LO_T = range(13)
+NUM_STATS = 13
 # Below this |lse_t - lse_s| the gap is log1p(c / l), a sum of small differences, not the plain
 # difference of two ~log(V)-sized normalisers (which loses ~1e-6 in fp32 when student ~ teacher).
 _SMALL_GAP = 0.5
@@ -50,13 +51,13 @@ _INTERPRETER_CONFIG = C.cfg(1, 1, BLOCK_N=16, BLOCK_V=32, BLOCK_D=32)
 
 
 @C.autotune(_CONFIGS, _INTERPRETER_CONFIG,
-            key=["Ds", "Dt", "V", "HAS_S", "HAS_T", "HAS_D", "HAS_Y", "CROSS", "PRECISION"])
+            key=["Ds", "Dt", "V", "HAS_S", "HAS_T", "HAS_D", "HAS_Y", "CROSS", "MIN_T", "PRECISION"])
 @triton.jit
 def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_ptr,
                   N, V, Ds, Dt, stride_sh, stride_sw, stride_th, stride_tw,
                   inv_temp, log_beta, log_1m_beta,
                   HAS_S: tl.constexpr, HAS_T: tl.constexpr, HAS_D: tl.constexpr, HAS_Y: tl.constexpr,
-                  CROSS: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+                  CROSS: tl.constexpr, MIN_T: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -72,6 +73,7 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
     zero = tl.zeros((BLOCK_N,), tl.float32)
     m_s, l_s, b_s, y_s = neg_inf, zero, zero, zero
     m_t, l_t, y_t = neg_inf, zero, zero
+    lo_t = tl.full((BLOCK_N,), float("inf"), tl.float32)
     m_d, l_d, y_d = neg_inf, zero, zero
     a_x, c_x = zero, zero
     y = tl.full((BLOCK_N,), -1, tl.int64)
@@ -120,6 +122,8 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
                 if CROSS == 1:
                     a_x = a_x * alpha_s + tl.sum(e_s * diff, 1)
                     c_x = c_x * alpha_s + tl.sum(tl.exp(z_t - m_new[:, None]) - e_s, 1)
+                    if MIN_T:
+                        lo_t = tl.minimum(lo_t, tl.min(tl.where(v_mask[None, :], z_t, float("inf")), 1))
                 m_s = m_new
             if HAS_T:
                 m_new_t, l_t, alpha_t, e_t = online_lse(m_t, l_t, z_t)
@@ -152,6 +156,8 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
         if CROSS != 0:
             tl.store(base + 10 * stride, a_x, mask=n_mask)
             tl.store(base + 11 * stride, c_x, mask=n_mask)
+        if MIN_T:
+            tl.store(base + 12 * stride, lo_t, mask=n_mask)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -204,6 +210,7 @@ class RowStats:
     logit_d: Optional[torch.Tensor] = None
     kl: Optional[torch.Tensor] = None       # reverse or forward KL (CROSS 1/2)
     gap: Optional[torch.Tensor] = None      # lse_t - lse_s (accurate form), CROSS 1
+    min_t: Optional[torch.Tensor] = None    # the teacher's smallest logit (already / T), CROSS 1 + filter
     jsd_t: Optional[torch.Tensor] = None    # sum p_t (log p_t - log m), CROSS 3
     jsd_s: Optional[torch.Tensor] = None    # sum p_s (log p_s - log m), CROSS 3
 
@@ -224,11 +231,12 @@ def _accurate_gap(direct: torch.Tensor, c: torch.Tensor, l: torch.Tensor) -> tor
 
 def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, targets=None,
               temperature: float = 1.0, cross: int = CROSS_NONE, beta: float = 0.5,
-              lse: Optional[torch.Tensor] = None) -> RowStats:
+              lse: Optional[torch.Tensor] = None, teacher_min: bool = False) -> RowStats:
     """Launch the statistics kernel over all rows and merge the vocabulary splits.
 
     ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`prepare`;
     ``degraded`` is the teacher's second hidden view; ``lse`` ([2, N]: lse_s, lse_t) feeds CROSS_JSD.
+    ``teacher_min`` (CROSS_REVERSE): also find the teacher's smallest logit (the gradient filter's bound).
     """
     first = (student or teacher)[0]
     n, device = first.shape[0], first.device
@@ -236,6 +244,7 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
     th, tw = teacher if teacher else (first, first)
     td = degraded if degraded is not None else th
     splits = num_splits(n, vocab_size, device)
+    min_t = teacher_min and cross == CROSS_REVERSE
     fill = float("nan") if C.POISON else 0.0
     parts = torch.full((NUM_STATS, splits, n), fill, dtype=torch.float32, device=device)
     y = targets if targets is not None else parts
@@ -247,7 +256,7 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
         sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0),
         1.0 / temperature, math.log(beta), math.log1p(-beta),
         HAS_S=student is not None, HAS_T=teacher is not None, HAS_D=degraded is not None,
-        HAS_Y=targets is not None, CROSS=cross, CAST_F32=C.INTERPRET,
+        HAS_Y=targets is not None, CROSS=cross, MIN_T=min_t, CAST_F32=C.INTERPRET,
         PRECISION=dot_precision(sh if student else None, th if teacher else None))
 
     out = RowStats()
@@ -272,6 +281,8 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
     if cross == CROSS_REVERSE:
         out.gap = _accurate_gap(out.lse_t - out.lse_s, (parts[C_X] * w_s).sum(0), l_s)
         out.kl = (parts[A_X] * w_s).sum(0) / l_s + out.gap
+        if min_t:
+            out.min_t = parts[LO_T].amin(0)
     elif cross == CROSS_FORWARD:
         gap = _accurate_gap(out.lse_s - out.lse_t, (parts[C_X] * w_t).sum(0), l_t)
         out.kl = (parts[A_X] * w_t).sum(0) / l_t + gap

@@ -15,7 +15,7 @@ def linear_logprob(h, w, targets, *, temperature, vocab_size):
         stats = kl_forward.row_stats(vocab_size=vocab_size, student=(hk, wk), targets=targets,
                                      temperature=temperature)
         lp = stats.logit_s - stats.lse_s
-    rows = torch.stack([stats.lse_s, stats.lse_s, stats.lse_s, stats.lse_s, stats.max_s])
+    rows = kl_backward.saved_rows(stats)
 
     def backward_fn(row_grad):
         return kl_backward.student_grads(mode="logprob", sh=hk, sw=wk, rows=rows, row_grad=row_grad,
