@@ -13,8 +13,10 @@
 - ``FILTER_EPS``: gradient filtering (``VAOPD_TRITON_FILTER_EPS``, e.g. ``2**-12``; default None
   = off). The backward skips, in both of its matmuls, the ``FLAG_BLOCK`` x ``FLAG_BLOCK`` blocks of
   d loss / d logits whose every entry, before the row weight, is below eps x the row's largest
-  student probability in magnitude (as Cut Cross-Entropy does for softmax blocks). Off until a GPU run shows it faster; its error is
-  measured by tests/test_triton_backend.py and bench/gpu_check.py.
+  student probability in magnitude (as Cut Cross-Entropy does for softmax blocks); for reverse KL
+  it also skips the teacher's recompute on tiles where that provably drops nothing more
+  (``kl_backward.teacher_skip_threshold``). Off until a GPU run shows it faster; its error is
+  measured by tests/test_triton_backend.py and bench/gpu_check.py, its reach by bench/filter_reach.py.
 - ``BACKWARD_GEMM``: ``"triton"`` (default) or ``"cublas"`` (``VAOPD_TRITON_BACKWARD_GEMM``): who runs
   the backward's two matmuls (d head = dz^T h, d hidden += dz W). cuBLAS writes the same outputs
   in place (fp32 accumulation, no extra buffer); gradient filtering needs the Triton matmuls. The
