@@ -5,6 +5,7 @@ backend is imported) at small shapes; kernel outputs are poisoned with NaN befor
 element a kernel fails to write shows up.
 """
 import os
+import warnings
 
 import pytest
 import torch
@@ -331,3 +332,29 @@ def test_large_bf16_gpu():
     close(got.kl, want.kl, torch.bfloat16, "kl")
     for a, b in zip(grads(got.kl, low[:2]), grads(want.kl, ref[:2])):
         close(a, b, torch.bfloat16, "grad")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (host-sync debug mode)")
+def test_va_opd_loss_waits_for_the_gpu_only_at_its_reads():
+    """va_opd_loss (triton) synchronises with the GPU at most at its four reads of device values
+    (tests/test_validation.py counts them on the CPU), and its backward never."""
+    low, _, y = make(64, 32, 48, 300, torch.bfloat16)
+    cu = torch.tensor([0, 20, 41, 64], device=DEVICE)
+    pid = torch.tensor([0, 0, 1], device=DEVICE)
+
+    def run():
+        return vk.va_opd_loss(*low[:4], y, cu, pid, teacher_hidden_degraded=low[4], vocab_size=300,
+                              backend="triton")
+    run().loss.backward()  # compile (and autotune) first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run()
+            forward = [str(w.message)[:80] for w in caught]
+            result.loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(forward) <= 4, forward
+    assert len(caught) == len(forward), [str(w.message)[:80] for w in caught[len(forward):]]

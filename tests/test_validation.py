@@ -180,3 +180,22 @@ def test_backends_read_their_settings_through_the_check():
     proc = subprocess.run([sys.executable, "-c", "import vaopd_kernels.backends.torch_chunked"],
                           env={**os.environ, "VAOPD_CHUNK_MB": "lots"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "VAOPD_CHUNK_MB: expected a positive number, got 'lots'" in proc.stderr
+
+
+def test_va_opd_loss_reads_device_values_four_times(p, monkeypatch):
+    """Checking costs the host little: va_opd_loss copies device values to Python four times (the
+    targets' range, cu_seqlens, the outputs' finiteness, the metrics), none inside the backend,
+    and backward none at all. (On a GPU each such copy waits for the device.)"""
+    reads = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            reads.append(_original)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    result = _loss(p, backend="torch")
+    assert len(reads) == 4
+    reads.clear()
+    result.loss.backward()
+    assert not reads

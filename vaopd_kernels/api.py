@@ -78,7 +78,7 @@ def _resolve_vocab(vocab_size: Optional[int], **weights) -> int:
 def _check_targets(targets, num_rows: int, vocab_size: int) -> torch.Tensor:
     _check_int("targets", targets, 1)
     _check_rows(num_rows, targets=targets)
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= vocab_size):
+    if targets.numel() and bool(torch.stack([targets.min() < 0, targets.max() >= vocab_size]).any()):  # one sync
         raise ValueError(f"targets: expected token ids in [0, {vocab_size}), got range "
                          f"[{int(targets.min())}, {int(targets.max())}]")
     return targets.long()
@@ -103,10 +103,12 @@ def _check_cu_seqlens(cu_seqlens, num_rows: int, device: torch.device) -> torch.
     if cu_seqlens.numel() < 2:
         raise ValueError("cu_seqlens: expected at least 2 entries [0, ..., N]")
     cu = cu_seqlens.long()
-    if int(cu[0]) != 0 or int(cu[-1]) != num_rows:
+    bad_start, bad_end, not_increasing = torch.stack([cu[0] != 0, cu[-1] != num_rows,
+                                                      (cu[1:] <= cu[:-1]).any()]).tolist()  # one sync
+    if bad_start or bad_end:
         raise ValueError(f"cu_seqlens: expected to start at 0 and end at N={num_rows}, "
                          f"got {int(cu[0])} ... {int(cu[-1])}")
-    if bool((cu[1:] <= cu[:-1]).any()):
+    if not_increasing:
         raise ValueError("cu_seqlens: expected strictly increasing offsets (no empty rollout)")
     return cu
 
@@ -319,9 +321,9 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     _finite([loss, stats.kl, stats.visual_advantage, stats.student_logprob], student_hidden=student_hidden,
             student_weight=student_weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
             teacher_hidden_degraded=teacher_hidden_degraded)
-    result = objective.reduce_kl(stats.kl, chosen[0], loss=loss)
-    result.metrics["entropy_mean"] = float(stats.student_entropy.double().mean())
-    result.metrics["student_logprob_mean"] = float(stats.student_logprob.double().mean())
+    result = objective.reduce_kl(stats.kl, chosen[0], loss=loss, extra_metrics={
+        "entropy_mean": stats.student_entropy.double().mean(),
+        "student_logprob_mean": stats.student_logprob.double().mean()})
     return VAOPDLossResult(loss=result.loss, kl=stats.kl, visual_advantage=stats.visual_advantage,
                            token_weight=result.token_weight, rollout_weight=result.rollout_weight,
                            high_mask=result.high_mask, student_logprob=stats.student_logprob,

@@ -1,14 +1,14 @@
 """The VA-OPD and OPD reductions of per-token KL to a loss (backend independent).
 
 Everything here is vectorised over packed rollouts: no Python loop over rollouts, and the
-weights need no host synchronisation (only the python-float metrics do).
+weights need no host synchronisation (the python-float metrics need one).
 Inputs are assumed validated by ``api.py``.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -114,37 +114,45 @@ def opd_weights(cu_seqlens: torch.Tensor, num_rows: int, num_rollouts: Optional[
     return TokenWeights(token_weight, torch.ones_like(lengths), high, None)
 
 
-def reduce_kl(token_kl: torch.Tensor, weights: TokenWeights,
-              loss: Optional[torch.Tensor] = None) -> ObjectiveResult:
-    """The objective's result; ``loss`` is sum(token_weight * token_kl) unless already computed."""
+def reduce_kl(token_kl: torch.Tensor, weights: TokenWeights, loss: Optional[torch.Tensor] = None,
+              extra_metrics: Optional[Dict[str, torch.Tensor]] = None) -> ObjectiveResult:
+    """The objective's result; ``loss`` is sum(token_weight * token_kl) unless already computed.
+    ``extra_metrics`` (0-dim tensors) join the metrics, which reach Python in one host sync."""
     if loss is None:
         loss = (weights.token_weight.to(token_kl.dtype) * token_kl).sum()
     metrics = _metrics(token_kl.detach(), weights)
+    metrics.update(extra_metrics or {})
     return ObjectiveResult(loss, weights.token_weight.float(), weights.rollout_weight.float(),
-                           weights.high_mask, metrics)
+                           weights.high_mask, to_python(metrics))
 
 
-def _mean_or_nan(values: torch.Tensor) -> float:
-    return float(values.double().mean()) if values.numel() else math.nan
+def to_python(values: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """0-dim tensors on one device -> Python floats, with a single device-to-host copy."""
+    if not values:
+        return {}
+    floats = torch.stack([v.detach().double().reshape(()) for v in values.values()]).tolist()
+    return dict(zip(values, floats))
 
 
-def _metrics(kl: torch.Tensor, weights: TokenWeights) -> dict:
+def _metrics(kl: torch.Tensor, weights: TokenWeights) -> Dict[str, torch.Tensor]:
+    """The metrics as 0-dim tensors; means over no token are NaN (0 / 0)."""
     kl = kl.double()
     metrics = {
-        "kl_mean": _mean_or_nan(kl),
-        "rollout_weight_min": float(weights.rollout_weight.min()),
-        "rollout_weight_max": float(weights.rollout_weight.max()),
+        "kl_mean": kl.sum() / kl.numel(),
+        "rollout_weight_min": weights.rollout_weight.min(),
+        "rollout_weight_max": weights.rollout_weight.max(),
     }
     va, high = weights.visual_advantage, weights.high_mask
     if va is not None:
-        total_va = float(va.sum())
-        high_va = va[high]
+        va = va.double()
+        num_high = high.sum().double()
+        total_va, high_va = va.sum(), torch.where(high, va, 0.0).sum()
         metrics.update({
-            "va_mean": _mean_or_nan(va),
-            "va_high_share": float(high_va.sum()) / total_va if total_va > 0 else 0.0,
-            "high_zero_va_fraction": _mean_or_nan((high_va == 0).double()),
-            "high_token_fraction": _mean_or_nan(high.double()),
-            "kl_high_mean": _mean_or_nan(kl[high]),
-            "kl_low_mean": _mean_or_nan(kl[~high]),
+            "va_mean": total_va / va.numel(),
+            "va_high_share": torch.where(total_va > 0, high_va / total_va, 0.0),
+            "high_zero_va_fraction": (high & (va == 0)).sum().double() / num_high,
+            "high_token_fraction": num_high / high.numel(),
+            "kl_high_mean": torch.where(high, kl, 0.0).sum() / num_high,
+            "kl_low_mean": torch.where(high, 0.0, kl).sum() / (high.numel() - num_high),
         })
     return metrics
