@@ -292,6 +292,10 @@ def variant_case(switch, value, x=None):
 guarded("time_va_opd_triton_filtered")(lambda: variant_case("FILTER_EPS", 2.0 ** -12))
 guarded("time_va_opd_triton_peaked")(lambda: time_case(va_opd_step("triton"), 5 if CUDA else 1, peaked_inputs()))
 guarded("time_va_opd_triton_peaked_filtered")(lambda: variant_case("FILTER_EPS", 2.0 ** -12, peaked_inputs()))
+# Near-certain rows (margin 24, p_target ~ 1 - 1e-4): where the filter also skips most teacher
+# recomputes (bench/filter_reach.py: ~90% of the 128 x 128 tiles).
+guarded("time_va_opd_triton_certain_filtered")(
+    lambda: variant_case("FILTER_EPS", 2.0 ** -12, peaked_inputs(margin=24.0)))
 guarded("time_va_opd_triton_fused_views")(lambda: variant_case("FUSED_VIEWS", True))
 guarded("time_va_opd_triton_cublas_backward")(lambda: variant_case("BACKWARD_GEMM", "cublas"))
 
@@ -406,6 +410,8 @@ for key, label, floor in (("time_va_opd_triton", "va_opd_loss fwd+bwd, pixelated
                           ("time_va_opd_triton_peaked", "triton, peaked rows (p_target ~ 0.95)", "va_opd"),
                           ("time_va_opd_triton_peaked_filtered", "triton, peaked rows, gradient filter 2^-12",
                            "va_opd"),
+                          ("time_va_opd_triton_certain_filtered",
+                           "triton, near-certain rows (margin 24), gradient filter 2^-12", "va_opd"),
                           ("time_va_opd_torch", "va_opd_loss fwd+bwd, pixelated, torch", "va_opd"),
                           ("time_kl_only_triton", "linear_kl reverse fwd+bwd (KL only), triton", "kl_only"),
                           ("time_kl_only_liger", "LigerFusedLinearJSDLoss beta=1 fwd+bwd", "kl_only")):
