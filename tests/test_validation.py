@@ -173,6 +173,17 @@ def test_bad_settings_name_the_variable(value, monkeypatch):
     assert env_number("VAOPD_SOME_SETTING", 1.5) == 1.5
 
 
+@pytest.mark.parametrize("value", ["0.5", "2.5", "0"])
+def test_whole_number_settings_refuse_fractions(value, monkeypatch):
+    """A tile size of 0.5 used to truncate to 0, which silently meant the default."""
+    from vaopd_kernels.backends._common import env_number
+    monkeypatch.setenv("VAOPD_SOME_TILE", value)
+    with pytest.raises(ValueError, match="VAOPD_SOME_TILE: expected a positive integer"):
+        env_number("VAOPD_SOME_TILE", None, integer=True)
+    monkeypatch.setenv("VAOPD_SOME_TILE", "4096")
+    assert env_number("VAOPD_SOME_TILE", None, integer=True) == 4096
+
+
 def test_backends_read_their_settings_through_the_check():
     import os
     import subprocess

@@ -8,9 +8,9 @@ from typing import Optional
 import torch
 
 
-def env_number(name: str, default: Optional[float]) -> Optional[float]:
-    """A positive number from environment variable ``name`` (``default`` when unset or empty);
-    anything else raises a ValueError that names the variable."""
+def env_number(name: str, default: Optional[float], integer: bool = False) -> Optional[float]:
+    """A positive number (a whole one with ``integer``) from environment variable ``name``
+    (``default`` when unset or empty); anything else raises a ValueError that names the variable."""
     raw = os.environ.get(name, "")
     if raw == "":
         return default
@@ -18,9 +18,9 @@ def env_number(name: str, default: Optional[float]) -> Optional[float]:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}: expected a positive number, got {raw!r}")
-    return value
+    if not (math.isfinite(value) and value > 0) or (integer and value != int(value)):
+        raise ValueError(f"{name}: expected a positive {'integer' if integer else 'number'}, got {raw!r}")
+    return int(value) if integer else value
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -32,7 +32,7 @@ _MIB = 1 << 20
 # want large tiles to amortise launches.
 _DEFAULTS = {"cpu": (16 * _MIB, 2048), "gpu": (512 * _MIB, 16384)}
 _override_budget = int(env_number("VAOPD_CHUNK_MB", 0) * _MIB) or None
-_override_tile = int(env_number("VAOPD_VOCAB_TILE", 0)) or None
+_override_tile = env_number("VAOPD_VOCAB_TILE", None, integer=True)
 # Live [row_block, vocab_tile] arrays at once: the views' logits plus exp/product temporaries.
 _LIVE_TILE_ARRAYS = 8
 
