@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List
@@ -152,13 +153,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if _config.INTERPRET:
         parser.error("TRITON_INTERPRET=1 replaces the kernels and their configurations: unset it")
-    workdir = Path(args.out or Path(os.environ.get("TMPDIR", "/tmp")) / "vaopd-triton-resources")
-    workdir.mkdir(parents=True, exist_ok=True)
-    rows = [row for arch in args.arch for row in measure(arch, workdir, args.launch, args.max_configs)]
+    with tempfile.TemporaryDirectory() as workdir:  # cubins pass through here, never into --out
+        rows = [row for arch in args.arch for row in measure(arch, Path(workdir), args.launch, args.max_configs)]
     table = markdown(rows)
     print(table)
     if args.out:
-        (workdir / "kernel.cubin").unlink(missing_ok=True)
+        args.out.mkdir(parents=True, exist_ok=True)
         meta = {"triton": triton.__version__, "python": sys.version.split()[0],
                 "date": datetime.date.today().isoformat(), "shape": dict(N=N, V=V, Ds=DS, Dt=DT, dtype="bf16")}
         (args.out / "resources.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]},
