@@ -9,7 +9,8 @@ Whether either fires depends only on the rows' probabilities, so this script dra
 reverse-KL rows at the real vocabulary size (Gaussian competitor logits plus a target margin,
 the teacher correlated with the student) and counts, with the package's own threshold, the
 fraction of each kind of block that would be skipped, and the backward GEMM work left at the
-headline shape (student recompute Ds + teacher recompute Dt + two matmuls 2 Ds per column).
+headline shape (student recompute Ds + teacher recompute Dt + two matmuls 2 Ds per column), also
+with the rows grouped by confidence (what a backward that reorders rows could reach).
 
     python -m bench.filter_reach [--rows 512] [--out bench/results/filter-reach]
 
@@ -91,7 +92,12 @@ def main():
     gen = torch.Generator().manual_seed(0)
     results = []
     for label, sigma, margins in FAMILIES:
-        r = reach(*draw_rows(args.rows, sigma, margins, gen))
+        z_s, z_t = draw_rows(args.rows, sigma, margins, gen)
+        r = reach(z_s, z_t)
+        # the same rows grouped by confidence (the student's largest probability): what a
+        # backward that reorders rows before its blocks could reach
+        order = torch.argsort(z_s.amax(1) - z_s.logsumexp(1))
+        r["backward_work_left_rows_grouped"] = reach(z_s[order], z_t[order])["backward_work_left"]
         r["family"] = label
         results.append(r)
         print(label, {k: round(v, 4) for k, v in r.items() if isinstance(v, float)}, flush=True)
@@ -100,10 +106,12 @@ def main():
               "backward work = (Ds + Dt x teacher tiles kept + 2 Ds x matmul steps kept) / (3 Ds + Dt) at "
               f"Ds = {DS}, Dt = {DT}, 128 x 128 dlogits tiles.\n\n"
               "| rows | median max p_s | 64x64 blocks dropped | matmul steps dropped | teacher tiles skipped "
-              "128x128 / 64x128 | backward GEMM work left |\n|---|---:|---:|---:|---:|---:|\n")
+              "128x128 / 64x128 | backward GEMM work left | same, rows grouped by confidence |\n"
+              "|---|---:|---:|---:|---:|---:|---:|\n")
     lines = [f"| {r['family']} | {r['p_target_median']:.3f} | {r['filter_blocks_dropped']:.3f} | "
              f"{r['matmul_steps_dropped']:.3f} | {r['teacher_tiles_skipped_128x128']:.3f} / "
-             f"{r['teacher_tiles_skipped_64x128']:.3f} | {r['backward_work_left']:.2f} |" for r in results]
+             f"{r['teacher_tiles_skipped_64x128']:.3f} | {r['backward_work_left']:.2f} | "
+             f"{r['backward_work_left_rows_grouped']:.2f} |" for r in results]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "filter-reach.json"), "w") as f:
         json.dump({"eps": EPS, "vocab": V, "rows": args.rows, "date": str(datetime.date.today()),
