@@ -251,9 +251,9 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
         if flags is not None and C.POISON:
             flags.zero_()  # an unwritten flag would drop a live block: the tests would see it
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(width, meta["BLOCK_V"]))  # noqa: E731
-        _dlogits_kernel[grid](sh, sw, th, tw, y, rows, log_tau, g, dz, flag_map if filtering else dz, n, v_begin, v_end, cols,
-                              ds, th.shape[1], sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0), dz.stride(0),
-                              flag_cols, 1.0 / temperature, 1.0 - beta, math.log(beta), math.log1p(-beta),
+        _dlogits_kernel[grid](sh, sw, th, tw, y, rows, log_tau, g, dz, flag_map if filtering else dz, n, v_begin,
+                              v_end, cols, ds, th.shape[1], sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0),
+                              dz.stride(0), flag_cols, 1.0 / temperature, 1.0 - beta, math.log(beta), math.log1p(-beta),
                               C.FILTER_EPS or 0.0, MODE=MODES[mode], CAST_F32=C.INTERPRET, PRECISION=precision,
                               FILTER=filtering, FLAG_BLOCK=C.FLAG_BLOCK)
         if cublas:
