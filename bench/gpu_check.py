@@ -211,14 +211,18 @@ def head_inputs():
     return _head
 
 
-def peaked_inputs(margin=16.0):
+def peaked_inputs(margin=16.0, uncertain_share=0.0):
     """The headline inputs with hidden states pointing at their target's head row: logit margin
     ~16 over ~N(0, 1.4) competitors, p_target ~ 0.95 (a confident trained model; the random
-    inputs' rows are near-uniform instead)."""
+    inputs' rows are near-uniform instead). ``uncertain_share``: that share of the rows, spread
+    at random, gets margin 16 instead of ``margin`` (rollouts mix certain and uncertain tokens)."""
     x = dict(head_inputs())
+    g = torch.Generator(device=DEV).manual_seed(5)
+    uncertain = torch.rand(H["n"], 1, generator=g, device=DEV) < uncertain_share
+    margins = torch.where(uncertain, 16.0, margin)
     for hidden, weight in (("sh", "sw"), ("th", "tw"), ("td", "tw")):
         w = x[weight].detach()[x["y"]].float()
-        pointed = x[hidden].detach().float() + margin * w / (w * w).sum(1, keepdim=True)
+        pointed = x[hidden].detach().float() + margins * w / (w * w).sum(1, keepdim=True)
         x[hidden] = pointed.to(x[hidden].dtype).requires_grad_(hidden == "sh")
     return x
 
@@ -296,6 +300,9 @@ guarded("time_va_opd_triton_peaked_filtered")(lambda: variant_case("FILTER_EPS",
 # recomputes (bench/filter_reach.py: ~90% of the 128 x 128 tiles).
 guarded("time_va_opd_triton_certain_filtered")(
     lambda: variant_case("FILTER_EPS", 2.0 ** -12, peaked_inputs(margin=24.0)))
+# 70% near-certain rows, 30% at margin 16, interleaved: the filter's row grouping at work.
+guarded("time_va_opd_triton_mixed_filtered")(
+    lambda: variant_case("FILTER_EPS", 2.0 ** -12, peaked_inputs(margin=24.0, uncertain_share=0.3)))
 guarded("time_va_opd_triton_fused_views")(lambda: variant_case("FUSED_VIEWS", True))
 guarded("time_va_opd_triton_cublas_backward")(lambda: variant_case("BACKWARD_GEMM", "cublas"))
 
@@ -412,6 +419,8 @@ for key, label, floor in (("time_va_opd_triton", "va_opd_loss fwd+bwd, pixelated
                            "va_opd"),
                           ("time_va_opd_triton_certain_filtered",
                            "triton, near-certain rows (margin 24), gradient filter 2^-12", "va_opd"),
+                          ("time_va_opd_triton_mixed_filtered",
+                           "triton, 70% margin 24 + 30% margin 16 rows, gradient filter 2^-12", "va_opd"),
                           ("time_va_opd_torch", "va_opd_loss fwd+bwd, pixelated, torch", "va_opd"),
                           ("time_kl_only_triton", "linear_kl reverse fwd+bwd (KL only), triton", "kl_only"),
                           ("time_kl_only_liger", "LigerFusedLinearJSDLoss beta=1 fwd+bwd", "kl_only")):

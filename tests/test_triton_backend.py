@@ -213,6 +213,14 @@ def test_weighted_kl_without_grad():
 
 
 # ----------------------------------------------------------------------------- gradient filtering
+def same_as_unfiltered(filtered, unfiltered):
+    """Gradients with nothing filtered out: d hidden bit for bit; d head up to the order in which
+    its rows are summed (the filter visits rows grouped by confidence)."""
+    assert torch.equal(filtered[0], unfiltered[0])
+    assert (filtered[1] - unfiltered[1]).abs().max() <= 1e-6 * unfiltered[1].abs().max()
+    assert not torch.equal(filtered[1], torch.zeros_like(filtered[1]))
+
+
 @pytest.mark.parametrize("mode", ["reverse", "logprob"])
 def test_gradient_filtering(mode, monkeypatch):
     """eps = 0 keeps every block (the unfiltered gradients exactly); a huge eps drops all of them
@@ -233,16 +241,14 @@ def test_gradient_filtering(mode, monkeypatch):
     upstream = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     # logits ~ N(0, 0.3^2 * 32): near-uniform rows (p_s ~ 1/300); an absolute threshold of 0.05
     # drops some blocks; relative to the row's largest p_s (~0.1) it drops none
-    for flat, base in zip(run(0.05), run(None)):
-        assert torch.equal(flat, base)
+    same_as_unfiltered(run(0.05), run(None))
     with torch.no_grad():  # peaked softmax, as in a trained LM: z = 30 cos(h, w_target) + noise
         for hidden, weight in ((low[0], low[1]), (low[2], low[3])):
             weight /= weight.norm(dim=1, keepdim=True)
             hidden.copy_(30.0 * weight[y] + 3.0 * torch.randn(hidden.shape, generator=torch.Generator().manual_seed(3)))
 
     unfiltered = run(None)
-    for exact, base in zip(run(0.0), unfiltered):
-        assert torch.equal(exact, base)
+    same_as_unfiltered(run(0.0), unfiltered)
     for dropped in run(1e9):
         assert torch.count_nonzero(dropped) == 0
     eps = 2.0 ** -12
@@ -288,10 +294,15 @@ def test_teacher_skip_threshold_is_sound(splits):
     assert skippable > 0.2 * 3 * 3 * n * vocab, "the bound skips almost nothing: too loose to be useful"
 
 
+# Written into teacher weights after the forward pass: a teacher tile the backward computes from
+# them gives huge gradient entries, which the filter keeps (NaN would compare as negligible).
+POISON = 1e30
+
+
 def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
     """With the filter on, reverse KL never reads teacher columns where no row's student has any
-    non-negligible probability: NaN written there after the forward pass leaves the gradients
-    exactly as they were (without the filter, the same NaN reaches them). The teacher's logits
+    non-negligible probability: huge values written there after the forward pass leave the
+    gradients exactly as they were (without the filter, they reach them). The teacher's logits
     carry an offset of 10^4 (its softmax is unchanged), so a skipped tile that still formed a
     gradient from the missing teacher tile would be far off the unfiltered gradient."""
     n, dim, vocab = 8, 32, 300
@@ -309,17 +320,47 @@ def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
         tw = low[3].detach().clone()
         kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton")
         if poison:  # columns past 128: outside any tile holding a target, for tiles of up to 128
-            tw[128:] = float("nan")
+            tw[128:] = POISON
         return torch.autograd.grad(kl.sum(), low[:2])
 
     eps = 2.0 ** -12
     clean, exact = run(eps, poison=False), run(None, poison=False)
     for a, b in zip(run(eps, poison=True), clean):
         assert torch.equal(a, b)
-    assert not torch.isfinite(run(None, poison=True)[0]).all(), "the poisoned columns never mattered"
+    assert not torch.equal(run(None, poison=True)[0], exact[0]), "the poisoned columns never mattered"
     w_max, h_max = low[1].detach().abs().max(), low[0].detach().abs().max()
     assert ((clean[0] - exact[0]).abs() <= vocab * eps * w_max * 1.01 + 1e-6).all()
     assert ((clean[1] - exact[1]).abs() <= n * eps * h_max * 1.01 + 1e-6).all()
+
+
+def test_gradient_filter_groups_rows_by_confidence(monkeypatch):
+    """Certain and uncertain rows interleaved: the filter visits rows grouped by confidence, so the
+    certain rows' tiles still skip the teacher where only the uncertain rows need it. Huge values
+    written into those teacher columns after the forward pass reach the uncertain rows' d hidden, but
+    the certain rows' stays exactly as without it. (Row tiles of 16 to 128 rows each hold one kind.)"""
+    n, dim, vocab = 256, 32, 300
+    low, _, _ = make(n, dim, dim, vocab, torch.float32, seed=8)
+    gen = torch.Generator().manual_seed(9)
+    y = torch.randint(0, 32, (n,), generator=gen).to(DEVICE)
+    certain = torch.arange(n, device=DEVICE) % 2 == 0
+    with torch.no_grad():
+        for hidden, weight, margin in ((low[0], low[1], 16.0), (low[2], low[3], 60.0)):
+            weight /= weight.norm(dim=1, keepdim=True)
+            hidden.copy_(margin * weight[y])
+        low[1][32:] *= 0.1
+        low[0][~certain] = 0.3 * torch.randn(n // 2, dim, generator=gen).to(DEVICE)  # near-uniform rows
+
+    def d_hidden(poison):
+        monkeypatch.setattr(_config, "FILTER_EPS", 2.0 ** -12)
+        tw = low[3].detach().clone()
+        kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton")
+        if poison:
+            tw[128:] = POISON
+        return torch.autograd.grad(kl.sum(), low[0])[0]
+
+    clean, poisoned = d_hidden(poison=False), d_hidden(poison=True)
+    assert torch.equal(poisoned[certain], clean[certain])
+    assert (poisoned[~certain] != clean[~certain]).all(dim=1).all(), "the uncertain rows never read the poison"
 
 
 # ----------------------------------------------------------------------------- GPU only

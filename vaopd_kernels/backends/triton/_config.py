@@ -15,7 +15,8 @@
   d loss / d logits whose every entry, before the row weight, is below eps x the row's largest
   student probability in magnitude (as Cut Cross-Entropy does for softmax blocks); for reverse KL
   it also skips the teacher's recompute on tiles where that provably drops nothing more
-  (``kl_backward.teacher_skip_threshold``). Off until a GPU run shows it faster; its error is
+  (``kl_backward.teacher_skip_threshold``), and it visits rows grouped by confidence so that
+  blocks hold rows alike. Off until a GPU run shows it faster; its error is
   measured by tests/test_triton_backend.py and bench/gpu_check.py, its reach by bench/filter_reach.py.
 - ``BACKWARD_GEMM``: ``"triton"`` (default) or ``"cublas"`` (``VAOPD_TRITON_BACKWARD_GEMM``): who runs
   the backward's two matmuls (d head = dz^T h, d hidden += dz W). cuBLAS writes the same outputs

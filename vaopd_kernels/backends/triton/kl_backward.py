@@ -10,6 +10,8 @@ The vocabulary is walked in chunks of ``Vc`` columns (``Vc`` from a fixed worksp
    copy of the head's gradient);
 3. ``matmul`` accumulates d h += dz @ W_s[chunk] into one fp32 [N, Ds] buffer.
 (``VAOPD_TRITON_BACKWARD_GEMM=cublas`` runs steps 2 and 3 through cuBLAS instead.)
+With gradient filtering the rows are visited in an order grouped by confidence (the workspace
+holds them in that order; step 2 gathers h's rows and step 3 scatters d h's rows through it).
 
 Every output element has exactly one writer: no atomics, deterministic.
 
@@ -55,15 +57,18 @@ _MM_CONFIGS = [
 @C.autotune(_DZ_CONFIGS, C.cfg(1, 1, BLOCK_N=16, BLOCK_V=32, BLOCK_D=32),
             key=["Ds", "Dt", "MODE", "PRECISION", "FILTER"])  # not N: no retuning per batch
 @triton.jit
-def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr, g_ptr, dz_ptr, flag_ptr,
+def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr, g_ptr, dz_ptr, flag_ptr, order_ptr,
                     N, v_begin, v_end, Vc, Ds, Dt, stride_sh, stride_sw, stride_th, stride_tw, stride_dz,
                     flag_cols, inv_temp, one_m_beta, log_beta, log_1m_beta, filter_eps,
                     MODE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, FILTER: tl.constexpr,
                     FLAG_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    slots = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # the workspace rows this tile writes
     offs_v = v_begin + tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    n_mask = offs_n < N
+    n_mask = slots < N
     v_mask = offs_v < v_end
+    offs_n = slots
+    if FILTER:  # rows visited grouped by confidence (see student_grads): the slot-th row of the order
+        offs_n = tl.load(order_ptr + slots, mask=n_mask, other=0)
     raw, _unused = logits_tile(sh_ptr, sh_ptr, stride_sh, sw_ptr, stride_sw, offs_n, n_mask, offs_v, v_mask,
                                Ds, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
     z_s = scaled(raw, v_mask, inv_temp)
@@ -112,7 +117,7 @@ def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr
         tl.store(flag_ptr + row_blocks[:, None] * flag_cols + col_blocks[None, :],
                  (block_max >= 0.0).to(tl.int8), mask=in_map)
     dz = dz * g[:, None]  # masked columns hold p = 0 exactly (see scaled); the store skips them anyway
-    ptrs = dz_ptr + offs_n[:, None] * stride_dz + (offs_v - v_begin)[None, :]
+    ptrs = dz_ptr + slots[:, None] * stride_dz + (offs_v - v_begin)[None, :]
     tl.store(ptrs, dz.to(dz_ptr.dtype.element_ty), mask=n_mask[:, None] & v_mask[None, :])
 
 
@@ -120,19 +125,24 @@ def _dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr
             # key: output width and layout only (M, K follow the batch size: no retuning per batch)
             key=["N", "stride_am", "ACCUMULATE", "PRECISION", "FILTER"], restore_value=["c_ptr"])
 @triton.jit
-def _matmul_kernel(a_ptr, b_ptr, c_ptr, flag_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn, stride_cm,
-                   stride_fm, stride_fk,
+def _matmul_kernel(a_ptr, b_ptr, c_ptr, flag_ptr, order_ptr, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+                   stride_cm, stride_fm, stride_fk,
                    ACCUMULATE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, FILTER: tl.constexpr,
+                   ORDER_B: tl.constexpr, ORDER_C: tl.constexpr,
                    FLAG_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """c (+)= a @ b with fp32 accumulation; c is row-major with unit column stride. With FILTER, a
     K step runs only where the int8 map flags[m / FLAG_BLOCK, k / FLAG_BLOCK] (strides stride_fm,
-    stride_fk) marks some block of a's rows x that step's columns as non-negligible."""
+    stride_fk) marks some block of a's rows x that step's columns as non-negligible. ORDER_B: b's
+    k-th row is row order[k]; ORDER_C: c's m-th row is row order[m] (a gather, a scatter)."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :]
+    rows_c = offs_m
+    if ORDER_C:
+        rows_c = tl.load(order_ptr + offs_m, mask=m_mask, other=0)
+    c_ptrs = c_ptr + rows_c[:, None] * stride_cm + offs_n[None, :]
     c_mask = m_mask[:, None] & n_mask[None, :]
     # Accumulating starts from c: no second [BLOCK_M, BLOCK_N] fp32 tile at the end (it spilled).
     if ACCUMULATE:
@@ -144,7 +154,10 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, flag_ptr, M, N, K, stride_am, stride_ak,
         k_mask = kk < K
         a = tl.load(a_ptr + offs_m[:, None] * stride_am + kk[None, :] * stride_ak,
                     mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptr + kk[:, None] * stride_bk + offs_n[None, :] * stride_bn,
+        rows_b = kk
+        if ORDER_B:
+            rows_b = tl.load(order_ptr + kk, mask=k_mask, other=0)
+        b = tl.load(b_ptr + rows_b[:, None] * stride_bk + offs_n[None, :] * stride_bn,
                     mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         if CAST_F32:
             a = a.to(tl.float32)
@@ -163,17 +176,19 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, flag_ptr, M, N, K, stride_am, stride_ak,
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *, accumulate: bool, precision: str,
-           flags: Optional[torch.Tensor] = None) -> None:
+           flags: Optional[torch.Tensor] = None, order: Optional[torch.Tensor] = None, ordered: str = "") -> None:
     """c (+)= a @ b for 2-D views (any strides for a and b; c with unit column stride). ``flags``:
-    an int8 [M / FLAG_BLOCK, K / FLAG_BLOCK] view (any strides); K steps it marks 0 are skipped."""
+    an int8 [M / FLAG_BLOCK, K / FLAG_BLOCK] view (any strides); K steps it marks 0 are skipped.
+    ``order`` (int32 row indices) with ``ordered="b"``: b's rows are b[order]; ``"c"``: c[order]'s."""
     m, k = a.shape
     n = b.shape[1]
     assert c.stride(1) == 1 and c.shape == (m, n)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
     fm, fk = flags.stride() if flags is not None else (0, 0)
-    _matmul_kernel[grid](a, b, c, flags if flags is not None else c, m, n, k, a.stride(0), a.stride(1), b.stride(0),
-                         b.stride(1), c.stride(0), fm, fk, ACCUMULATE=accumulate, CAST_F32=C.INTERPRET,
-                         PRECISION=precision, FILTER=flags is not None, FLAG_BLOCK=C.FLAG_BLOCK)
+    _matmul_kernel[grid](a, b, c, flags if flags is not None else c, order if order is not None else c, m, n, k,
+                         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), fm, fk,
+                         ACCUMULATE=accumulate, CAST_F32=C.INTERPRET, PRECISION=precision, FILTER=flags is not None,
+                         ORDER_B=ordered == "b", ORDER_C=ordered == "c", FLAG_BLOCK=C.FLAG_BLOCK)
 
 
 def saved_rows(stats: RowStats, aux: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -237,6 +252,11 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
     flag_map = torch.empty(triton.cdiv(n, C.FLAG_BLOCK), flag_cols if filtering else 0, dtype=torch.int8,
                            device=device)
     log_tau = teacher_skip_threshold(rows, C.FILTER_EPS).log() if filtering and mode == "reverse" else g
+    # With the filter, rows are visited grouped by confidence (log max p_s): a block is skipped only
+    # if all its 64-128 rows allow it, and one uncertain row among certain ones keeps it
+    # (bench/filter_reach.py). The workspace holds rows in this order; the matmuls gather h's rows
+    # and scatter d hidden's through it. Nothing is copied.
+    order = torch.argsort(rows[4] - rows[0]).to(torch.int32) if filtering else None
     th = th if th is not None else sh
     tw = tw if tw is not None else sw
     y = targets if targets is not None else g
@@ -251,16 +271,17 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
         if flags is not None and C.POISON:
             flags.zero_()  # an unwritten flag would drop a live block: the tests would see it
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(width, meta["BLOCK_V"]))  # noqa: E731
-        _dlogits_kernel[grid](sh, sw, th, tw, y, rows, log_tau, g, dz, flag_map if filtering else dz, n, v_begin,
-                              v_end, cols, ds, th.shape[1], sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0),
-                              dz.stride(0), flag_cols, 1.0 / temperature, 1.0 - beta, math.log(beta), math.log1p(-beta),
-                              C.FILTER_EPS or 0.0, MODE=MODES[mode], CAST_F32=C.INTERPRET, PRECISION=precision,
-                              FILTER=filtering, FLAG_BLOCK=C.FLAG_BLOCK)
+        _dlogits_kernel[grid](sh, sw, th, tw, y, rows, log_tau, g, dz, flag_map if filtering else dz,
+                              order if filtering else g, n, v_begin, v_end, cols, ds, th.shape[1], sh.stride(0),
+                              sw.stride(0), th.stride(0), tw.stride(0), dz.stride(0), flag_cols, 1.0 / temperature,
+                              1.0 - beta, math.log(beta), math.log1p(-beta), C.FILTER_EPS or 0.0, MODE=MODES[mode],
+                              CAST_F32=C.INTERPRET, PRECISION=precision, FILTER=filtering, FLAG_BLOCK=C.FLAG_BLOCK)
         if cublas:
             mm_into(grad_w[v_begin:v_end], dz.t(), sh)  # same dtype in and out: torch.mm, fp32 inside
             (addmm_into if v_begin > 0 else mm_into)(grad_h, dz, sw[v_begin:v_end])
         else:
             matmul(dz.t(), sh, grad_w[v_begin:v_end], accumulate=False, precision=precision,
-                   flags=flags.t() if filtering else None)
-            matmul(dz, sw[v_begin:v_end], grad_h, accumulate=v_begin > 0, precision=precision, flags=flags)
+                   flags=flags.t() if filtering else None, order=order, ordered="b" if filtering else "")
+            matmul(dz, sw[v_begin:v_end], grad_h, accumulate=v_begin > 0, precision=precision, flags=flags,
+                   order=order, ordered="c" if filtering else "")
     return grad_h, grad_w
