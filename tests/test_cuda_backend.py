@@ -152,6 +152,18 @@ def test_matches_reference_emulated(emulated_ops, chunk_budget, name, options, d
     compare(run_case(cuda_backend, name, options, x), oracle(name, options, x), dtype)
 
 
+def test_changing_the_teacher_before_backward_raises_emulated(emulated_ops):
+    """The backward recomputes teacher logits: a teacher head changed in place after the forward
+    pass makes it raise (as torch's own operations do)."""
+    x = make_inputs()
+    sh, sw = x["sh"].requires_grad_(), x["sw"].requires_grad_()
+    kl = cuda_backend.linear_kl(sh, sw, x["th"], x["tw"], divergence="reverse", beta=0.5, temperature=1.0,
+                                vocab_size=x["vocab"])
+    x["tw"].mul_(1.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        kl.sum().backward()
+
+
 def test_close_distributions_emulated(emulated_ops):
     x = make_inputs(close=True, dtype=torch.float64)
     compare(run_case(cuda_backend, "va_kl", {}, x), oracle("va_kl", {}, x), torch.float64)

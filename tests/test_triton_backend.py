@@ -363,6 +363,22 @@ def test_gradient_filter_groups_rows_by_confidence(monkeypatch):
     assert (poisoned[~certain] != clean[~certain]).all(dim=1).all(), "the uncertain rows never read the poison"
 
 
+@pytest.mark.parametrize("call", ["linear_kl", "weighted_kl"])
+def test_changing_the_teacher_before_backward_raises(call):
+    """The backward recomputes teacher logits: a teacher head changed in place after the forward
+    pass makes it raise (as torch's own operations do), not return gradients of another teacher."""
+    from vaopd_kernels.backends import triton as tb
+    low, _, y = make(9, 16, 16, 50, torch.float32)
+    if call == "linear_kl":
+        out = vk.linear_kl(*low[:4], vocab_size=50, backend="triton").sum()
+    else:
+        out, _ = tb.weighted_kl(*low[:4], y, low[4], lambda va: torch.ones_like(va), vocab_size=50)
+    with torch.no_grad():
+        low[3].mul_(1.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()
+
+
 # ----------------------------------------------------------------------------- GPU only
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (large shapes)")
 def test_large_bf16_gpu():

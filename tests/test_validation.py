@@ -210,3 +210,18 @@ def test_va_opd_loss_reads_device_values_four_times(p, monkeypatch):
     reads.clear()
     result.loss.backward()
     assert not reads
+
+
+@pytest.mark.parametrize("changed", ["student_hidden", "student_weight", "teacher_weight"])
+@pytest.mark.parametrize("call", ["linear_kl", "va_opd_loss"])
+def test_changing_an_input_before_backward_raises(p, changed, call):
+    """As with torch's own operations: a tensor the backward recomputes from, changed in place
+    after the forward pass, makes backward raise instead of returning gradients of other values."""
+    if call == "linear_kl":
+        out = vk.linear_kl(*p.kl_args, vocab_size=p.vocab_size, backend="torch").sum()
+    else:
+        out = _loss(p, backend="torch").loss
+    with torch.no_grad():
+        getattr(p, changed).mul_(1.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward()

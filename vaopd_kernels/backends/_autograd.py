@@ -2,7 +2,10 @@
 
 Backends compute values without autograd and attach their own backward. Both wrappers run that
 backward with autocast off, so a caller's ``torch.autocast`` region never changes the
-backends' precisions (fp32 accumulation) or mixes dtypes inside their GEMMs.
+backends' precisions (fp32 accumulation) or mixes dtypes inside their GEMMs. Both save the
+tensors their backward recomputes from (``save_for_backward``), so that changing one in place
+between forward and backward raises, as it does for torch's own operations, instead of
+yielding gradients of other values.
 """
 from __future__ import annotations
 
@@ -45,16 +48,18 @@ class _RowGrad(torch.autograd.Function):
     """A per-row value whose backward is ``backward_fn(row_grad) -> (d hidden, d weight)``."""
 
     @staticmethod
-    def forward(ctx, value, hidden, weight, backward_fn):
+    def forward(ctx, value, hidden, weight, backward_fn, recomputed_from):
         ctx.backward_fn = backward_fn
         ctx.inputs = _Inputs(hidden, weight)
+        ctx.save_for_backward(hidden, weight, *recomputed_from)
         return value.clone()
 
     @staticmethod
     def backward(ctx, row_grad):
+        ctx.saved_tensors  # noqa: B018  (unpacking checks that none was changed in place)
         with no_autocast(ctx.inputs.device):
             grads = ctx.backward_fn(row_grad)
-        return None, *ctx.inputs.grads(*grads), None
+        return None, *ctx.inputs.grads(*grads), None, None
 
 
 class _PrecomputedGradLoss(torch.autograd.Function):
@@ -65,34 +70,41 @@ class _PrecomputedGradLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, loss, hidden, weight, grad_hidden, grad_weight, recompute):
+    def forward(ctx, loss, hidden, weight, grad_hidden, grad_weight, recompute, recomputed_from):
         ctx.grads = (grad_hidden, grad_weight)
         ctx.recompute = recompute
         ctx.inputs = _Inputs(hidden, weight)
+        ctx.save_for_backward(hidden, weight, *recomputed_from)
         return loss.clone()
 
     @staticmethod
     def backward(ctx, grad_loss):
+        ctx.saved_tensors  # noqa: B018  (unpacking checks that none was changed in place)
         if ctx.grads is None:
             with no_autocast(ctx.inputs.device):
                 ctx.grads = ctx.recompute()
         grad_hidden, grad_weight = ctx.grads
         ctx.grads = None
-        return None, *ctx.inputs.grads(grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss)), None, None, None
+        return (None, *ctx.inputs.grads(grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss)),
+                None, None, None, None)
 
 
 def wants_grad(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
 
 
-def attach(value: torch.Tensor, hidden, weight, backward_fn: Callable[[torch.Tensor], Grads]) -> torch.Tensor:
-    """``value`` with a gradient path to (hidden, weight) when autograd needs one."""
-    return _RowGrad.apply(value, hidden, weight, backward_fn) if wants_grad(hidden, weight) else value
+def attach(value: torch.Tensor, hidden, weight, backward_fn: Callable[[torch.Tensor], Grads],
+           recomputed_from: Tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+    """``value`` with a gradient path to (hidden, weight) when autograd needs one; ``backward_fn``
+    reads (hidden, weight) and ``recomputed_from`` (e.g. the teacher's tensors)."""
+    if not wants_grad(hidden, weight):
+        return value
+    return _RowGrad.apply(value, hidden, weight, backward_fn, recomputed_from)
 
 
 def precomputed_loss(loss: torch.Tensor, hidden, weight, grads: Optional[Grads],
-                     recompute: Callable[[], Grads]) -> torch.Tensor:
+                     recompute: Callable[[], Grads], recomputed_from: Tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
     """``loss`` whose gradients ``grads`` were already formed (None: no gradient wanted)."""
     if grads is None:
         return loss
-    return _PrecomputedGradLoss.apply(loss, hidden, weight, *grads, recompute)
+    return _PrecomputedGradLoss.apply(loss, hidden, weight, *grads, recompute, recomputed_from)

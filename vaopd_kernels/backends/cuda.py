@@ -330,7 +330,7 @@ def _with_grad(value, hidden, weight, **scan_options):
     def recompute(row_grad):
         out = _scan(row_grad=row_grad, **scan_options)
         return out.grad_hidden, out.grad_weight
-    return attach(value, hidden, weight, recompute)
+    return attach(value, hidden, weight, recompute, recomputed_from=scan_options.get("teacher", ()))
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -378,7 +378,8 @@ def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_si
     def recompute():
         again = _scan(row_grad=token_weight, **options)
         return again.grad_hidden, again.grad_weight
-    loss = precomputed_loss(loss, sh, sw, (out.grad_hidden, out.grad_weight) if grad else None, recompute)
+    loss = precomputed_loss(loss, sh, sw, (out.grad_hidden, out.grad_weight) if grad else None, recompute,
+                            recomputed_from=(th, tw))
     return loss, VAKLResult(out.kl, va, out.student_logprob, out.teacher_logprob, out.student_entropy)
 
 

@@ -214,7 +214,8 @@ def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
     student, teacher, _ = _heads(sh, sw, th, tw)
     opts = dict(vocab_size=vocab_size, temperature=temperature, beta=beta)
     stats = _statistics(student, teacher, None, None, divergence=divergence, **opts)
-    return attach(stats.kl, sh, sw, lambda g: _gradients(student, teacher, stats, g, mode=divergence, **opts))
+    return attach(stats.kl, sh, sw, lambda g: _gradients(student, teacher, stats, g, mode=divergence, **opts),
+                  recomputed_from=(th, tw))
 
 
 def linear_logprob(h, w, targets, *, temperature, vocab_size):
@@ -243,7 +244,8 @@ def _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size):
 def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
     student, teacher, stats, va = _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size)
     kl = attach(stats.kl, sh, sw,
-                lambda g: _gradients(student, teacher, stats, g, mode="reverse", vocab_size=vocab_size))
+                lambda g: _gradients(student, teacher, stats, g, mode="reverse", vocab_size=vocab_size),
+                recomputed_from=(th, tw))
     return VAKLResult(kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)
 
 
@@ -252,5 +254,6 @@ def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_si
     token_weight = token_weights(va)
     loss = (token_weight.to(stats.kl.dtype) * stats.kl).sum()
     grads = lambda: _gradients(student, teacher, stats, token_weight, mode="reverse", vocab_size=vocab_size)  # noqa: E731
-    loss = precomputed_loss(loss, sh, sw, grads() if wants_grad(sh, sw) else None, grads)
+    loss = precomputed_loss(loss, sh, sw, grads() if wants_grad(sh, sw) else None, grads,
+                            recomputed_from=(th, tw))
     return loss, VAKLResult(stats.kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)

@@ -80,7 +80,7 @@ def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
                                                 beta=beta, temperature=temperature)
     backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence=divergence, beta=beta, temperature=temperature,
                             vocab_size=vocab_size)
-    return attach(value.to(out_dtype), sh, sw, backward_fn)
+    return attach(value.to(out_dtype), sh, sw, backward_fn, recomputed_from=(th, tw))
 
 
 def _visual_advantage(stats) -> torch.Tensor:
@@ -99,7 +99,7 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
         va = _visual_advantage(stats).to(out_dtype) if tdk is not None else None
     backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence="reverse", beta=0.5, temperature=1.0,
                             vocab_size=vocab_size)
-    kl = attach(kl.to(out_dtype), sh, sw, backward_fn)
+    kl = attach(kl.to(out_dtype), sh, sw, backward_fn, recomputed_from=(th, tw))
     return VAKLResult(kl, va, lp_s, lp_t.to(out_dtype), stats.entropy.to(out_dtype))
 
 
@@ -130,7 +130,7 @@ def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_si
     need_grad = wants_grad(sh, sw)  # asked outside no_grad, which would always answer False
     with torch.no_grad():
         formed = grads() if need_grad else None
-    loss = precomputed_loss(loss, sh, sw, formed, grads)
+    loss = precomputed_loss(loss, sh, sw, formed, grads, recomputed_from=(th, tw))
     lp_s = (stats.logit_s - stats.lse_s).to(out_dtype)
     lp_t = (stats.logit_t - stats.lse_t).to(out_dtype)
     return loss, VAKLResult(kl, va, lp_s, lp_t, stats.entropy.to(out_dtype))
