@@ -320,7 +320,7 @@ def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
         tw = low[3].detach().clone()
         kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton")
         if poison:  # columns past 128: outside any tile holding a target, for tiles of up to 128
-            tw[128:] = POISON
+            tw.data[128:] = POISON  # .data: behind autograd's version check, to see what backward reads
         return torch.autograd.grad(kl.sum(), low[:2])
 
     eps = 2.0 ** -12
@@ -355,7 +355,7 @@ def test_gradient_filter_groups_rows_by_confidence(monkeypatch):
         tw = low[3].detach().clone()
         kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton")
         if poison:
-            tw[128:] = POISON
+            tw.data[128:] = POISON  # .data: behind autograd's version check, to see what backward reads
         return torch.autograd.grad(kl.sum(), low[0])[0]
 
     clean, poisoned = d_hidden(poison=False), d_hidden(poison=True)
