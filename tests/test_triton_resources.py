@@ -35,3 +35,19 @@ def test_offline_register_report(tmp_path):
     registers, stack = (int(cell) for cell in rows[0].split("|")[4:6])
     assert 24 <= registers <= 255 and stack >= 0
     assert (tmp_path / "resources.json").is_file() and (tmp_path / "resources.md").is_file()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+def test_ampere_only_configs_are_pruned_on_hopper():
+    """The statistics kernel's extra sm_80 candidates are autotuned on Ampere only."""
+    code = ("import torch\n"
+            "from vaopd_kernels.backends.triton import kl_forward as f\n"
+            "k = f._stats_kernel\n"
+            "for major in (8, 9, 10):\n"
+            "    torch.cuda.get_device_capability = lambda *a, m=major: (m, 0)\n"
+            "    kept = k.early_config_prune(k.configs, {})\n"
+            "    print(major, len(kept), all(c in kept for c in f._AMPERE_CONFIGS), kept[:5] == f._CONFIGS)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:3] == ["8 7 True True", "9 5 False True", "10 5 False True"], proc.stdout

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import triton
 
 from vaopd_kernels.backends._common import env_number
@@ -58,13 +59,21 @@ def _fast_bench(fn, quantiles=None, **_):
     return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
 
 
-def autotune(configs, interpreter_config, key, **kwargs):
-    """triton.autotune over ``configs`` on a GPU, one fixed config under the interpreter."""
+def autotune(configs, interpreter_config, key, ampere_configs=(), **kwargs):
+    """triton.autotune over ``configs`` on a GPU, one fixed config under the interpreter.
+    ``ampere_configs``: further candidates tried only on GPUs before Hopper (sm_8x), where the
+    Hopper-tuned ones can spill."""
     if INTERPRET:
-        configs = [interpreter_config]
+        configs, ampere_configs = [interpreter_config], ()
     elif not AUTOTUNE:
-        configs = configs[:1]
-    return triton.autotune(configs=configs, key=key, do_bench=_fast_bench, **kwargs)
+        configs, ampere_configs = configs[:1], ()
+    if ampere_configs:
+        hopper_only = list(configs)
+
+        def for_this_gpu(candidates, named_args, **_):
+            return candidates if torch.cuda.get_device_capability()[0] < 9 else hopper_only
+        kwargs["prune_configs_by"] = {"early_config_prune": for_this_gpu}
+    return triton.autotune(configs=list(configs) + list(ampere_configs), key=key, do_bench=_fast_bench, **kwargs)
 
 
 def cfg(num_warps, num_stages, **meta):
