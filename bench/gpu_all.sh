@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every device check in one call (~8 minutes on an H200/H100), logs streamed to $OUT as it goes:
-#   1. triton backend: large-shape correctness + headline timing, also with
-#      VAOPD_TRITON_FUSED_VIEWS=1, with cuBLAS backward matmuls and with gradient filtering (time and
-#      gradient error against the default), then the GPU test subset (bench/gpu_check.sh)
+#   1. triton backend: headline timing, also with VAOPD_TRITON_FUSED_VIEWS=1 and with cuBLAS
+#      backward matmuls, the peers' KL-only case, a phase breakdown, then gradient filtering on
+#      random, peaked, near-certain and mixed rows (time and gradient error against the default),
+#      large-shape correctness, then the GPU test subset (bench/gpu_check.sh)
 #   2. cuda backend: JIT build, kernel checks, contract matrix, objective kernels vs the torch
 #      objective, large correctness, timing (also VAOPD_CUDA_HEAD_GRAD=native)
 #   3. the trainer's demo on the GPU (bf16, 4 steps)
