@@ -47,6 +47,9 @@ LAUNCHES = {
                                                                           "HAS_Y": True, "CROSS": 1}, _SHAPE, {}),
     "stats: three views (va_kl)": (kl_forward._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
                                                                "HAS_D": True, "HAS_Y": True, "CROSS": 1}, _SHAPE, {}),
+    # with the gradient filter on, the forward also keeps the teacher's smallest logit
+    "stats: student + teacher, reverse KL, filtered": (kl_forward._stats_kernel, {
+        **_STATS, "HAS_S": True, "HAS_T": True, "HAS_Y": True, "CROSS": 1, "MIN_T": True}, _SHAPE, {}),
 }
 _FLAG_COLS = COLS // 64
 for _filter in (False, True):
