@@ -44,22 +44,34 @@ class _Inputs:
         return grad_hidden.to(self.hidden_dtype), _as_grad(grad_weight, self.head_rows, self.weight_dtype)
 
 
+def _remember(ctx, hidden, weight, recomputed_from) -> None:
+    """Keep what backward needs to know of (hidden, weight) and save the tensors it reads."""
+    ctx.inputs = _Inputs(hidden, weight)
+    ctx.save_for_backward(hidden, weight, *recomputed_from)
+
+
+def _recall(ctx) -> _Inputs:
+    """``ctx.inputs``, once the saved tensors are checked: unpacking them raises if one was
+    changed in place since forward."""
+    ctx.saved_tensors  # noqa: B018
+    return ctx.inputs
+
+
 class _RowGrad(torch.autograd.Function):
     """A per-row value whose backward is ``backward_fn(row_grad) -> (d hidden, d weight)``."""
 
     @staticmethod
     def forward(ctx, value, hidden, weight, backward_fn, recomputed_from):
         ctx.backward_fn = backward_fn
-        ctx.inputs = _Inputs(hidden, weight)
-        ctx.save_for_backward(hidden, weight, *recomputed_from)
+        _remember(ctx, hidden, weight, recomputed_from)
         return value.clone()
 
     @staticmethod
     def backward(ctx, row_grad):
-        ctx.saved_tensors  # noqa: B018  (unpacking checks that none was changed in place)
-        with no_autocast(ctx.inputs.device):
+        inputs = _recall(ctx)
+        with no_autocast(inputs.device):
             grads = ctx.backward_fn(row_grad)
-        return None, *ctx.inputs.grads(*grads), None, None
+        return None, *inputs.grads(*grads), None, None
 
 
 class _PrecomputedGradLoss(torch.autograd.Function):
@@ -73,19 +85,18 @@ class _PrecomputedGradLoss(torch.autograd.Function):
     def forward(ctx, loss, hidden, weight, grad_hidden, grad_weight, recompute, recomputed_from):
         ctx.grads = (grad_hidden, grad_weight)
         ctx.recompute = recompute
-        ctx.inputs = _Inputs(hidden, weight)
-        ctx.save_for_backward(hidden, weight, *recomputed_from)
+        _remember(ctx, hidden, weight, recomputed_from)
         return loss.clone()
 
     @staticmethod
     def backward(ctx, grad_loss):
-        ctx.saved_tensors  # noqa: B018  (unpacking checks that none was changed in place)
+        inputs = _recall(ctx)
         if ctx.grads is None:
-            with no_autocast(ctx.inputs.device):
+            with no_autocast(inputs.device):
                 ctx.grads = ctx.recompute()
         grad_hidden, grad_weight = ctx.grads
         ctx.grads = None
-        return (None, *ctx.inputs.grads(grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss)),
+        return (None, *inputs.grads(grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss)),
                 None, None, None, None)
 
 
