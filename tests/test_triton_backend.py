@@ -299,6 +299,28 @@ def test_teacher_skip_threshold_is_sound(splits):
 POISON = 1e30
 
 
+def point_at_targets(low, y):
+    """Peaked rows for targets in columns [0, 32): student margin 16 with every other head row
+    shrunk (its other probabilities ~ 1e-7), teacher margin 60."""
+    with torch.no_grad():
+        for hidden, weight, margin in ((low[0], low[1], 16.0), (low[2], low[3], 60.0)):
+            weight /= weight.norm(dim=1, keepdim=True)
+            hidden.copy_(margin * weight[y])
+        low[1][32:] *= 0.1
+
+
+def kl_grads(low, vocab, eps, poison, monkeypatch):
+    """d sum(reverse KL) / d (student hidden, head) from the triton backend with filter ``eps``;
+    with ``poison``, the teacher head's rows from 128 on (outside any tile of up to 128 columns
+    that holds a target) hold POISON from the end of the forward pass."""
+    monkeypatch.setattr(_config, "FILTER_EPS", eps)
+    tw = low[3].detach().clone()
+    kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton")
+    if poison:
+        tw.data[128:] = POISON  # .data: behind autograd's version check, to see what backward reads
+    return torch.autograd.grad(kl.sum(), low[:2])
+
+
 def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
     """With the filter on, reverse KL never reads teacher columns where no row's student has any
     non-negligible probability: huge values written there after the forward pass leave the
@@ -308,20 +330,12 @@ def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
     n, dim, vocab = 8, 32, 300
     low, _, _ = make(n, dim, dim, vocab, torch.float32, seed=5)
     y = torch.randint(0, 32, (n,), generator=torch.Generator().manual_seed(6)).to(DEVICE)
-    with torch.no_grad():  # peaked rows, every target in columns [0, 32); the student's p ~ 1e-7
-        for hidden, weight, margin in ((low[0], low[1], 16.0), (low[2], low[3], 60.0)):
-            weight /= weight.norm(dim=1, keepdim=True)
-            hidden.copy_(margin * weight[y])
-        low[1][32:] *= 0.1
+    point_at_targets(low, y)
+    with torch.no_grad():
         low[2][:, -1], low[3][:, -1] = 1e4, 1.0
 
     def run(eps, poison):
-        monkeypatch.setattr(_config, "FILTER_EPS", eps)
-        tw = low[3].detach().clone()
-        kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton")
-        if poison:  # columns past 128: outside any tile holding a target, for tiles of up to 128
-            tw.data[128:] = POISON  # .data: behind autograd's version check, to see what backward reads
-        return torch.autograd.grad(kl.sum(), low[:2])
+        return kl_grads(low, vocab, eps, poison, monkeypatch)
 
     eps = 2.0 ** -12
     clean, exact = run(eps, poison=False), run(None, poison=False)
@@ -343,22 +357,11 @@ def test_gradient_filter_groups_rows_by_confidence(monkeypatch):
     gen = torch.Generator().manual_seed(9)
     y = torch.randint(0, 32, (n,), generator=gen).to(DEVICE)
     certain = torch.arange(n, device=DEVICE) % 2 == 0
+    point_at_targets(low, y)
     with torch.no_grad():
-        for hidden, weight, margin in ((low[0], low[1], 16.0), (low[2], low[3], 60.0)):
-            weight /= weight.norm(dim=1, keepdim=True)
-            hidden.copy_(margin * weight[y])
-        low[1][32:] *= 0.1
         low[0][~certain] = 0.3 * torch.randn(n // 2, dim, generator=gen).to(DEVICE)  # near-uniform rows
 
-    def d_hidden(poison):
-        monkeypatch.setattr(_config, "FILTER_EPS", 2.0 ** -12)
-        tw = low[3].detach().clone()
-        kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton")
-        if poison:
-            tw.data[128:] = POISON  # .data: behind autograd's version check, to see what backward reads
-        return torch.autograd.grad(kl.sum(), low[0])[0]
-
-    clean, poisoned = d_hidden(poison=False), d_hidden(poison=True)
+    clean, poisoned = (kl_grads(low, vocab, 2.0 ** -12, poison, monkeypatch)[0] for poison in (False, True))
     assert torch.equal(poisoned[certain], clean[certain])
     assert (poisoned[~certain] != clean[~certain]).all(dim=1).all(), "the uncertain rows never read the poison"
 
