@@ -366,6 +366,40 @@ def test_gradient_filter_groups_rows_by_confidence(monkeypatch):
     assert (poisoned[~certain] != clean[~certain]).all(dim=1).all(), "the uncertain rows never read the poison"
 
 
+@pytest.mark.parametrize("ordered", ["", "b", "c"])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_filtered_matmul_runs_exactly_the_flagged_steps(ordered, accumulate):
+    """The backward's matmul with a flag map computes c (+)= a @ b over exactly the K steps whose
+    [BLOCK_M, BLOCK_K] block of a holds some flag, whole steps at a time (their list is built in the
+    kernel: K spans several of its 64-step scans; the map is a transposed view, as for d head)."""
+    from vaopd_kernels.backends.triton import kl_backward
+    tile = kl_backward._matmul_kernel.configs[0].kwargs
+    block_m, block_k, fb = tile["BLOCK_M"], tile["BLOCK_K"], _config.FLAG_BLOCK
+    m, k, n = 3 * block_m - 5, 130 * block_k + 7, 40
+    gen = torch.Generator().manual_seed(21)
+    a, b = torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)
+    flags = (torch.rand(-(-k // fb), -(-m // fb), generator=gen) < 0.02).to(torch.int8)
+    flags[:, -(-m // fb) - 1] = 0  # one block of rows with no live step at all
+    order = torch.randperm(max(m, k), generator=gen)[:k if ordered == "b" else m].argsort().to(torch.int32)
+    start = torch.randn(m, n, generator=gen)
+    c = start.clone() if accumulate else torch.full((m, n), float("nan"))
+    kl_backward.matmul(a, b, c, accumulate=accumulate, precision="ieee", flags=flags.t(), order=order,
+                       ordered=ordered)
+
+    fm, fk = flags.t().shape
+    steps = torch.nn.functional.pad(flags.t(), (0, -fk % (block_k // fb), 0, -fm % (block_m // fb)))
+    live = steps.view(-(-m // block_m), block_m // fb, -1, block_k // fb).amax((1, 3)) > 0
+    assert 0 < int(live.sum()) < live.numel() and int(live.any(1).sum()) < live.shape[0]
+    mask = live.repeat_interleave(block_m, 0).repeat_interleave(block_k, 1)[:m, :k]
+    b_rows = b[order.long()] if ordered == "b" else b
+    want = (a.double() * mask) @ b_rows.double()
+    if ordered == "c":
+        want = torch.empty_like(want).index_copy_(0, order.long(), want)
+    if accumulate:
+        want += start.double()
+    close(c, want, torch.float32, "c")
+
+
 @pytest.mark.parametrize("call", ["linear_kl", "weighted_kl"])
 def test_changing_the_teacher_before_backward_raises(call):
     """The backward recomputes teacher logits: a teacher head changed in place after the forward
