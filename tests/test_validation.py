@@ -184,6 +184,18 @@ def test_whole_number_settings_refuse_fractions(value, monkeypatch):
     assert env_number("VAOPD_SOME_TILE", None, integer=True) == 4096
 
 
+@pytest.mark.parametrize("value", ["CUBLAS", "", "fast"])
+def test_choice_settings_name_the_variable_and_the_choices(value, monkeypatch):
+    from vaopd_kernels.backends._common import env_choice
+    monkeypatch.setenv("VAOPD_SOME_ROUTE", value)
+    with pytest.raises(ValueError, match=r"VAOPD_SOME_ROUTE: expected 'triton' or 'cublas', got"):
+        env_choice("VAOPD_SOME_ROUTE", "triton", ("triton", "cublas"))
+    monkeypatch.setenv("VAOPD_SOME_ROUTE", "cublas")
+    assert env_choice("VAOPD_SOME_ROUTE", "triton", ("triton", "cublas")) == "cublas"
+    monkeypatch.delenv("VAOPD_SOME_ROUTE")
+    assert env_choice("VAOPD_SOME_ROUTE", "triton", ("triton", "cublas")) == "triton"
+
+
 def test_backends_read_their_settings_through_the_check():
     import os
     import subprocess

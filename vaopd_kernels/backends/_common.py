@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -21,6 +21,15 @@ def env_number(name: str, default: Optional[float], integer: bool = False) -> Op
     if not (math.isfinite(value) and value > 0) or (integer and value != int(value)):
         raise ValueError(f"{name}: expected a positive {'integer' if integer else 'number'}, got {raw!r}")
     return int(value) if integer else value
+
+
+def env_choice(name: str, default: str, choices: Tuple[str, ...]) -> str:
+    """One of ``choices`` from environment variable ``name`` (``default`` when unset); anything else
+    raises a ValueError that names the variable."""
+    value = os.environ.get(name, default)
+    if value not in choices:
+        raise ValueError(f"{name}: expected {' or '.join(map(repr, choices))}, got {value!r}")
+    return value
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

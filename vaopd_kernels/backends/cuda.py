@@ -30,7 +30,8 @@ from typing import Dict, Optional
 import torch
 
 from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
-from vaopd_kernels.backends._common import compute_dtype, env_number, visual_advantage, visual_advantage_from
+from vaopd_kernels.backends._common import (compute_dtype, env_choice, env_number, visual_advantage,
+                                            visual_advantage_from)
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.objective import TokenWeights
 from vaopd_kernels.results import VAKLResult
@@ -41,9 +42,7 @@ _chunk_budget_bytes = int(env_number("VAOPD_CUDA_CHUNK_MB", 2048) * _MIB)
 # V = 151,936, Ds = 2048). "native": in the head's own bf16/fp16, each chunk's GEMM accumulating
 # in fp32 inside cuBLAS and rounding once into the sum: no buffer beyond the chunks, one half-
 # precision rounding per chunk (error measured in tests/test_cuda_backend.py).
-HEAD_GRAD_ACCUMULATION = os.environ.get("VAOPD_CUDA_HEAD_GRAD", "fp32")
-if HEAD_GRAD_ACCUMULATION not in ("fp32", "native"):
-    raise ValueError(f"VAOPD_CUDA_HEAD_GRAD: expected 'fp32' or 'native', got {HEAD_GRAD_ACCUMULATION!r}")
+HEAD_GRAD_ACCUMULATION = env_choice("VAOPD_CUDA_HEAD_GRAD", "fp32", ("fp32", "native"))
 _HALF = (torch.bfloat16, torch.float16)
 _GRAD_FORMAT = {None: 0, torch.bfloat16: 1, torch.float16: 2}
 _DIVERGENCE = {"reverse": 0, "forward": 1, "jsd": 2}

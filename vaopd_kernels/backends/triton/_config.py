@@ -37,7 +37,7 @@ import os
 import torch
 import triton
 
-from vaopd_kernels.backends._common import env_number
+from vaopd_kernels.backends._common import env_choice, env_number
 
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POISON: bool = os.environ.get("VAOPD_TRITON_POISON", "0") == "1"
@@ -47,9 +47,7 @@ ALLOW_TF32: bool = False
 FILTER_EPS = env_number("VAOPD_TRITON_FILTER_EPS", None)
 # Granularity of the filter map: divides every tile size of the kernels (the interpreter's are small).
 FLAG_BLOCK: int = 16 if INTERPRET else 64
-BACKWARD_GEMM: str = os.environ.get("VAOPD_TRITON_BACKWARD_GEMM", "triton")
-if BACKWARD_GEMM not in ("triton", "cublas"):
-    raise ValueError(f"VAOPD_TRITON_BACKWARD_GEMM: expected 'triton' or 'cublas', got {BACKWARD_GEMM!r}")
+BACKWARD_GEMM: str = env_choice("VAOPD_TRITON_BACKWARD_GEMM", "triton", ("triton", "cublas"))
 FUSED_VIEWS: bool = os.environ.get("VAOPD_TRITON_FUSED_VIEWS", "0") == "1"
 DZ_WORKSPACE_BYTES: int = int(env_number("VAOPD_TRITON_WORKSPACE_MB", 32) * (1 << 20))
 
