@@ -52,19 +52,19 @@ LAUNCHES = {
         **_STATS, "HAS_S": True, "HAS_T": True, "HAS_Y": True, "CROSS": 1, "MIN_T": True}, _SHAPE, {}),
 }
 _FLAG_COLS = COLS // 64
+_MM_FLAGS = dict(LIST_STAGES=kl_backward._LIST_STAGES)
 for _filter in (False, True):
     _tag, _flags = (", filtered" if _filter else ""), dict(FILTER=_filter, FLAG_BLOCK=64)
-    _list = dict(LIST_STAGES=kl_backward._LIST_STAGES)
     LAUNCHES.update({
         f"dlogits: reverse KL{_tag}": (kl_backward._dlogits_kernel, dict(MODE=kl_backward.MODE_REVERSE, **_flags),
                                        {**_SHAPE, "v_begin": 0, "v_end": COLS, "Vc": COLS, "stride_dz": COLS,
                                         "flag_cols": _FLAG_COLS}, {}),
-        f"matmul: d head = dz^T h{_tag}": (kl_backward._matmul_kernel, dict(ACCUMULATE=False, ORDER_B=_filter, **_list,
-                                                                            ORDER_C=False, **_flags),
+        f"matmul: d head = dz^T h{_tag}": (kl_backward._matmul_kernel, dict(ACCUMULATE=False, ORDER_B=_filter,
+                                                                            ORDER_C=False, **_flags, **_MM_FLAGS),
                                            {**_MATMUL, "M": COLS, "N": DS, "K": N, "stride_am": 1, "stride_ak": COLS,
                                             "stride_fm": 1, "stride_fk": _FLAG_COLS}, {"c_ptr": "*bf16"}),
-        f"matmul: d hidden += dz W{_tag}": (kl_backward._matmul_kernel, dict(ACCUMULATE=True, ORDER_B=False, **_list,
-                                                                             ORDER_C=_filter, **_flags),
+        f"matmul: d hidden += dz W{_tag}": (kl_backward._matmul_kernel, dict(ACCUMULATE=True, ORDER_B=False,
+                                                                             ORDER_C=_filter, **_flags, **_MM_FLAGS),
                                             {**_MATMUL, "M": N, "N": DS, "K": COLS, "stride_am": COLS, "stride_ak": 1,
                                              "stride_fm": _FLAG_COLS, "stride_fk": 1}, {"c_ptr": "*fp32"}),
     })

@@ -199,11 +199,11 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, flag_ptr, live_ptr, order_ptr, M, N, K, 
         # The live steps are listed first, so the GEMM loop has no branch: a branch around tl.dot
         # kept Triton from pipelining the loop (no async copies, synchronous MMAs). The list read
         # is one more level of indirection, which takes a pipeline stage: hence LIST_STAGES.
-        steps = tl.cdiv(K, BLOCK_K)
-        live_ptr += (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * steps
-        steps = _live_steps(flag_ptr, live_ptr, M, K, stride_fm, stride_fk, FLAG_BLOCK, BLOCK_M, BLOCK_K)
+        list_len = tl.cdiv(K, BLOCK_K)  # room for every step: this program's row of the scratch
+        live_ptr += (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * list_len
+        live = _live_steps(flag_ptr, live_ptr, M, K, stride_fm, stride_fk, FLAG_BLOCK, BLOCK_M, BLOCK_K)
         tl.debug_barrier()  # the list is read back by other threads of this program
-        for i in tl.range(0, steps, num_stages=LIST_STAGES):
+        for i in tl.range(0, live, num_stages=LIST_STAGES):
             acc = _matmul_step(acc, tl.load(live_ptr + i) * BLOCK_K, a_ptr, b_ptr, order_ptr, offs_m, offs_n, offs_k,
                                m_mask, n_mask, K, stride_am, stride_ak, stride_bk, stride_bn,
                                CAST_F32, PRECISION, ORDER_B)
