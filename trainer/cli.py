@@ -73,10 +73,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as err:  # before any model is loaded
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    from .errors import TrainerError
+    from .signals import Preempted
     from .train import Trainer  # heavy imports only once the config is known good
 
-    trainer = Trainer(cfg)
-    outputs = trainer.train()
+    try:
+        trainer = Trainer(cfg)
+        outputs = trainer.train()
+    except Preempted as stop:  # SIGTERM / SIGINT: checkpoint written; exit as a process killed by it would
+        print(str(stop), file=sys.stderr)
+        return stop.exit_code
+    except (TrainerError, ConfigError) as err:  # a fault the trainer detected: its message says what to do
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if trainer.acc.is_main_process:
         print(_summary(outputs))
     return 0

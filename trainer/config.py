@@ -16,6 +16,8 @@ import yaml
 TINY = "tiny"  # model name that means "build the tiny offline Qwen3-VL models locally"
 DATASETS = ("synthetic", "geometry3k", "virl39k", "prepared")
 METHODS = ("va_opd", "opd")
+# vaopd_kernels' backend names (its backends registry); kept here so the config is checked without importing torch
+KERNEL_BACKENDS = ("auto", "reference", "torch", "triton", "cuda")
 
 
 class ConfigError(ValueError):
@@ -36,6 +38,7 @@ class TrainConfig:
     num_eval_samples: int = 16  # synthetic only; real data evaluates the whole eval_file
     image_size: int = 64  # synthetic only
     max_pixels: int = 64 * 64  # images are resized by the image processor to at most this
+    skip_bad_images: bool = False  # a row whose image cannot be decoded: False = stop naming it, True = skip and count it
     # method
     method: str = "va_opd"
     high_fraction: float = 0.2
@@ -55,20 +58,23 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # 0 = no clipping (the norm is still computed and logged)
     warmup_ratio: float = 0.05
     num_train_epochs: int = 5
     max_steps: int = -1  # > 0 overrides num_train_epochs
     bf16: bool = False
     gradient_checkpointing: bool = False
+    max_skipped_steps: int = 3  # non-finite loss/gradient steps in a row before the run stops as diverged
     # bookkeeping
     output_dir: str = "runs/vaopd"
     seed: int = 42
     logging_steps: int = 1
-    save_steps: int = 0  # 0 = only the final checkpoint
+    save_steps: int = 50  # 0 = only the final checkpoint
+    save_total_limit: Optional[int] = None  # keep at most this many checkpoints (the oldest go); None = all
     eval_steps: int = 0  # 0 = only at the end
     val_before_train: bool = True
     resume: Optional[str] = None  # a checkpoint folder, or "latest" (the newest in output_dir)
+    overwrite_output_dir: bool = False  # a fresh run may replace another run's checkpoints/metrics in output_dir
     num_visualize: int = 4  # rollouts shown in the token-level VA page
     report_to: str = "auto"  # "auto" (TensorBoard when installed), "tensorboard" or "none"
 
@@ -170,14 +176,18 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.method in METHODS, "method", f"must be one of {METHODS}, got {cfg.method!r}")
     _check(cfg.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {cfg.dataset!r}")
     _check(cfg.report_to in ("auto", "tensorboard", "none"), "report_to", "must be auto, tensorboard or none")
+    _check(cfg.kernel_backend in KERNEL_BACKENDS, "kernel_backend",
+           f"must be one of {KERNEL_BACKENDS}, got {cfg.kernel_backend!r}")
     _check_model("student_model", cfg.student_model)
     _check_model("teacher_model", cfg.teacher_model)
     for name in ("per_device_train_batch_size", "num_generations", "max_completion_length", "num_train_epochs",
-                 "logging_steps", "image_size", "max_pixels"):
+                 "logging_steps", "image_size", "max_pixels", "max_skipped_steps"):
         _check(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
     for name in ("micro_batch_size", "save_steps", "eval_steps", "num_visualize", "seed"):
         _check(getattr(cfg, name) >= 0, name, f"must be >= 0, got {getattr(cfg, name)}")
     _check(cfg.max_steps == -1 or cfg.max_steps >= 1, "max_steps", f"must be -1 or >= 1, got {cfg.max_steps}")
+    _check(cfg.save_total_limit is None or cfg.save_total_limit >= 1, "save_total_limit",
+           f"must be >= 1 or None (keep all), got {cfg.save_total_limit}")
     for name in ("learning_rate", "temperature", "va_temperature", "high_fraction", "pixelate_ratio"):
         value = getattr(cfg, name)
         _check(math.isfinite(value) and value > 0, name, f"must be a positive finite number, got {value}")
@@ -188,7 +198,8 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         _check(0.0 <= value < 1.0 or (name == "high_weight" and value == 1.0), name, f"must be in [0, 1), got {value}")
     for name in ("weight_decay", "max_grad_norm"):
-        _check(getattr(cfg, name) >= 0, name, f"must be >= 0, got {getattr(cfg, name)}")
+        value = getattr(cfg, name)
+        _check(math.isfinite(value) and value >= 0, name, f"must be a finite number >= 0, got {value}")
     if cfg.dataset == "synthetic":
         _check(cfg.num_train_samples >= cfg.per_device_train_batch_size, "num_train_samples",
                f"must be >= per_device_train_batch_size ({cfg.per_device_train_batch_size})")

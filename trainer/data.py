@@ -1,6 +1,8 @@
 """Image-question samples: the synthetic fine-detail set, Geometry3K / ViRL39K parquet, pixelation.
 
-Every source yields ``Sample(image, question, answer)``; ``prepare`` turns a raw download into the
+Every source yields ``Sample(image, question, answer, origin)``; images are kept encoded and decoded
+each time ``sample.image`` is read, so loading costs the encoded size once, not every decoded image
+on every rank, and a bad image fails where it is used, named by ``origin`` (file and row). ``prepare`` turns a raw download into the
 trainer's own parquet layout (``image`` PNG bytes, ``question``, ``answer``) with a held-out split.
 """
 from __future__ import annotations
@@ -10,19 +12,39 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
+
+from .errors import ImageDecodeError
 
 SYNTHETIC_QUESTION = "How many red dots?"
 
 
 @dataclass(frozen=True)
 class Sample:
-    image: Image.Image
+    source: Union[Image.Image, bytes, str]  # a decoded image, encoded image bytes, or an image file path
     question: str
     answer: str
+    origin: str = ""  # where the row came from ("<file> row <i>"), for error messages
+
+    @property
+    def image(self) -> Image.Image:
+        """The RGB image, decoded now; ImageDecodeError names ``origin`` when that fails."""
+        if isinstance(self.source, Image.Image):
+            return self.source
+        try:
+            if isinstance(self.source, bytes):
+                return _open_image(self.source)
+            with open(self.source, "rb") as f:
+                return _open_image(f.read())
+        except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
+            raise ImageDecodeError(f"{self.origin or 'a sample'}: the image cannot be decoded ({err})") from err
+
+    def decoded(self) -> "Sample":
+        """The same sample holding its decoded image (decode once, use several times)."""
+        return Sample(self.image, self.question, self.answer, self.origin)
 
 
 def pixelate(image: Image.Image, ratio: float) -> Image.Image:
@@ -51,7 +73,8 @@ def synthetic_sample(seed: int, index: int, size: int = 64) -> Sample:
         y = (cell // cells) * step + int(rng.integers(0, max(1, step - 2)))
         x = (cell % cells) * step + int(rng.integers(0, max(1, step - 2)))
         pixels[y:y + 2, x:x + 2] = (220, 30, 30) if k < n_red else (30, 30, 220)
-    return Sample(Image.fromarray(pixels), SYNTHETIC_QUESTION, str(min(n_red, len(chosen))))
+    return Sample(Image.fromarray(pixels), SYNTHETIC_QUESTION, str(min(n_red, len(chosen))),
+                  f"synthetic sample {index} (seed {seed})")
 
 
 def synthetic_dataset(seed: int, count: int, size: int, offset: int = 0) -> List[Sample]:
@@ -85,31 +108,32 @@ def _read_table(path: str, columns: Sequence[str]):
 def load_geometry3k(path: str) -> List[Sample]:
     """hiyouga/geometry3k layout: ``images`` (list of {bytes, path}), ``problem``, ``answer``."""
     out = []
-    for row in _read_table(path, ("images", "problem", "answer")):
+    for i, row in enumerate(_read_table(path, ("images", "problem", "answer"))):
         if len(row["images"]) != 1:  # one image per prompt: the pixelated view replaces it
             continue
-        out.append(Sample(_open_image(row["images"][0]["bytes"]), _strip_image_tag(row["problem"]), _unbox(row["answer"])))
+        out.append(Sample(row["images"][0]["bytes"], _strip_image_tag(row["problem"]), _unbox(row["answer"]),
+                          f"{path} row {i}"))
     return out
 
 
 def load_virl39k(path: str, image_root: str) -> List[Sample]:
     """TIGER-Lab/ViRL39K layout: ``question``, ``answer``, ``image`` (paths relative to image_root)."""
     out = []
-    for row in _read_table(path, ("question", "answer", "image")):
+    for i, row in enumerate(_read_table(path, ("question", "answer", "image"))):
         images = row["image"] if isinstance(row["image"], list) else [row["image"]]
         if len(images) != 1:
             continue
         image_path = os.path.join(image_root, images[0])
         if not os.path.isfile(image_path):
             raise FileNotFoundError(f"{path}: image not found: {image_path}")
-        with open(image_path, "rb") as f:
-            image = _open_image(f.read())
-        out.append(Sample(image, _strip_image_tag(row["question"]), _unbox(row["answer"])))
+        out.append(Sample(image_path, _strip_image_tag(row["question"]), _unbox(row["answer"]),
+                          f"{path} row {i} ({image_path})"))
     return out
 
 
 def load_prepared(path: str) -> List[Sample]:
-    return [Sample(_open_image(r["image"]), r["question"], r["answer"]) for r in _read_table(path, ("image", "question", "answer"))]
+    return [Sample(r["image"], r["question"], r["answer"], f"{path} row {i}")
+            for i, r in enumerate(_read_table(path, ("image", "question", "answer")))]
 
 
 def write_prepared(samples: Sequence[Sample], path: str) -> None:

@@ -26,6 +26,27 @@ class MetricsLogger:
                 if report_to == "tensorboard":
                     raise ImportError("report_to: tensorboard is not installed (pip install tensorboard)") from None
 
+    def restart_at(self, step: int) -> None:
+        """Keep only the lines of steps <= ``step`` (the checkpoint a run resumes from): steps done after it
+        before a crash are done again, and each step must appear once. Step 0 starts a new file."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        if step == 0:
+            os.remove(self.path)
+            return
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    pass  # a line torn by the crash
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
     def log(self, step: int, metrics: Dict[str, float], echo=None) -> None:
         if not self.enabled:
             return

@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .data import Sample, pixelate
+from .errors import DataError
 
 INSTRUCTION = " Put the final answer in \\boxed{}."
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -96,6 +97,22 @@ def encode_prompts(samples: Sequence[Sample], tokenizer, image_processor, *, rep
     return Batch(ids.to(device), mask.to(device), processed["pixel_values"].to(device),
                  None if degraded is None else degraded.to(device), grid.to(device), pids.to(device), length,
                  tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+
+
+def check_context(batch: Batch, samples: Sequence[Sample], repeat: int, max_new_tokens: int, context: int) -> None:
+    """Raise naming the sample (or ``max_completion_length``) when a rollout cannot fit the models' context.
+
+    Rotary positions past the context do not fail by themselves: the model would run on silently.
+    """
+    lengths = batch.attention_mask.sum(1).tolist()
+    for i, sample in enumerate(samples):
+        if lengths[i * repeat] > context:
+            raise DataError(f"{sample.origin or f'sample {i}'}: the prompt is {lengths[i * repeat]} tokens (image "
+                             f"included), longer than the models' context of {context} tokens "
+                             f"(max_position_embeddings); lower max_pixels or shorten the question")
+    if batch.prompt_len + max_new_tokens > context:
+        raise DataError(f"max_completion_length: {max_new_tokens} tokens after a {batch.prompt_len}-token prompt exceed "
+                         f"the models' context of {context} tokens (max_position_embeddings)")
 
 
 def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -21,13 +21,17 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import checkpoint
-from .config import TINY, TrainConfig, to_dict
-from .data import load_split, step_prompts
+from .config import TINY, ConfigError, TrainConfig, to_dict
+from .data import Sample, load_split, step_prompts
+from .errors import DataError, ImageDecodeError
 from .evaluate import evaluate
+from .guard import DivergenceGuard
 from .loss import StudentLoss, backbone_hidden
 from .metrics import MetricsLogger, PhaseMemory
 from .models import build_tiny_models, lm_head_weight, load_model, load_processing
-from .rollout import encode_prompts, generate
+from .resume import prepare_output_dir, restore, run_identity
+from .rollout import check_context, encode_prompts, generate
+from .signals import Preempted, PreemptionHandler
 from .visualize import loss_curves, va_html
 
 ECHO = ("loss", "kl_mean", "va_high_share", "response_length", "tokens_per_s", "lr")
@@ -43,6 +47,11 @@ def _model_paths(cfg: TrainConfig, accelerator: Accelerator):
     return teacher, student
 
 
+def _context_length(model) -> int:
+    config = model.config
+    return getattr(config, "text_config", config).max_position_embeddings
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, accelerator: Optional[Accelerator] = None):
         self.cfg = cfg
@@ -51,9 +60,13 @@ class Trainer:
         self.acc = accelerator or Accelerator(mixed_precision="bf16" if cfg.bf16 else "no",
                                               step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
         set_seed(cfg.seed)
+        prepare_output_dir(cfg, self.acc.is_main_process)  # before anything is written there
         os.makedirs(cfg.output_dir, exist_ok=True)
         self.train_samples = load_split(cfg, "train")
         self.eval_samples = load_split(cfg, "eval")
+        if not self.eval_samples:
+            raise DataError(f"eval_file: {cfg.eval_file} holds no usable sample (rows with exactly one image); "
+                            f"evaluation would report an accuracy of nothing")
         world = self.acc.num_processes
         self.global_prompts = cfg.per_device_train_batch_size * world
         if len(self.train_samples) < self.global_prompts:
@@ -82,6 +95,10 @@ class Trainer:
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * self.total_steps),
                                                     self.total_steps)
         self.module, self.optimizer, self.scheduler = self.acc.prepare(module, optimizer, scheduler)
+        self.context = min(_context_length(self.teacher), _context_length(student))
+        self.identity = run_identity(cfg, world)
+        self.guard = DivergenceGuard(self.acc, cfg.max_skipped_steps)
+        self.skipped_images = 0
         self.memory = PhaseMemory(device)
         self.logger = MetricsLogger(cfg.output_dir, cfg.report_to, self.acc.is_main_process, fresh=cfg.resume is None)
         self.history: List[Dict[str, float]] = []
@@ -96,15 +113,34 @@ class Trainer:
         return self.acc.unwrap_model(self.module).model
 
     # ------------------------------------------------------------------ one step
+    def decoded(self, samples: List[Sample], where: str) -> List[Sample]:
+        """The samples with their images decoded; with ``skip_bad_images`` undecodable rows are left out
+        (warned about and counted in ``skipped_images``), otherwise the first one stops the run naming it."""
+        out = []
+        for sample in samples:
+            try:
+                out.append(sample.decoded())
+            except ImageDecodeError as err:
+                if not self.cfg.skip_bad_images:
+                    raise
+                self.skipped_images += 1
+                print(f"warning: skipped ({where}): {err}", flush=True)
+        if samples and not out:
+            raise DataError(f"{where}: every sample of this process has an undecodable image "
+                            f"({', '.join(s.origin for s in samples)})")
+        return out
+
     def rollouts(self, step: int):
         cfg, rank = self.cfg, self.acc.process_index
         indices = step_prompts(len(self.train_samples), self.global_prompts, step, cfg.seed)
         mine = indices[rank * cfg.per_device_train_batch_size:(rank + 1) * cfg.per_device_train_batch_size]
-        batch = encode_prompts([self.train_samples[i] for i in mine], self.tokenizer, self.image_processor,
+        samples = self.decoded([self.train_samples[i] for i in mine], f"step {step + 1}")
+        batch = encode_prompts(samples, self.tokenizer, self.image_processor,
                                repeat=cfg.num_generations, device=self.acc.device,
                                pixelate_ratio=cfg.pixelate_ratio if cfg.method == "va_opd" else None,
                                prompt_offset=rank * cfg.per_device_train_batch_size)
-        with self.acc.autocast():
+        check_context(batch, samples, cfg.num_generations, cfg.max_completion_length, self.context)
+        with self.acc.autocast(), self.guard.sampling(step + 1):
             return generate(self.student, batch, self.tokenizer, max_new_tokens=cfg.max_completion_length,
                             temperature=cfg.temperature, top_p=cfg.top_p)
 
@@ -149,10 +185,16 @@ class Trainer:
         with self.memory.phase("student"):
             result, va = self.loss_and_backward(batch, teacher_hidden, teacher_degraded)
         with self.memory.phase("optimizer"):
-            grad_norm = acc.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
+            grad_norm = acc.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm or math.inf)
+            # a non-finite loss or gradient never reaches the optimizer (same decision on every rank)
+            finite = self.guard.step_is_finite(result.loss.detach(), grad_norm)
+            if finite:
+                self.optimizer.step()
+            self.scheduler.step()  # the schedule follows the step number, skipped or not
             self.optimizer.zero_grad(set_to_none=True)
+        self.guard.record(step + 1, finite)
+        if finite:
+            self.guard.check_state(step + 1, self.module)
         tokens = acc.reduce(batch.response_mask.sum().to(acc.device, torch.float32), "sum")
         lengths = batch.response_mask.sum(1).float()
         # generation stops only at EOS or the length limit: a row without EOS was truncated
@@ -165,6 +207,8 @@ class Trainer:
             "response_length": float(lengths.mean()),
             "truncated_fraction": float(truncated.float().mean()),
             "tokens_per_s": float(tokens) / (time.perf_counter() - start),
+            "skipped_steps": self.guard.skipped_steps,
+            **({"skipped_images": self.skipped_images} if cfg.skip_bad_images else {}),
             **{f"peak_mem_{k}_mib": v for k, v in self.memory.peaks.items()},
         }
         self._keep_for_page(batch, result, va)
@@ -185,8 +229,8 @@ class Trainer:
     # ------------------------------------------------------------------ eval / loop
     def evaluate(self, tag: str, step: int) -> Dict[str, float]:
         cfg, acc = self.cfg, self.acc
-        shard = self.eval_samples[acc.process_index::acc.num_processes]
-        with acc.autocast():
+        shard = self.decoded(self.eval_samples[acc.process_index::acc.num_processes], f"evaluation at step {step}")
+        with acc.autocast(), self.guard.sampling(step):
             sums = evaluate(self.student, shard, self.tokenizer, self.image_processor,
                             batch_size=cfg.per_device_train_batch_size * cfg.num_generations,
                             max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio,
@@ -198,28 +242,48 @@ class Trainer:
         self.logger.log(step, result, echo=tuple(result))
         return result
 
+    def save(self, step: int) -> str:
+        """Checkpoint ``step`` (never a non-finite state), then drop the oldest beyond ``save_total_limit``."""
+        self.guard.check_state(step, self.module, self.optimizer)
+        path = checkpoint.save(self.acc, self.cfg.output_dir, step,
+                               {"run": self.identity, "skipped_steps": self.guard.skipped_steps})
+        if self.acc.is_main_process:
+            checkpoint.rotate(self.cfg.output_dir, self.cfg.save_total_limit, keep=path)
+        return path
+
     def train(self) -> Dict[str, object]:
         cfg, acc = self.cfg, self.acc
-        start_step = 0
-        resume = checkpoint.latest(cfg.output_dir) if cfg.resume == "latest" else cfg.resume
+        start_step, state, resume = restore(acc, cfg, self.identity)
         if resume is not None:
-            start_step = checkpoint.load(acc, resume)
             acc.print(f"resumed from {resume} at step {start_step}")
+            if start_step > self.total_steps:
+                raise ConfigError(f"max_steps: the run would end at step {self.total_steps}, before the checkpoint's "
+                                 f"step {start_step} ({resume}); max_steps / num_train_epochs may only grow")
+        self.guard.skipped_steps = int(state.get("skipped_steps", 0))
+        self.logger.restart_at(start_step)  # steps after the checkpoint are logged again, once
         if cfg.val_before_train and start_step == 0:
             self.evaluate("before", 0)
         began = time.perf_counter()
         bar = tqdm(range(start_step, self.total_steps), disable=not acc.is_main_process, desc="vaopd", leave=False)
-        for step in bar:
-            metrics = self.step(step)
-            done = step + 1
-            self.history.append({"step": done, **metrics})
-            bar.set_postfix(loss=f"{metrics['loss']:.4g}")
-            if done % cfg.logging_steps == 0 or done == self.total_steps:
-                self.logger.log(done, metrics, echo=ECHO)
-            if cfg.eval_steps and done % cfg.eval_steps == 0 and done != self.total_steps:
-                self.evaluate(f"step {done}", done)
-            if cfg.save_steps and done % cfg.save_steps == 0 and done != self.total_steps:
-                checkpoint.save(acc, cfg.output_dir, done)
+        with PreemptionHandler() as preemption:
+            for step in bar:
+                metrics = self.step(step)
+                done = step + 1
+                self.history.append({"step": done, **metrics})
+                bar.set_postfix(loss=f"{metrics['loss']:.4g}")
+                if done % cfg.logging_steps == 0 or done == self.total_steps:
+                    self.logger.log(done, metrics, echo=ECHO)
+                if cfg.eval_steps and done % cfg.eval_steps == 0 and done != self.total_steps:
+                    self.evaluate(f"step {done}", done)
+                saved = cfg.save_steps and done % cfg.save_steps == 0 and done != self.total_steps
+                if saved:
+                    path = self.save(done)
+                signum = preemption.requested(acc)
+                if signum is not None:  # SIGTERM / SIGINT: the step is done; checkpoint it and stop
+                    path = path if saved else self.save(done)
+                    bar.close()
+                    self.logger.close()
+                    raise Preempted(signum, done, path)
         bar.close()
         outputs = self.finish(time.perf_counter() - began)
         return outputs
@@ -227,7 +291,7 @@ class Trainer:
     def finish(self, seconds: float) -> Dict[str, object]:
         cfg, acc = self.cfg, self.acc
         self.evaluate("after", self.total_steps)
-        ckpt = checkpoint.save(acc, cfg.output_dir, self.total_steps)
+        ckpt = self.save(self.total_steps)
         outputs: Dict[str, object] = {"checkpoint": ckpt, "train_seconds": seconds, "history": self.history,
                                       "evals": self.evals}
         if acc.is_main_process:
