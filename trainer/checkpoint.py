@@ -51,8 +51,7 @@ def _fsync_tree(root: str) -> None:
 def _write_durably(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    _fsync_path(path)
 
 
 def _publish(tmp: str, final: str) -> None:
