@@ -92,7 +92,7 @@ def _failure(err: BaseException, tmp: str) -> CheckpointError:
                            f"checkpoints are intact")
 
 
-def _all_ranks_ok(accelerator, ok: bool) -> bool:
+def all_ranks_ok(accelerator, ok: bool) -> bool:
     """The same answer on every rank (a rank that stops alone would hang the others)."""
     failed = torch.tensor(0.0 if ok else 1.0, device=accelerator.device)
     return float(accelerator.reduce(failed, "sum")) == 0
@@ -110,7 +110,7 @@ def save(accelerator, output_dir: str, step: int, state: Optional[Dict[str, obje
         accelerator.save_state(tmp, safe_serialization=True)
     except Exception as err:  # noqa: BLE001 - any write failure is reported below, after cleanup
         error = err
-    if _all_ranks_ok(accelerator, error is None) and accelerator.is_main_process:
+    if all_ranks_ok(accelerator, error is None) and accelerator.is_main_process:
         try:
             _fsync_tree(tmp)
             _write_durably(os.path.join(tmp, STATE_FILE), json.dumps({"step": step, **(state or {})}))
@@ -118,7 +118,7 @@ def save(accelerator, output_dir: str, step: int, state: Optional[Dict[str, obje
             _publish(tmp, final)
         except OSError as err:
             error = err
-    failed = not _all_ranks_ok(accelerator, error is None)
+    failed = not all_ranks_ok(accelerator, error is None)
     if failed and accelerator.is_main_process:
         report = error or CheckpointError("another process failed to write its part")
         exc = _failure(report, tmp)

@@ -38,7 +38,7 @@ class TrainConfig:
     num_eval_samples: int = 16  # synthetic only; real data evaluates the whole eval_file
     image_size: int = 64  # synthetic only
     max_pixels: int = 64 * 64  # images are resized by the image processor to at most this
-    skip_bad_images: bool = False  # a row whose image cannot be decoded: False = stop naming it, True = skip and count it
+    skip_bad_images: bool = False  # an undecodable image: False = stop naming its row, True = skip and count it
     # method
     method: str = "va_opd"
     high_fraction: float = 0.2

@@ -2,8 +2,9 @@
 
 Every source yields ``Sample(image, question, answer, origin)``; images are kept encoded and decoded
 each time ``sample.image`` is read, so loading costs the encoded size once, not every decoded image
-on every rank, and a bad image fails where it is used, named by ``origin`` (file and row). ``prepare`` turns a raw download into the
-trainer's own parquet layout (``image`` PNG bytes, ``question``, ``answer``) with a held-out split.
+on every rank, and a bad image fails where it is used, named by ``origin`` (file and row).
+``prepare`` turns a raw download into the trainer's own parquet layout (``image`` PNG bytes,
+``question``, ``answer``) with a held-out split.
 """
 from __future__ import annotations
 

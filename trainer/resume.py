@@ -11,8 +11,6 @@ import os
 import shutil
 from typing import Dict, List, Optional, Tuple
 
-import torch
-
 from . import checkpoint
 from .config import TINY, TrainConfig
 from .errors import CheckpointError, RunMismatchError
@@ -60,11 +58,6 @@ def prepare_output_dir(cfg: TrainConfig, is_main_process: bool) -> None:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
-def _agree(accelerator, ok: bool) -> bool:
-    failed = torch.tensor(0.0 if ok else 1.0, device=accelerator.device)
-    return float(accelerator.reduce(failed, "sum")) == 0
-
-
 def restore(accelerator, cfg: TrainConfig, identity: Dict[str, object]) -> Tuple[int, Dict[str, object], Optional[str]]:
     """Load the checkpoint ``cfg.resume`` names -> (steps done, its trainer state, its path).
 
@@ -95,7 +88,7 @@ def restore(accelerator, cfg: TrainConfig, identity: Dict[str, object]) -> Tuple
                 step = checkpoint.load(accelerator, path)
             except Exception as err:  # noqa: BLE001 - a corrupt file raises anything from json to safetensors
                 error = err
-        if _agree(accelerator, error is None):
+        if checkpoint.all_ranks_ok(accelerator, error is None):
             return step, state, path
         if explicit:
             raise CheckpointError(f"resume: {path} cannot be loaded ({error or 'failed on another process'})")

@@ -99,6 +99,7 @@ class Trainer:
         self.identity = run_identity(cfg, world)
         self.guard = DivergenceGuard(self.acc, cfg.max_skipped_steps)
         self.skipped_images = 0
+        self.last_saved = ""
         self.memory = PhaseMemory(device)
         self.logger = MetricsLogger(cfg.output_dir, cfg.report_to, self.acc.is_main_process, fresh=cfg.resume is None)
         self.history: List[Dict[str, float]] = []
@@ -245,13 +246,29 @@ class Trainer:
     def save(self, step: int) -> str:
         """Checkpoint ``step`` (never a non-finite state), then drop the oldest beyond ``save_total_limit``."""
         self.guard.check_state(step, self.module, self.optimizer)
-        path = checkpoint.save(self.acc, self.cfg.output_dir, step,
-                               {"run": self.identity, "skipped_steps": self.guard.skipped_steps})
+        self.last_saved = checkpoint.save(self.acc, self.cfg.output_dir, step,
+                                          {"run": self.identity, "skipped_steps": self.guard.skipped_steps})
         if self.acc.is_main_process:
-            checkpoint.rotate(self.cfg.output_dir, self.cfg.save_total_limit, keep=path)
-        return path
+            checkpoint.rotate(self.cfg.output_dir, self.cfg.save_total_limit, keep=self.last_saved)
+        return self.last_saved
+
+    def _stop_if_preempted(self, done: int, bar) -> None:
+        """After a SIGTERM / SIGINT on any rank: checkpoint the finished step and stop (every rank alike)."""
+        signum = self.preemption.requested(self.acc)
+        if signum is None:
+            return
+        just_saved = os.path.basename(self.last_saved) == f"checkpoint-{done}"
+        path = self.last_saved if just_saved else self.save(done)
+        bar.close()
+        self.logger.close()
+        raise Preempted(signum, done, path)
 
     def train(self) -> Dict[str, object]:
+        """The run; SIGTERM / SIGINT during it stop after the step in flight (``signals.py``)."""
+        with PreemptionHandler() as self.preemption:
+            return self._train()
+
+    def _train(self) -> Dict[str, object]:
         cfg, acc = self.cfg, self.acc
         start_step, state, resume = restore(acc, cfg, self.identity)
         if resume is not None:
@@ -265,25 +282,18 @@ class Trainer:
             self.evaluate("before", 0)
         began = time.perf_counter()
         bar = tqdm(range(start_step, self.total_steps), disable=not acc.is_main_process, desc="vaopd", leave=False)
-        with PreemptionHandler() as preemption:
-            for step in bar:
-                metrics = self.step(step)
-                done = step + 1
-                self.history.append({"step": done, **metrics})
-                bar.set_postfix(loss=f"{metrics['loss']:.4g}")
-                if done % cfg.logging_steps == 0 or done == self.total_steps:
-                    self.logger.log(done, metrics, echo=ECHO)
-                if cfg.eval_steps and done % cfg.eval_steps == 0 and done != self.total_steps:
-                    self.evaluate(f"step {done}", done)
-                saved = cfg.save_steps and done % cfg.save_steps == 0 and done != self.total_steps
-                if saved:
-                    path = self.save(done)
-                signum = preemption.requested(acc)
-                if signum is not None:  # SIGTERM / SIGINT: the step is done; checkpoint it and stop
-                    path = path if saved else self.save(done)
-                    bar.close()
-                    self.logger.close()
-                    raise Preempted(signum, done, path)
+        for step in bar:
+            metrics = self.step(step)
+            done = step + 1
+            self.history.append({"step": done, **metrics})
+            bar.set_postfix(loss=f"{metrics['loss']:.4g}")
+            if done % cfg.logging_steps == 0 or done == self.total_steps:
+                self.logger.log(done, metrics, echo=ECHO)
+            if cfg.eval_steps and done % cfg.eval_steps == 0 and done != self.total_steps:
+                self.evaluate(f"step {done}", done)
+            if cfg.save_steps and done % cfg.save_steps == 0 and done != self.total_steps:
+                self.save(done)
+            self._stop_if_preempted(done, bar)
         bar.close()
         outputs = self.finish(time.perf_counter() - began)
         return outputs
