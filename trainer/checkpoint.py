@@ -70,6 +70,8 @@ def _publish(tmp: str, final: str) -> None:
 def _is_disk_full(err: BaseException, folder: str) -> bool:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
+    if "No space left on device" in str(err):  # safetensors' Rust writer: "... (os error 28)"
+        return True
     try:
         return shutil.disk_usage(folder).free < _FULL_BELOW_BYTES
     except OSError:

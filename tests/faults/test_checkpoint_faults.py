@@ -54,6 +54,11 @@ def test_disk_full_reported_when_the_writer_loses_the_errno(make_config, tmp_pat
     with pytest.raises(CheckpointError, match="writing .*checkpoint-1.tmp failed") as err:
         trainer.save(1)
     assert not isinstance(err.value, DiskFullError)
+    monkeypatch.undo()  # safetensors' writer keeps the OS message but not the errno
+    _fail_writes_into(monkeypatch, "checkpoint-1.tmp", RuntimeError("No space left on device (os error 28)"))
+    with pytest.raises(DiskFullError):
+        trainer.save(1)
+    assert checkpoint.candidates(str(tmp_path / "run")) == []
 
 
 def test_files_and_folder_are_fsynced_before_the_rename(make_config, tmp_path, monkeypatch):
