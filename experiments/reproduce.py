@@ -84,7 +84,8 @@ def jobs(args, data: Dict[str, str]) -> List[dict]:
                           per_device_train_batch_size=args.prompts, num_generations=args.generations,
                           max_completion_length=40, learning_rate=args.lr, max_steps=args.steps,
                           eval_steps=max(1, args.steps // args.evals), save_steps=0, val_before_train=True,
-                          report_to="none", output_dir=os.path.join(args.out, f"{method}-seed{seed}"))
+                          report_to="none", output_dir=os.path.join(args.out, f"{method}-seed{seed}"),
+                          overwrite_output_dir=True)  # each invocation reruns the experiment from scratch
             out.append(dict(config=config, threads=args.threads, data_seed=args.data_seed,
                             profile_prompts=args.profile_prompts,
                             profile_before=seed == args.seeds[0] and method == METHODS[0]))
