@@ -41,9 +41,11 @@ def differing_fields(saved: Dict[str, object], current: Dict[str, object]) -> Li
 
 
 def prepare_output_dir(cfg: TrainConfig, is_main_process: bool) -> None:
-    """A fresh run refuses an ``output_dir`` holding another run, unless ``overwrite_output_dir``
-    (then that run's checkpoints and exported student are removed, by the main process)."""
-    if cfg.resume is not None:
+    """A fresh run (or one resuming a checkpoint from elsewhere) refuses an ``output_dir`` holding another
+    run, unless ``overwrite_output_dir`` (then that run's checkpoints, metrics and export are removed)."""
+    continuing = cfg.resume == "latest" or (
+        cfg.resume is not None and os.path.dirname(os.path.abspath(cfg.resume)) == os.path.abspath(cfg.output_dir))
+    if continuing:
         return
     found = checkpoint.run_files(cfg.output_dir)
     if not found:

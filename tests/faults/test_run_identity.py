@@ -25,6 +25,8 @@ def finished_run(make_config, tmp_path, tmp_path_factory):
 def test_fresh_run_refuses_an_output_dir_holding_a_run(make_config, finished_run, capsys):
     with pytest.raises(RunMismatchError, match=r"^output_dir: .*checkpoint-1.*metrics.jsonl.*overwrite_output_dir"):
         Trainer(make_config(output_dir=str(finished_run)))
+    with pytest.raises(RunMismatchError, match=r"^output_dir: "):  # resuming another folder's checkpoint into it
+        Trainer(make_config(output_dir=str(finished_run), resume=str(finished_run.parent)))
     args = ["--output_dir", str(finished_run), "--max_steps", "1", "--report_to", "none"]
     assert cli.main(args) == 1
     assert "output_dir" in capsys.readouterr().err
