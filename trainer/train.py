@@ -7,6 +7,7 @@ the loss is normalised by the global prompt (VA-OPD) or rollout (OPD) count.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -34,6 +35,7 @@ from .rollout import check_context, encode_prompts, generate
 from .signals import Preempted, PreemptionHandler
 from .visualize import loss_curves, va_html
 
+logger = logging.getLogger("vaopd_trainer")
 ECHO = ("loss", "kl_mean", "va_high_share", "response_length", "tokens_per_s", "lr")
 
 
@@ -125,7 +127,7 @@ class Trainer:
                 if not self.cfg.skip_bad_images:
                     raise
                 self.skipped_images += 1
-                print(f"warning: skipped ({where}): {err}", flush=True)
+                logger.warning("skip_bad_images: left out of %s: %s", where, err)
         if samples and not out:
             raise DataError(f"{where}: every sample of this process has an undecodable image "
                             f"({', '.join(s.origin for s in samples)})")

@@ -1,5 +1,6 @@
 """Undecodable images, an empty eval set, prompts and completions past the models' context."""
 import json
+import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,11 +36,14 @@ def test_images_are_decoded_when_used_and_a_bad_one_is_named(tmp_path):
         samples[2].image
 
 
-def test_run_stops_naming_the_row_or_skips_and_counts_it(make_config, tmp_path):
+def test_run_stops_naming_the_row_or_skips_and_counts_it(make_config, tmp_path, caplog):
     files = _prepared(tmp_path, bad_row=2)
     with pytest.raises(ImageDecodeError, match=r"train\.parquet row 2"):
         Trainer(make_config(max_steps=2, output_dir=str(tmp_path / "a"), **files)).train()
-    outputs = Trainer(make_config(max_steps=2, output_dir=str(tmp_path / "b"), skip_bad_images=True, **files)).train()
+    with caplog.at_level(logging.WARNING, logger="vaopd_trainer"):
+        outputs = Trainer(make_config(max_steps=2, output_dir=str(tmp_path / "b"), skip_bad_images=True,
+                                      **files)).train()
+    assert "train.parquet row 2" in caplog.text
     assert outputs["history"][-1]["skipped_images"] == 1  # 4 rows, 2 steps of 2: row 2 used once
     rows = [json.loads(line) for line in open(tmp_path / "b" / "metrics.jsonl")]
     assert [r["skipped_images"] for r in rows if "loss" in r][-1] == 1
