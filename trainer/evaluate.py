@@ -10,7 +10,7 @@ import vaopd_kernels
 from .data import Sample
 from .loss import backbone_hidden
 from .models import lm_head_weight
-from .rollout import encode_prompts, generate
+from .rollout import check_context, encode_prompts, generate
 
 
 def extract_boxed(text: str) -> Optional[str]:
@@ -48,7 +48,8 @@ def is_correct(response: str, answer: str) -> bool:
 
 @torch.no_grad()
 def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, batch_size: int,
-             max_new_tokens: int, pixelate_ratio: float, device, backend: str = "auto") -> Dict[str, float]:
+             max_new_tokens: int, pixelate_ratio: float, device, backend: str = "auto",
+             context: Optional[int] = None) -> Dict[str, float]:
     """Greedy answers -> accuracy; visual reliance = mean over response tokens of the student's own
     max(log p(y | image) - log p(y | pixelated image), 0) on those answers.
 
@@ -58,6 +59,8 @@ def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, ba
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
         batch = encode_prompts(chunk, tokenizer, image_processor, repeat=1, pixelate_ratio=pixelate_ratio, device=device)
+        if context is not None:  # the models' context (max_position_embeddings): refuse, naming the sample
+            check_context(batch, chunk, 1, max_new_tokens, context)
         batch = generate(model, batch, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0,
                          do_sample=False)
         responses: List[str] = tokenizer.batch_decode(

@@ -237,7 +237,7 @@ class Trainer:
             sums = evaluate(self.student, shard, self.tokenizer, self.image_processor,
                             batch_size=cfg.per_device_train_batch_size * cfg.num_generations,
                             max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio,
-                            device=acc.device, backend=cfg.kernel_backend)
+                            device=acc.device, backend=cfg.kernel_backend, context=self.context)
         total = acc.reduce(torch.tensor([sums[k] for k in ("correct", "count", "reliance_sum", "tokens")],
                                         device=acc.device, dtype=torch.float64), "sum").tolist()
         result = {"eval_accuracy": total[0] / max(total[1], 1), "eval_visual_reliance": total[2] / max(total[3], 1)}

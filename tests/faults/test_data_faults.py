@@ -61,6 +61,12 @@ def test_prompt_longer_than_the_context_names_the_sample(make_config, tmp_path):
     trainer = Trainer(make_config(output_dir=str(tmp_path / "run"), **files))
     with pytest.raises(DataError, match=r"train\.parquet row \d: the prompt is \d+ tokens.*context of 1024"):
         trainer.train()
+    (tmp_path / "eval").mkdir()
+    long_eval = _prepared(tmp_path / "eval", question="How many red dots? " * 60)["train_file"]
+    trainer = Trainer(make_config(output_dir=str(tmp_path / "run2"), val_before_train=True,
+                                  **dict(files, eval_file=long_eval)))
+    with pytest.raises(DataError, match=r"eval/train\.parquet row \d: the prompt is"):
+        trainer.train()  # the evaluation before training refuses it too
 
 
 def test_completion_past_the_context_names_max_completion_length(make_config, tmp_path):
