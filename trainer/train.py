@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import nullcontext
 from typing import Dict, List, Optional
 
 import torch
@@ -20,7 +19,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from . import checkpoint
+from . import checkpoint, engines
 from .config import TINY, TrainConfig, to_dict
 from .data import load_split, step_prompts
 from .evaluate import evaluate
@@ -44,18 +43,22 @@ def _model_paths(cfg: TrainConfig, accelerator: Accelerator):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, accelerator: Optional[Accelerator] = None):
+    def __init__(self, cfg: TrainConfig, accelerator: Optional[Accelerator] = None, fsdp_plugin=None):
+        """``fsdp_plugin``: shard the student with FSDP2 under these settings; by default the plugin of
+        an FSDP launch (``accelerate launch --config_file configs/accelerate/fsdp2.yaml``), if any."""
         self.cfg = cfg
-        # one scheduler step per optimizer update whatever the process count; cpu=True on a machine
-        # without CUDA lets torchrun / accelerate launch start gloo data parallelism
-        self.acc = accelerator or Accelerator(mixed_precision="bf16" if cfg.bf16 else "no",
-                                              step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
+        self.acc = accelerator or engines.make_accelerator(cfg)
         set_seed(cfg.seed)
         os.makedirs(cfg.output_dir, exist_ok=True)
         self.train_samples = load_split(cfg, "train")
         self.eval_samples = load_split(cfg, "eval")
         world = self.acc.num_processes
         self.global_prompts = cfg.per_device_train_batch_size * world
+        fsdp_plugin = fsdp_plugin or engines.fsdp2_plugin(self.acc)
+        if fsdp_plugin is not None and len(self.eval_samples) % world:
+            # every FSDP2 forward all-gathers across ranks, so every rank must run as many
+            raise ValueError(f"evaluation: {len(self.eval_samples)} samples do not split evenly over {world} "
+                             "processes, which FSDP2 needs (every rank joins every forward)")
         if len(self.train_samples) < self.global_prompts:
             raise ValueError(f"per_device_train_batch_size: {cfg.per_device_train_batch_size} x {world} processes "
                              f"needs more than the {len(self.train_samples)} training samples")
@@ -77,11 +80,13 @@ class Trainer:
         module = StudentLoss(student, vocab_size=len(self.tokenizer), method=cfg.method,
                              high_fraction=cfg.high_fraction, high_weight=cfg.high_weight,
                              va_temperature=cfg.va_temperature, backend=cfg.kernel_backend)
+        if fsdp_plugin is not None:
+            module = engines.shard_fsdp2(module, fsdp_plugin)  # before the optimizer: it holds the shards
         optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                       weight_decay=cfg.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * self.total_steps),
                                                     self.total_steps)
-        self.module, self.optimizer, self.scheduler = self.acc.prepare(module, optimizer, scheduler)
+        self.module, self.optimizer, self.scheduler = engines.prepare(self.acc, module, optimizer, scheduler, cfg)
         self.memory = PhaseMemory(device)
         self.logger = MetricsLogger(cfg.output_dir, cfg.report_to, self.acc.is_main_process, fresh=cfg.resume is None)
         self.history: List[Dict[str, float]] = []
@@ -92,8 +97,13 @@ class Trainer:
                 yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
     @property
+    def inner(self):
+        """The StudentLoss module (the student is ``inner.model``) without DDP / DeepSpeed wrappers."""
+        return self.acc.unwrap_model(self.module)
+
+    @property
     def student(self):
-        return self.acc.unwrap_model(self.module).model
+        return self.inner.model
 
     # ------------------------------------------------------------------ one step
     def rollouts(self, step: int):
@@ -105,15 +115,15 @@ class Trainer:
                                pixelate_ratio=cfg.pixelate_ratio if cfg.method == "va_opd" else None,
                                prompt_offset=rank * cfg.per_device_train_batch_size)
         with self.acc.autocast():
-            return generate(self.student, batch, self.tokenizer, max_new_tokens=cfg.max_completion_length,
-                            temperature=cfg.temperature, top_p=cfg.top_p)
+            return self.inner.run_on_student(generate, batch, self.tokenizer, max_new_tokens=cfg.max_completion_length,
+                                             temperature=cfg.temperature, top_p=cfg.top_p)
 
     def loss_and_backward(self, batch, teacher_hidden, teacher_degraded):
         """Backward of the step's loss; returns (whole-batch objective result, visual advantage or None)."""
         cfg, acc = self.cfg, self.acc
         counts = dict(num_prompts=self.global_prompts, num_rollouts=self.global_prompts * cfg.num_generations)
         teacher_weight = lm_head_weight(self.teacher)
-        # DDP/FSDP average gradients over ranks; our loss is already a global sum, so undo the mean
+        # DDP/FSDP/DeepSpeed average gradients over ranks; our loss is already a global sum, so undo the mean
         scale = acc.num_processes
         rows = batch.input_ids.shape[0]
         if cfg.micro_batch_size == 0 or cfg.micro_batch_size >= rows:
@@ -129,8 +139,7 @@ class Trainer:
         for start in range(0, rows, cfg.micro_batch_size):
             stop = min(rows, start + cfg.micro_batch_size)
             lo, hi = cu[start], cu[stop]
-            sync = stop == rows  # all-reduce once, after the last micro-batch
-            with (acc.no_sync(self.module) if not sync else nullcontext()), acc.autocast():
+            with engines.micro_batch_sync(acc, self.module, last=stop == rows), acc.autocast():
                 loss, kl = self.module(batch.rows(start, stop), teacher_hidden[lo:hi], teacher_weight,
                                        token_weight=token_weight[lo:hi])
                 acc.backward(loss * scale)
@@ -187,7 +196,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         shard = self.eval_samples[acc.process_index::acc.num_processes]
         with acc.autocast():
-            sums = evaluate(self.student, shard, self.tokenizer, self.image_processor,
+            sums = self.inner.run_on_student(evaluate, shard, self.tokenizer, self.image_processor,
                             batch_size=cfg.per_device_train_batch_size * cfg.num_generations,
                             max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio,
                             device=acc.device, backend=cfg.kernel_backend)
@@ -228,11 +237,12 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         self.evaluate("after", self.total_steps)
         ckpt = checkpoint.save(acc, cfg.output_dir, self.total_steps)
+        student_state = engines.full_student_state(self.inner)  # FSDP2: gathered on every rank, kept on rank 0
         outputs: Dict[str, object] = {"checkpoint": ckpt, "train_seconds": seconds, "history": self.history,
                                       "evals": self.evals}
         if acc.is_main_process:
             export = os.path.join(cfg.output_dir, "student")
-            self.student.save_pretrained(export)
+            self.student.save_pretrained(export, state_dict=student_state)
             self.tokenizer.save_pretrained(export)
             self.image_processor.save_pretrained(export)
             outputs.update(student=export, metrics=self.logger.path,
