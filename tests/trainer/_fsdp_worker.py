@@ -41,6 +41,12 @@ def full(tensor):
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
+def local_bytes(tensors) -> int:
+    """Bytes this rank holds (its shard of each DTensor)."""
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    return sum(t.numel() * t.element_size() for t in local)
+
+
 def make_trainer(config_json):
     with open(config_json) as f:
         cfg = load_config(None, json.load(f))
@@ -57,9 +63,12 @@ def gradient(trainer, batch_path):
     trainer.loss_and_backward(batch.rows(lo_row, hi_row), th[cu[lo_row]:cu[hi_row]], td[cu[lo_row]:cu[hi_row]])
     grads = {n: full(p.grad) for n, p in trainer.module.named_parameters() if p.grad is not None}
     sharded = sum(hasattr(p, "full_tensor") for p in trainer.module.parameters())
+    memory = {"parameters": local_bytes(trainer.module.parameters()),
+              "gradients": local_bytes(p.grad for p in trainer.module.parameters())}
     norm = float(trainer.acc.clip_grad_norm_(trainer.module.parameters(), trainer.cfg.max_grad_norm))
-    trainer.optimizer.zero_grad(set_to_none=True)
-    return {"grads": grads, "grad_norm": norm, "sharded_params": sharded}
+    trainer.optimizer.step()
+    memory["optimizer"] = local_bytes(t for s in trainer.optimizer.state.values() for t in s.values())
+    return {"grads": grads, "grad_norm": norm, "sharded_params": sharded, "memory": memory}
 
 
 def main(mode, config_json, out_path, batch_path=None):

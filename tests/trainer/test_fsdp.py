@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from vaopd_trainer.loss import backbone_hidden
+from vaopd_trainer.memory import Workload, per_gpu_memory
 from vaopd_trainer.train import Trainer
 
 WORKER = os.path.join(os.path.dirname(__file__), "_fsdp_worker.py")
@@ -58,6 +59,10 @@ def test_fsdp2_two_process_step_save_resume_match_single_process(make_config, tm
     for name, grad in reference.items():
         torch.testing.assert_close(run["grads"][name], grad, rtol=1e-4, atol=1e-6 * float(scale), msg=name)
     assert run["grad_norm"] == pytest.approx(reference_norm, rel=1e-4)
+    # what rank 0 holds is the FSDP2 column of the memory formula (docs/trainer.md), exactly
+    estimate = per_gpu_memory(single.student.config, single.teacher.config, Workload(1, 1, 1, 1, 1), engine="fsdp2",
+                              gpus=2, bf16=False)
+    assert run["memory"] == {k: estimate[k] for k in ("parameters", "gradients", "optimizer")}
 
     # generation + evaluation with the sharded student: greedy answers and the student's visual
     # reliance (which reads the LM head outside forward) equal the unsharded model's
