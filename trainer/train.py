@@ -57,8 +57,8 @@ class Trainer:
         fsdp_plugin = fsdp_plugin or engines.fsdp2_plugin(self.acc)
         if fsdp_plugin is not None and len(self.eval_samples) % world:
             # every FSDP2 forward all-gathers across ranks, so every rank must run as many
-            raise ValueError(f"evaluation: {len(self.eval_samples)} samples do not split evenly over {world} "
-                             "processes, which FSDP2 needs (every rank joins every forward)")
+            raise ValueError(f"num_eval_samples / eval_file: {len(self.eval_samples)} evaluation samples do not split "
+                             f"evenly over {world} processes, which FSDP2 needs (every rank joins every forward)")
         if len(self.train_samples) < self.global_prompts:
             raise ValueError(f"per_device_train_batch_size: {cfg.per_device_train_batch_size} x {world} processes "
                              f"needs more than the {len(self.train_samples)} training samples")
@@ -196,10 +196,11 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         shard = self.eval_samples[acc.process_index::acc.num_processes]
         with acc.autocast():
-            sums = self.inner.run_on_student(evaluate, shard, self.tokenizer, self.image_processor,
-                            batch_size=cfg.per_device_train_batch_size * cfg.num_generations,
-                            max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio,
-                            device=acc.device, backend=cfg.kernel_backend)
+            sums = self.inner.run_on_student(
+                evaluate, shard, self.tokenizer, self.image_processor,
+                batch_size=cfg.per_device_train_batch_size * cfg.num_generations,
+                max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio, device=acc.device,
+                backend=cfg.kernel_backend)
         total = acc.reduce(torch.tensor([sums[k] for k in ("correct", "count", "reliance_sum", "tokens")],
                                         device=acc.device, dtype=torch.float64), "sum").tolist()
         result = {"eval_accuracy": total[0] / max(total[1], 1), "eval_visual_reliance": total[2] / max(total[3], 1)}
