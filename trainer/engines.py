@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager
 from typing import Optional
@@ -82,11 +83,16 @@ def shard_fsdp2(module: torch.nn.Module, plugin) -> torch.nn.Module:
     found = {type(m).__name__ for m in module.modules()}
     if not names <= found:
         raise ValueError(f"fsdp_transformer_layer_cls_to_wrap: {sorted(names - found)} not in the student model")
-    common = dict(mp_policy=plugin.mixed_precision_policy or MixedPrecisionPolicy(), offload_policy=plugin.cpu_offload)
+    mixed_precision = plugin.mixed_precision_policy or MixedPrecisionPolicy()
     for sub in list(module.modules()):
         if type(sub).__name__ in names:
-            fully_shard(sub, reshard_after_forward=plugin.reshard_after_forward, **common)
-    fully_shard(module, **common)  # the root keeps its parameters between forward and backward
+            fully_shard(sub, reshard_after_forward=plugin.reshard_after_forward, mp_policy=mixed_precision,
+                        offload_policy=plugin.cpu_offload)
+    # the root keeps its parameters between forward and backward. Its inputs and outputs keep their
+    # dtypes: the micro-batch token weights are fp32 coefficients and the loss, per-token KL and
+    # metrics are computed in fp32 (accelerate's bf16 policy would round both to bf16)
+    fully_shard(module, mp_policy=dataclasses.replace(mixed_precision, cast_forward_inputs=False, output_dtype=None),
+                offload_policy=plugin.cpu_offload)
     register_fsdp_forward_method(module, "run_on_student")
     # transformers' generate then runs in lock-step on every rank (synced_gpus): a rank whose rollouts
     # all ended keeps joining the other ranks' forwards, whose layers all-gather across ranks

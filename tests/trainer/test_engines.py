@@ -36,3 +36,38 @@ def test_deepspeed_config_takes_the_trainer_settings():
         engines._fill_deepspeed_config({"gradient_clipping": 1.0}, cfg)
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         engines._fill_deepspeed_config({"gradient_accumulation_steps": 4}, cfg)
+
+
+class _Root(torch.nn.Module):
+    """The shape of StudentLoss that shard_fsdp2 relies on: ``.model`` and ``run_on_student``."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))  # the norm: root unit
+
+    def forward(self, x, *, token_weight):
+        return self.model(x), token_weight
+
+    def run_on_student(self, fn, *args):
+        return fn(self.model, *args)
+
+
+def test_fsdp2_bf16_root_keeps_its_input_and_output_dtypes_and_gathers_for_run_on_student():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        plugin = _plugin()
+        plugin.set_mixed_precision("bf16")
+        module = engines.shard_fsdp2(_Root(), plugin)
+        assert engines.is_sharded(module) and engines.is_sharded(module.model[0])
+        assert not engines.is_sharded(module.model[1])
+        out, weight = module(torch.randn(3, 4), token_weight=torch.rand(3, dtype=torch.float64))
+        assert out.dtype == torch.bfloat16 and weight.dtype == torch.float64
+        # outside a forward the root's parameters are DTensor shards; run_on_student gathers them
+        engines.reshard(module)
+        assert hasattr(module.model[1].weight, "full_tensor")
+        seen = module.run_on_student(lambda model: (hasattr(model[1].weight, "full_tensor"), model[1].weight.dtype))
+        assert seen == (False, torch.bfloat16)
+    finally:
+        dist.destroy_process_group()
