@@ -68,7 +68,20 @@ def gradient(trainer, batch_path):
     norm = float(trainer.acc.clip_grad_norm_(trainer.module.parameters(), trainer.cfg.max_grad_norm))
     trainer.optimizer.step()
     memory["optimizer"] = local_bytes(t for s in trainer.optimizer.state.values() for t in s.values())
-    return {"grads": grads, "grad_norm": norm, "sharded_params": sharded, "memory": memory}
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return {"grads": grads, "grad_norm": norm, "sharded_params": sharded, "memory": memory,
+            "uneven_generation": uneven_generation(trainer, batch)}
+
+
+def uneven_generation(trainer, batch) -> int:
+    """Ranks that stop generating at different steps (here: different lengths) must not deadlock:
+    every decode step all-gathers the layers, so a finished rank keeps joining (synced_gpus)."""
+    rank = trainer.acc.process_index
+    prompts = batch.rows(0, 2)
+    out = trainer.inner.run_on_student(
+        lambda student: student.generate(**prompts.model_inputs(), max_new_tokens=2 + 3 * rank, do_sample=False,
+                                         pad_token_id=trainer.tokenizer.pad_token_id))
+    return out.shape[1] - prompts.input_ids.shape[1]
 
 
 def main(mode, config_json, out_path, batch_path=None):

@@ -55,6 +55,7 @@ def test_fsdp2_two_process_step_save_resume_match_single_process(make_config, tm
                      max_steps="2", save_steps="1", val_before_train="true")
     run = _torchrun(tmp_path, "grad", overrides, "run", str(tmp_path / "batch.pt"))
     assert run["world"] == 2 and run["sharded_params"] == len(reference)
+    assert run["uneven_generation"] == 2  # rank 0 stopped after 2 tokens while rank 1 went on to 5
     assert run["grads"].keys() == reference.keys()
     scale = max(g.abs().max() for g in reference.values())
     for name, grad in reference.items():
