@@ -21,6 +21,7 @@ def save(accelerator, output_dir: str, step: int) -> str:
         shutil.rmtree(tmp)  # leftover of an interrupted save
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp, safe_serialization=True)
+    accelerator.wait_for_everyone()  # every rank writes into tmp (its RNG state, DeepSpeed's shards)
     if accelerator.is_main_process:
         with open(os.path.join(tmp, STATE_FILE), "w") as f:
             json.dump({"step": step}, f)
