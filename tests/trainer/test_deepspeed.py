@@ -21,8 +21,8 @@ def _launch(tmp_path, repo_root, mode, overrides, out, *extra):
                            "--num_processes", "2", "--mixed_precision", "no", WORKER, mode,
                            str(tmp_path / f"{out}.json"), str(tmp_path / f"{out}.pt"), *extra],
                           env=env, capture_output=True, text=True, timeout=400)
-    rank0 = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank"))
-    assert proc.returncode == 0, (rank0 or proc.stderr)[-4000:]
+    ranks = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank"))
+    assert proc.returncode == 0, (ranks or proc.stderr)[-4000:]
     return torch.load(tmp_path / f"{out}.pt", weights_only=False)
 
 

@@ -26,8 +26,8 @@ def _torchrun(tmp_path, mode, overrides, out, *extra):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            WORKER, mode, str(cfg), str(tmp_path / f"{out}.pt"), *extra],
                           env=env, capture_output=True, text=True, timeout=400)
-    rank0 = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank0]"))
-    assert proc.returncode == 0, (rank0 or proc.stderr)[-4000:]
+    ranks = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank"))
+    assert proc.returncode == 0, (ranks or proc.stderr)[-4000:]
     return torch.load(tmp_path / f"{out}.pt", weights_only=False)
 
 
