@@ -1,9 +1,11 @@
 """Teacher scoring and the student loss.
 
-The loss runs *inside* ``StudentLoss.forward``: wrappers such as FSDP2 gather the root module's
-parameters (the LM head among them) for the duration of the root forward, so reading
-``lm_head.weight`` there sees the full matrix. Reading it outside that call would see a shard.
-DeepSpeed ZeRO-3 gathers per submodule instead, which this does not cover: use ZeRO-1/2.
+The loss runs *inside* ``StudentLoss.forward``: FSDP2 (``engines.shard_fsdp2``) keeps the LM head
+in the root unit, whose parameters are gathered for the duration of the root forward, so reading
+``lm_head.weight`` there sees the full matrix. Anything else that reads the student's weights
+(generation, evaluation) goes through ``StudentLoss.run_on_student``, registered as a root forward
+method for the same reason. DeepSpeed ZeRO-3 gathers per submodule instead, which this does not
+cover: use ZeRO-2.
 """
 from __future__ import annotations
 
@@ -69,6 +71,15 @@ class StudentLoss(nn.Module):
         kl = vaopd_kernels.linear_kl(student_hidden, weight, teacher_hidden, teacher_weight,
                                      vocab_size=self.vocab_size, backend=self.backend)
         return (token_weight * kl).sum(), kl
+
+    def run_on_student(self, fn, *args, **kwargs):
+        """``fn(student, *args, **kwargs)`` with the student's full weights.
+
+        Under FSDP2 this method is registered as a forward method of the root unit
+        (``engines.shard_fsdp2``), so the root's parameters (embeddings, LM head, final norm) are
+        gathered for the call, as in ``forward``; with the other engines it is a plain call.
+        """
+        return fn(self.model, *args, **kwargs)
 
     def coefficients(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_hidden_degraded: Optional[torch.Tensor],
                      teacher_weight: torch.Tensor, num_prompts: Optional[int], num_rollouts: Optional[int]):

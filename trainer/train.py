@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
 from typing import Dict, List, Optional
 
 import torch
@@ -21,7 +20,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from . import checkpoint
+from . import checkpoint, engines
 from .config import TINY, ConfigError, TrainConfig, to_dict
 from .data import Sample, load_split, step_prompts
 from .errors import DataError, ImageDecodeError
@@ -55,12 +54,11 @@ def _context_length(model) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, accelerator: Optional[Accelerator] = None):
+    def __init__(self, cfg: TrainConfig, accelerator: Optional[Accelerator] = None, fsdp_plugin=None):
+        """``fsdp_plugin``: shard the student with FSDP2 under these settings; by default the plugin of
+        an FSDP launch (``accelerate launch --config_file configs/accelerate/fsdp2.yaml``), if any."""
         self.cfg = cfg
-        # one scheduler step per optimizer update whatever the process count; cpu=True on a machine
-        # without CUDA lets torchrun / accelerate launch start gloo data parallelism
-        self.acc = accelerator or Accelerator(mixed_precision="bf16" if cfg.bf16 else "no",
-                                              step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
+        self.acc = accelerator or engines.make_accelerator(cfg)
         set_seed(cfg.seed)
         prepare_output_dir(cfg, self.acc.is_main_process)  # before anything is written there
         os.makedirs(cfg.output_dir, exist_ok=True)
@@ -71,6 +69,11 @@ class Trainer:
                             f"evaluation would report an accuracy of nothing")
         world = self.acc.num_processes
         self.global_prompts = cfg.per_device_train_batch_size * world
+        fsdp_plugin = fsdp_plugin or engines.fsdp2_plugin(self.acc)
+        if fsdp_plugin is not None and len(self.eval_samples) % world:
+            # every FSDP2 forward all-gathers across ranks, so every rank must run as many
+            raise ValueError(f"num_eval_samples / eval_file: {len(self.eval_samples)} evaluation samples do not split "
+                             f"evenly over {world} processes, which FSDP2 needs (every rank joins every forward)")
         if len(self.train_samples) < self.global_prompts:
             raise ValueError(f"per_device_train_batch_size: {cfg.per_device_train_batch_size} x {world} processes "
                              f"needs more than the {len(self.train_samples)} training samples")
@@ -92,11 +95,13 @@ class Trainer:
         module = StudentLoss(student, vocab_size=len(self.tokenizer), method=cfg.method,
                              high_fraction=cfg.high_fraction, high_weight=cfg.high_weight,
                              va_temperature=cfg.va_temperature, backend=cfg.kernel_backend)
+        if fsdp_plugin is not None:
+            module = engines.shard_fsdp2(module, fsdp_plugin)  # before the optimizer: it holds the shards
         optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                       weight_decay=cfg.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * self.total_steps),
                                                     self.total_steps)
-        self.module, self.optimizer, self.scheduler = self.acc.prepare(module, optimizer, scheduler)
+        self.module, self.optimizer, self.scheduler = engines.prepare(self.acc, module, optimizer, scheduler, cfg)
         self.context = min(_context_length(self.teacher), _context_length(student))
         self.identity = run_identity(cfg, world)
         self.guard = DivergenceGuard(self.acc, cfg.max_skipped_steps)
@@ -112,8 +117,13 @@ class Trainer:
                 yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
     @property
+    def inner(self):
+        """The StudentLoss module (the student is ``inner.model``) without DDP / DeepSpeed wrappers."""
+        return self.acc.unwrap_model(self.module)
+
+    @property
     def student(self):
-        return self.acc.unwrap_model(self.module).model
+        return self.inner.model
 
     # ------------------------------------------------------------------ one step
     def decoded(self, samples: List[Sample], where: str) -> List[Sample]:
@@ -144,15 +154,15 @@ class Trainer:
                                prompt_offset=rank * cfg.per_device_train_batch_size)
         check_context(batch, samples, cfg.num_generations, cfg.max_completion_length, self.context)
         with self.acc.autocast(), self.guard.sampling(step + 1):
-            return generate(self.student, batch, self.tokenizer, max_new_tokens=cfg.max_completion_length,
-                            temperature=cfg.temperature, top_p=cfg.top_p)
+            return self.inner.run_on_student(generate, batch, self.tokenizer, max_new_tokens=cfg.max_completion_length,
+                                             temperature=cfg.temperature, top_p=cfg.top_p)
 
     def loss_and_backward(self, batch, teacher_hidden, teacher_degraded):
         """Backward of the step's loss; returns (whole-batch objective result, visual advantage or None)."""
         cfg, acc = self.cfg, self.acc
         counts = dict(num_prompts=self.global_prompts, num_rollouts=self.global_prompts * cfg.num_generations)
         teacher_weight = lm_head_weight(self.teacher)
-        # DDP/FSDP average gradients over ranks; our loss is already a global sum, so undo the mean
+        # DDP/FSDP/DeepSpeed average gradients over ranks; our loss is already a global sum, so undo the mean
         scale = acc.num_processes
         rows = batch.input_ids.shape[0]
         if cfg.micro_batch_size == 0 or cfg.micro_batch_size >= rows:
@@ -168,8 +178,7 @@ class Trainer:
         for start in range(0, rows, cfg.micro_batch_size):
             stop = min(rows, start + cfg.micro_batch_size)
             lo, hi = cu[start], cu[stop]
-            sync = stop == rows  # all-reduce once, after the last micro-batch
-            with (acc.no_sync(self.module) if not sync else nullcontext()), acc.autocast():
+            with engines.micro_batch_sync(acc, self.module, last=stop == rows), acc.autocast():
                 loss, kl = self.module(batch.rows(start, stop), teacher_hidden[lo:hi], teacher_weight,
                                        token_weight=token_weight[lo:hi])
                 acc.backward(loss * scale)
@@ -234,10 +243,11 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         shard = self.decoded(self.eval_samples[acc.process_index::acc.num_processes], f"evaluation at step {step}")
         with acc.autocast(), self.guard.sampling(step):
-            sums = evaluate(self.student, shard, self.tokenizer, self.image_processor,
-                            batch_size=cfg.per_device_train_batch_size * cfg.num_generations,
-                            max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio,
-                            device=acc.device, backend=cfg.kernel_backend, context=self.context)
+            sums = self.inner.run_on_student(
+                evaluate, shard, self.tokenizer, self.image_processor,
+                batch_size=cfg.per_device_train_batch_size * cfg.num_generations,
+                max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio, device=acc.device,
+                backend=cfg.kernel_backend, context=self.context)
         total = acc.reduce(torch.tensor([sums[k] for k in ("correct", "count", "reliance_sum", "tokens")],
                                         device=acc.device, dtype=torch.float64), "sum").tolist()
         result = {"eval_accuracy": total[0] / max(total[1], 1), "eval_visual_reliance": total[2] / max(total[3], 1)}
@@ -304,11 +314,12 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         self.evaluate("after", self.total_steps)
         ckpt = self.save(self.total_steps)
+        student_state = engines.full_student_state(self.inner)  # FSDP2: gathered on every rank, kept on rank 0
         outputs: Dict[str, object] = {"checkpoint": ckpt, "train_seconds": seconds, "history": self.history,
                                       "evals": self.evals}
         if acc.is_main_process:
             export = os.path.join(cfg.output_dir, "student")
-            self.student.save_pretrained(export)
+            self.student.save_pretrained(export, state_dict=student_state)
             self.tokenizer.save_pretrained(export)
             self.image_processor.save_pretrained(export)
             outputs.update(student=export, metrics=self.logger.path,
