@@ -67,7 +67,8 @@ class VAOPDConfig(DistillationConfig):
             raise ValueError(
                 f"num_generations: {self.num_generations} must divide per_device_train_batch_size x "
                 f"gradient_accumulation_steps = {local_rows}, so that a prompt's completions stay on one rank")
-        if self.num_generations > 1 and self.per_device_eval_batch_size % self.num_generations:
+        evaluates = getattr(self.eval_strategy, "value", self.eval_strategy) != "no"
+        if evaluates and self.num_generations > 1 and self.per_device_eval_batch_size % self.num_generations:
             raise ValueError(f"per_device_eval_batch_size: {self.per_device_eval_batch_size} must be a multiple of "
                              f"num_generations = {self.num_generations}")
         if not 0.0 < self.pixelate_ratio < 1.0:
@@ -226,16 +227,22 @@ class VAOPDTrainer(DistillationTrainer):
         return pixel_values
 
     def _sibling_prompt_ids(self, batch) -> torch.Tensor:
-        """Rollout -> prompt index; checks that the K siblings of each prompt are adjacent rows on this rank."""
+        """Rollout -> prompt index; checks that each prompt's K siblings are adjacent rows of this rank
+        (same prompt tokens and same image pixels)."""
         k, rows = self.vaopd.num_generations, batch["prompt_ids"].shape[0]
         if rows % k:
             raise RuntimeError(f"a generation batch of {rows} completions on this rank is not a multiple of "
                                f"num_generations = {k}")
-        ids = torch.cat([batch["prompt_ids"], batch["prompt_mask"]], dim=1).view(rows // k, k, -1)
-        if not bool((ids == ids[:, :1]).all()):
-            raise RuntimeError("the completions of one prompt are not adjacent rows of this rank's generation batch")
-        first = self.accelerator.process_index * (rows // k)
-        return torch.arange(rows, device=ids.device) // k + first
+        per_row = split_pixel_values_by_grid(batch)["pixel_values"]
+        for start in range(0, rows, k):
+            first = (batch["prompt_ids"][start], batch["prompt_mask"][start], per_row[start])
+            for row in range(start + 1, start + k):
+                same = (batch["prompt_ids"][row], batch["prompt_mask"][row], per_row[row])
+                if not all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, same)):
+                    raise RuntimeError(f"rows {start} and {row} should be completions of one prompt (num_generations "
+                                       f"= {k} adjacent rows) but their prompts or images differ")
+        offset = self.accelerator.process_index * (rows // k)
+        return torch.arange(rows, device=batch["prompt_ids"].device) // k + offset
 
     def _va_opd_coefficients(self, inputs, batch) -> Dict[str, torch.Tensor]:
         """Teacher passes on both views, VA, and the detached per-token coefficients of the whole generation
