@@ -16,7 +16,7 @@ ensure_importable()
 import torch  # noqa: E402
 import tiny_vlm as tv  # noqa: E402
 
-from vaopd_kernels.integrations.trl import VAOPDConfig, VAOPDTrainer  # noqa: E402
+from vaopd_kernels.integrations.trl import VAOPDConfig, VAOPDTrainer, full_head  # noqa: E402
 
 
 class FixedCompletions(VAOPDTrainer):
@@ -45,9 +45,30 @@ def main(saved_path, out_path):
     batch = trainer._generate_and_score_completions([tv.examples(world)[rank]] * k)
     loss = trainer.compute_loss(model, batch)
     trainer.accelerator.backward(loss)
+    sharded = sharded_head_round_trip(world)
     if trainer.accelerator.is_main_process:
         grads = {n: p.grad for n, p in trainer.accelerator.unwrap_model(model).named_parameters() if p.grad is not None}
-        torch.save({"world": world, "type": str(trainer.accelerator.distributed_type), "grads": grads}, out_path)
+        torch.save({"world": world, "type": str(trainer.accelerator.distributed_type), "grads": grads,
+                    "sharded": sharded}, out_path)
+
+
+def sharded_head_round_trip(world):
+    """An FSDP2-style head (a DTensor sharded by rows): full_head gives the whole matrix, and the gradient
+    flows back into each rank's shard."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    weight = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    upstream = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+    shard = distribute_tensor(weight, mesh, [Shard(0)]).requires_grad_()
+    full = full_head(shard, torch.float32)
+    (full * upstream).sum().backward()
+    rows = slice(torch.distributed.get_rank() * 6 // world, (torch.distributed.get_rank() + 1) * 6 // world)
+    ok = torch.tensor([torch.equal(full.detach(), weight), torch.equal(shard.grad.to_local(), upstream[rows])],
+                      dtype=torch.int64)
+    torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)  # every rank's shard
+    return {"full_equal": bool(ok[0]), "grad_equal": bool(ok[1])}
 
 
 if __name__ == "__main__":

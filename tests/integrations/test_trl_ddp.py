@@ -13,7 +13,8 @@ WORKER = os.path.join(os.path.dirname(__file__), "_trl_ddp_worker.py")
 
 @pytest.mark.slow
 def test_two_gloo_ranks_give_the_single_process_gradient(tmp_path):
-    """VA-OPD, 2 prompts x K = 2: one prompt per rank (DDP all-reduce, 1/P over the global P) == one process."""
+    """VA-OPD, 2 prompts x K = 2: one prompt per rank (DDP all-reduce, 1/P over the global P) == one process.
+    The same ranks also check full_head on a row-sharded DTensor head (what FSDP2 holds)."""
     k = 2
     proc = tv.processor()
     student, teacher = tv.models()
@@ -39,6 +40,7 @@ def test_two_gloo_ranks_give_the_single_process_gradient(tmp_path):
     assert proc_run.returncode == 0, proc_run.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt", weights_only=False)
     assert out["world"] == 2 and "MULTI_CPU" in out["type"]
+    assert out["sharded"] == {"full_equal": True, "grad_equal": True}  # FSDP2's DTensor head
     assert out["grads"].keys() == reference.keys()
     worst = max(float((out["grads"][n] - g).norm() / g.norm().clamp_min(1e-30)) for n, g in reference.items())
     print(f"\n2-rank vs 1-process max gradient rel diff {worst:.2e}")

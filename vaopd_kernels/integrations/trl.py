@@ -149,6 +149,10 @@ class VAOPDTrainer(DistillationTrainer):
                              "each prompt K times); got an IterableDataset")
         if args.method == "va_opd" and tools:
             raise ValueError("tools: not supported with method='va_opd' (tool images would not be pixelated)")
+        if args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3:
+            # ZeRO-3 materialises a head only inside its own module's forward; the kernels read it directly
+            # (and recompute from it in backward). Use ZeRO-1/2 or FSDP2.
+            raise ValueError("deepspeed: ZeRO-3 is not supported by VAOPDTrainer; use ZeRO stage 1/2 or FSDP2")
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, callbacks=callbacks, optimizers=optimizers,
                          quantization_config=quantization_config, peft_config=peft_config, tools=tools)
