@@ -153,6 +153,8 @@ class VAOPDTrainer(DistillationTrainer):
             # ZeRO-3 materialises a head only inside its own module's forward; the kernels read it directly
             # (and recompute from it in backward). Use ZeRO-1/2 or FSDP2.
             raise ValueError("deepspeed: ZeRO-3 is not supported by VAOPDTrainer; use ZeRO stage 1/2 or FSDP2")
+        self.vaopd = args
+        self._divergence = divergence_options(args.beta)
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=processing_class, callbacks=callbacks, optimizers=optimizers,
                          quantization_config=quantization_config, peft_config=peft_config, tools=tools)
@@ -161,8 +163,6 @@ class VAOPDTrainer(DistillationTrainer):
         if args.method == "va_opd" and not self._is_vlm:
             raise ValueError("processing_class: method='va_opd' needs a processor with an image processor "
                              "(a vision-language model); got a tokenizer")
-        self.vaopd = args
-        self._divergence = divergence_options(args.beta)
 
     # ------------------------------------------------------------------ K completions per prompt on one rank
     def _generation_batch_size(self) -> int:
