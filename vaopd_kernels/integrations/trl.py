@@ -44,10 +44,12 @@ class VAOPDConfig(DistillationConfig):
 
     method: str = field(default="opd", metadata={"help": "'opd' (TRL's objective on vaopd_kernels) or 'va_opd'."})
     num_generations: Optional[int] = field(
-        default=None, metadata={"help": "Completions per prompt (K), kept on one rank. Default: 4 for va_opd, 1 for opd."})
+        default=None,
+        metadata={"help": "Completions per prompt (K), kept on one rank. Default: 4 for va_opd, 1 for opd."})
     pixelate_ratio: float = field(
         default=0.1, metadata={"help": "Degraded view: bilinear down to floor(ratio * side), nearest back up."})
-    high_fraction: float = field(default=0.2, metadata={"help": "Share of each completion's tokens in its high-VA group."})
+    high_fraction: float = field(default=0.2,
+                                 metadata={"help": "Share of each completion's tokens in its high-VA group."})
     high_weight: float = field(default=0.5, metadata={"help": "Loss mass of the high-VA group (lambda)."})
     va_temperature: float = field(default=1.0, metadata={"help": "Temperature of the sibling softmax over z-scores."})
     vocab_size: Optional[int] = field(
@@ -60,7 +62,8 @@ class VAOPDConfig(DistillationConfig):
             raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
         if self.num_generations is None:
             self.num_generations = 4 if self.method == "va_opd" else 1
-        if isinstance(self.num_generations, bool) or not isinstance(self.num_generations, int) or self.num_generations < 1:
+        k = self.num_generations
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"num_generations: expected a positive int, got {self.num_generations!r}")
         local_rows = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if local_rows % self.num_generations:
@@ -166,7 +169,8 @@ class VAOPDTrainer(DistillationTrainer):
 
     # ------------------------------------------------------------------ K completions per prompt on one rank
     def _generation_batch_size(self) -> int:
-        return self.args.per_device_train_batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
+        args = self.args
+        return args.per_device_train_batch_size * self.accelerator.num_processes * args.gradient_accumulation_steps
 
     def _get_train_sampler(self, dataset=None):
         k = self.vaopd.num_generations
@@ -190,7 +194,9 @@ class VAOPDTrainer(DistillationTrainer):
     def _model_inputs(inputs) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, Dict]:
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        loss_mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        loss_mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:  # tool results inside a completion are not the model's tokens
+            loss_mask = loss_mask * inputs["tool_mask"]
         multimodal = {k: inputs[k] for k in MULTIMODAL_KEYS if k in inputs}
         return input_ids, attention_mask, loss_mask, inputs["completion_ids"].size(1), multimodal
 
@@ -304,7 +310,8 @@ class VAOPDTrainer(DistillationTrainer):
             num_items_in_batch = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
         unwrapped = self.accelerator.unwrap_model(model)
         # inside the student wrapper's forward: DDP registers the backward, FSDP keeps the head gathered
-        loss, sums = self._forward_redirection(model, unwrapped, self._vaopd_loss, unwrapped, inputs, num_items_in_batch)
+        loss, sums = self._forward_redirection(model, unwrapped, self._vaopd_loss, unwrapped, inputs,
+                                               num_items_in_batch)
         self._log_divergence(sums)
         return (loss, None) if return_outputs else loss
 
