@@ -6,7 +6,7 @@ slice of rows:
 
 - va_opd: the rows of the last prompt's rollouts. VA-OPD coefficients depend only on a prompt's
   own rollouts, so the slice (with the global prompt count) reproduces those rows' gradients.
-- kl / va: the last ``SLICE_ROWS`` rows (the end of the batch catches indexing overflows).
+- kl / jsd / va: the last ``SLICE_ROWS`` rows (the end of the batch catches indexing overflows).
 
 Global values (the loss, the weight gradient) are summarised here as a fingerprint and
 cross-checked between implementations by ``compare`` (report.cross_check).
@@ -19,7 +19,7 @@ import torch
 
 import vaopd_kernels
 from bench.peers import Outputs
-from bench.problem import Inputs
+from bench.problem import JSD_BETA, Inputs
 
 SLICE_ROWS = 128
 TOLERANCE = {"float32": 1e-3, "float64": 1e-6, "bfloat16": 5e-2, "float16": 2e-2}
@@ -76,8 +76,9 @@ def reference_slice(inputs: Inputs, task: str) -> Dict:
                                         num_prompts=inputs.num_prompts, backend="reference")
         res.loss.backward()
         ref.update(kl=res.kl.detach(), va=res.visual_advantage, grad_hidden=sh.grad)
-    elif task == "kl":
-        kl = vaopd_kernels.linear_kl(sh, sw, th, tw, backend="reference")
+    elif task in ("kl", "jsd"):
+        divergence = dict(divergence="jsd", beta=JSD_BETA) if task == "jsd" else {}
+        kl = vaopd_kernels.linear_kl(sh, sw, th, tw, backend="reference", **divergence)
         (kl.sum() / inputs.student_hidden.shape[0]).backward()
         ref.update(kl=kl.detach(), grad_hidden=sh.grad)
     else:

@@ -27,7 +27,7 @@ from bench.problem import TASKS
 from bench.worker import PREFIX
 
 DEFAULT_EXCLUDED = ("vaopd-reference",)
-EXEC_PRIORITY = ("vaopd-triton", "vaopd-cuda", "naive", "liger", "liger-triton", "cce", "authors", "vaopd-torch")  # the test oracle; "naive" already covers full logits
+EXEC_PRIORITY = ("vaopd-triton", "vaopd-cuda", "naive", "liger", "liger-triton", "trl", "cce", "authors", "vaopd-torch")  # the test oracle; "naive" already covers full logits
 
 
 def _log(msg: str) -> None:

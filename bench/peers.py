@@ -7,12 +7,14 @@ tasks it also calls ``backward()``, leaving the gradients on ``inputs.student_hi
 - ``va_opd``: VA-OPD loss with the pixelated pass, forward + backward.
 - ``kl``: mean per-token reverse KL, forward + backward.
 - ``va``: visual advantage (target log-probs of both teacher views), forward only.
+- ``jsd``: mean per-token generalized JSD (beta = ``problem.JSD_BETA``, TRL's convention), forward + backward.
 
 Peers that are missing or cannot run on the device are listed with a reason, never dropped.
 """
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import vaopd_kernels
-from bench.problem import Inputs
+from bench.problem import JSD_BETA, Inputs
 
 
 @dataclass
@@ -185,6 +187,84 @@ def cce_va(x: Inputs) -> Outputs:
         return Outputs(va=(ce_d.float() - ce.float()).clamp_min(0.0))  # lp - lp_d = ce_d - ce
 
 
+# ----------------------------------------------------------------------------- TRL (and the jsd task)
+def _trl_chunked(x: Inputs, beta: float) -> Outputs:
+    """TRL 1.16's ChunkedDivergenceFunction (what trl.DistillationTrainer runs): beta = 1 reverse KL,
+    0 < beta < 1 generalized JSD; mean over tokens."""
+    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+
+    divergence, _entropy = ChunkedDivergenceFunction.apply(
+        x.student_hidden, x.student_weight, None, x.teacher_hidden, x.teacher_weight, None, beta)
+    loss = divergence.mean()
+    loss.backward()
+    return Outputs(loss.detach(), divergence.detach())
+
+
+def trl_kl(x: Inputs) -> Outputs:
+    return _trl_chunked(x, 1.0)
+
+
+def trl_jsd(x: Inputs) -> Outputs:
+    return _trl_chunked(x, JSD_BETA)
+
+
+def _naive_generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """TRL GKDTrainer.generalized_jsd_loss, reduction="none", summed over the vocabulary:
+    beta KL(p_t || m) + (1 - beta) KL(p_s || m), m = beta p_t + (1 - beta) p_s."""
+    log_ps = F.log_softmax(student_logits, dim=-1)
+    log_pt = F.log_softmax(teacher_logits, dim=-1)
+    log_m = torch.logaddexp(log_ps + math.log(1 - JSD_BETA), log_pt + math.log(JSD_BETA))
+    kl_teacher = F.kl_div(log_m, log_pt, reduction="none", log_target=True).sum(-1)
+    kl_student = F.kl_div(log_m, log_ps, reduction="none", log_target=True).sum(-1)
+    return JSD_BETA * kl_teacher + (1 - JSD_BETA) * kl_student
+
+
+def naive_jsd(x: Inputs) -> Outputs:
+    with torch.no_grad():
+        teacher_logits = _naive_logits(x.teacher_hidden, x.teacher_weight)
+    jsd = _naive_generalized_jsd(_naive_logits(x.student_hidden, x.student_weight), teacher_logits)
+    loss = jsd.mean()
+    loss.backward()
+    return Outputs(loss.detach(), jsd.detach())
+
+
+def _ours_jsd(backend: str) -> Callable[[Inputs], Outputs]:
+    def jsd(x: Inputs) -> Outputs:
+        token_jsd = vaopd_kernels.linear_kl(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
+                                            divergence="jsd", beta=JSD_BETA, backend=backend)
+        loss = token_jsd.mean()
+        loss.backward()
+        return Outputs(loss.detach(), token_jsd.detach())
+    return jsd
+
+
+def _trl_reason(device_type: str) -> Optional[str]:
+    if importlib.util.find_spec("trl") is None:
+        return "not installed (pip install trl, or the vaopd[trl] extra)"
+    return None
+
+
+def _trl_impl() -> Impl:
+    return Impl("trl", "TRL 1.16 trl.kernels.chunked_divergence (DistillationTrainer's loss; 4096 x 32768 fp32 "
+                       "tiles, Triton epilogues on CUDA, torch elsewhere); beta = 1 for kl, 0.5 for jsd",
+                {"kl": trl_kl, "jsd": trl_jsd},
+                {"va_opd": "divergence only: no per-token weights, no visual advantage",
+                 "va": "computes no target log-probs"}, _trl_reason)
+
+
+def _add_jsd_tasks(impls: List[Impl]) -> None:
+    """The jsd task for the full-logit baseline and our backends (the peers without it say why)."""
+    for impl in impls:
+        if impl.name == "naive":
+            impl.tasks["jsd"] = naive_jsd
+        elif impl.name.startswith("vaopd-"):
+            impl.tasks["jsd"] = _ours_jsd(impl.name[len("vaopd-"):])
+        elif impl.name == "authors":
+            impl.not_offered["jsd"] = "the paper's recipe is reverse KL only"
+        elif "jsd" not in impl.tasks:
+            impl.not_offered.setdefault("jsd", "not wired for the jsd task")
+
+
 # ----------------------------------------------------------------------------- our backends
 def _ours(backend: str) -> Dict[str, Callable[[Inputs], Outputs]]:
     def va_opd(x: Inputs) -> Outputs:
@@ -262,6 +342,8 @@ def build_impls() -> Dict[str, Impl]:
     for backend in names:
         impls.append(Impl(f"vaopd-{backend}", f"vaopd_kernels backend={backend!r}", _ours(backend),
                           unavailable=_backend_reason(backend), gpu_only=backend in GPU_BACKENDS))
+    impls.insert(len(impls) - len(names), _trl_impl())  # a peer: listed before our backends
+    _add_jsd_tasks(impls)
     return {impl.name: impl for impl in impls}
 
 

@@ -10,7 +10,9 @@ import torch
 #   va_opd  forward + backward of the VA-OPD loss, with the pixelated teacher pass
 #   kl      forward + backward of the mean per-token reverse KL (no VA)
 #   va      visual advantage only: target log-probs of both teacher views, no grad
-TASKS = ("va_opd", "kl", "va")
+#   jsd     forward + backward of the mean per-token generalized JSD, beta = JSD_BETA (TRL's convention)
+TASKS = ("va_opd", "kl", "va", "jsd")
+JSD_BETA = 0.5
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
@@ -42,10 +44,10 @@ def floor_flops(shape: Shape, task: str) -> float:
     """GEMM FLOPs that even a full-logit implementation cannot avoid (DESIGN.md section 3).
 
     va_opd: student logits, d hidden, d weight (3 Ds) + teacher logits of both views (2 Dt).
-    kl:     3 Ds + one teacher view (Dt).        va: two teacher views (2 Dt), no backward.
+    kl, jsd: 3 Ds + one teacher view (Dt).   va: two teacher views (2 Dt), no backward.
     """
     n, v, ds, dt = shape.num_rows, shape.vocab, shape.student_dim, shape.teacher_dim
-    per_dim = {"va_opd": 3 * ds + 2 * dt, "kl": 3 * ds + dt, "va": 2 * dt}[task]
+    per_dim = {"va_opd": 3 * ds + 2 * dt, "kl": 3 * ds + dt, "jsd": 3 * ds + dt, "va": 2 * dt}[task]
     return 2.0 * n * v * per_dim
 
 

@@ -13,7 +13,8 @@ from bench.problem import Shape, floor_flops
 MIB = 2 ** 20
 TASK_TITLES = {"va_opd": "VA-OPD loss, forward + backward (with the pixelated pass)",
                "kl": "mean per-token reverse KL, forward + backward",
-               "va": "visual advantage (both teacher views), forward only"}
+               "va": "visual advantage (both teacher views), forward only",
+               "jsd": "mean per-token generalized JSD (beta = 0.5), forward + backward"}
 
 
 def _key(rec: Dict):
