@@ -18,7 +18,14 @@ from vaopd_trainer.config import ConfigError, load_config, parse_overrides
     ({"temperature": "nan"}, "temperature"),
     ({"lr": "1e-5"}, "lr"),  # unknown name
     ({"dataset": "geometry3k"}, "train_file"),  # needs files
-    ({"student_model": "/does/not/exist"}, "student_model"),
+    ({"student_model": " "}, "student_model"),
+    ({"top_k": "-1"}, "top_k"),
+    ({"min_p": "1"}, "min_p"),
+    ({"repetition_penalty": "0"}, "repetition_penalty"),
+    ({"eval_top_p": "0"}, "eval_top_p"),
+    ({"eval_temperature": "-1"}, "eval_temperature"),
+    ({"eval_num_generations": "0"}, "eval_num_generations"),
+    ({"min_pixels": "5000", "max_pixels": "4096"}, "min_pixels"),
     ({"resume": "/does/not/exist"}, "resume"),
     ({"num_train_samples": "2", "per_device_train_batch_size": "4"}, "num_train_samples"),
 ])
@@ -47,9 +54,13 @@ def test_dataset_files_checked(tmp_path):
     train = tmp_path / "train.parquet"
     train.write_bytes(b"x")
     with pytest.raises(ConfigError, match="^eval_file:"):
-        load_config(None, {"dataset": "prepared", "train_file": str(train), "eval_file": str(tmp_path / "nope")})
+        load_config(None, {"dataset": "prepared", "train_file": str(train)})
     with pytest.raises(ConfigError, match="^image_root:"):
         load_config(None, {"dataset": "virl39k", "train_file": str(train), "eval_file": str(train)})
+    # a name that is not a local file may be a hub id or dataset folder: load_dataset decides, not the config
+    cfg = load_config(None, {"dataset": "geometry3k", "train_file": "hiyouga/geometry3k", "eval_file": "hiyouga/geometry3k",
+                             "student_model": "Qwen/Qwen3-VL-2B-Instruct"})
+    assert (cfg.train_file, cfg.dataset_train_split, cfg.dataset_test_split) == ("hiyouga/geometry3k", "train", "validation")
 
 
 def test_cli_rejects_before_loading_models(tmp_path, capsys):

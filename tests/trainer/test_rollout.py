@@ -15,7 +15,7 @@ def test_response_mask_first_eos_included_rest_excluded():
                               [EOS, EOS, 0, 0, 0]])  # immediate EOS: one token
     expected = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
     before = responses.clone()
-    assert torch.equal(response_mask(responses, EOS), expected)
+    assert torch.equal(response_mask(responses, [EOS]), expected)
     assert torch.equal(responses, before)  # input untouched
 
 
