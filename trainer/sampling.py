@@ -52,7 +52,7 @@ def stop_token_ids(model, tokenizer) -> List[int]:
 def decoding_config(sampling: Sampling, *, max_new_tokens: int, eos_token_ids: Sequence[int], pad_token_id: int,
                     suppress_tokens: Sequence[int]) -> GenerationConfig:
     """A complete ``GenerationConfig``: every logits processor is either ours or explicitly off."""
-    off = dict(num_beams=1, num_return_sequences=1, min_length=0, min_new_tokens=0, typical_p=1.0,
+    off = dict(num_beams=1, num_return_sequences=1, min_length=0, typical_p=1.0,
                epsilon_cutoff=0.0, eta_cutoff=0.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
                encoder_repetition_penalty=1.0, length_penalty=1.0, renormalize_logits=False,
                remove_invalid_values=False, guidance_scale=1.0)
