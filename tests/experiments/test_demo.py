@@ -10,17 +10,19 @@ from experiments.teacher import TEACHER_DIR
 from vaopd_trainer.config import load_config
 from vaopd_trainer.data import load_prepared
 
-
-def _demo_config(repo_root, **overrides):
-    return load_config(os.path.join(repo_root, "configs", "demo.yaml"), {k: str(v) for k, v in overrides.items()})
+from _bootstrap import REPO
 
 
-def test_demo_uses_the_shipped_models_and_task_data(repo_root):
-    cfg = _demo_config(repo_root)
-    assert os.path.samefile(os.path.join(repo_root, cfg.student_model), STUDENT_DIR)
-    assert os.path.samefile(os.path.join(repo_root, cfg.teacher_model), TEACHER_DIR)
+def _demo_config(**overrides):
+    return load_config(os.path.join(REPO, "configs", "demo.yaml"), {k: str(v) for k, v in overrides.items()})
+
+
+def test_demo_uses_the_shipped_models_and_task_data():
+    cfg = _demo_config()
+    assert os.path.samefile(os.path.join(REPO, cfg.student_model), STUDENT_DIR)
+    assert os.path.samefile(os.path.join(REPO, cfg.teacher_model), TEACHER_DIR)
     for path, split, count in ((cfg.train_file, "train", demo_data.NUM_TRAIN), (cfg.eval_file, "val", demo_data.NUM_VAL)):
-        shipped = load_prepared(os.path.join(repo_root, path))
+        shipped = load_prepared(os.path.join(REPO, path))
         fresh = task.dataset(demo_data.SEED, split, count)
         assert [s.answer for s in shipped] == [s.answer for s in fresh]
         assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(shipped, fresh))
@@ -28,11 +30,11 @@ def test_demo_uses_the_shipped_models_and_task_data(repo_root):
     assert cfg.prompt_suffix == task.PROMPT_SUFFIX and cfg.method == "va_opd"
 
 
-def test_visual_advantage_lands_on_the_width_digit(repo_root, tmp_path, monkeypatch):
+def test_visual_advantage_lands_on_the_width_digit(tmp_path, monkeypatch):
     from vaopd_trainer.train import Trainer
 
-    monkeypatch.chdir(repo_root)  # the config's paths are relative to the repository
-    trainer = Trainer(_demo_config(repo_root, output_dir=tmp_path / "demo", max_steps=1, val_before_train=False,
+    monkeypatch.chdir(REPO)  # the config's paths are relative to the repository
+    trainer = Trainer(_demo_config(output_dir=tmp_path / "demo", max_steps=1, val_before_train=False,
                                    num_visualize=32, report_to="none"))
     metrics = trainer.step(0)
     assert 0.0 <= metrics["rollout_accuracy"] <= 1.0
