@@ -181,7 +181,8 @@ MANIFEST = "manifest.json"
 def prepare_geometry3k(source: str, out_dir: str, val_size: int = 200, seed: int = 42) -> List[str]:
     """The paper's Geometry3K data: every problem of the official train split, and ``val_size`` problems
     of the official validation split drawn with ``seed`` (the draw of datasets'
-    ``Dataset.shuffle(seed=seed).select(range(val_size))``). ``source``: a hub id (hiyouga/geometry3k)
+    ``Dataset.shuffle(seed=seed).select(range(val_size))``, since every Geometry3K row has one image
+    and none is skipped). ``source``: a hub id (hiyouga/geometry3k)
     or a local dataset folder with train and validation files.
 
     Writes train.parquet, val.parquet and manifest.json (each problem's id and content hash, and one
