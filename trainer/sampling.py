@@ -59,8 +59,8 @@ def decoding_config(sampling: Sampling, *, max_new_tokens: int, eos_token_ids: S
     if sampling.do_sample:
         chosen = dict(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                       min_p=sampling.min_p if sampling.min_p > 0 else None)
-    else:  # the sampling warpers do not apply to greedy decoding
-        chosen = dict(do_sample=False, temperature=1.0, top_p=1.0, top_k=0, min_p=None)
+    else:  # greedy: no sampling warper applies, so the warper fields keep transformers' neutral defaults
+        chosen = dict(do_sample=False)
     return GenerationConfig(**off, **chosen, repetition_penalty=sampling.repetition_penalty,
                             max_new_tokens=max_new_tokens, use_cache=True, eos_token_id=list(eos_token_ids),
                             pad_token_id=pad_token_id, suppress_tokens=list(suppress_tokens))
