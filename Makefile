@@ -19,7 +19,7 @@ install: $(STAMP)
 test: install
 	$(PYTHON) -m pytest tests -q
 
-# The tiny offline VA-OPD run on the CPU (trainer + tiny Qwen3-VL models built locally).
+# VA-OPD on the CPU: the shipped tiny teacher and student (experiments/assets) on the fine-detail task.
 demo: install
 	$(PYTHON) -m vaopd_trainer --config configs/demo.yaml
 

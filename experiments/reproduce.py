@@ -51,6 +51,7 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     from vaopd_trainer.config import load_config
     from vaopd_trainer.models import load_model, load_processing
+    from vaopd_trainer.sampling import Sampling
     from vaopd_trainer.train import Trainer
 
     from .va_tokens import profile
@@ -59,7 +60,7 @@ def run_one(job: dict) -> dict:
     began = time.perf_counter()
     outputs = Trainer(cfg).train()
     seconds = time.perf_counter() - began
-    tokenizer, processor = load_processing(cfg.student_model, cfg.max_pixels)
+    tokenizer, processor = load_processing(cfg.student_model, cfg.min_pixels, cfg.max_pixels)
     teacher = load_model(cfg.teacher_model, torch.float32, torch.device("cpu")).eval()
     samples = task.dataset(job["data_seed"], "test", job["profile_prompts"])
     result = {"seed": cfg.seed, "method": cfg.method, "seconds": seconds,
@@ -70,8 +71,8 @@ def run_one(job: dict) -> dict:
         student = load_model(path, torch.float32, torch.device("cpu")).eval()
         result[f"va_{name}"] = profile(teacher, student, samples, tokenizer, processor,
                                        num_generations=cfg.num_generations, max_new_tokens=cfg.max_completion_length,
-                                       temperature=cfg.temperature, top_p=cfg.top_p, pixelate_ratio=cfg.pixelate_ratio,
-                                       high_fraction=cfg.high_fraction, seed=cfg.seed)
+                                       sampling=Sampling.for_rollouts(cfg), pixelate_ratio=cfg.pixelate_ratio,
+                                       high_fraction=cfg.high_fraction, seed=cfg.seed, prompt_suffix=cfg.prompt_suffix)
     return result
 
 
@@ -83,6 +84,8 @@ def jobs(args, data: Dict[str, str]) -> List[dict]:
                           train_file=data["train"], eval_file=data["test"], method=method, seed=seed,
                           per_device_train_batch_size=args.prompts, num_generations=args.generations,
                           max_completion_length=40, learning_rate=args.lr, max_steps=args.steps,
+                          min_pixels=16 * 16, max_pixels=task.IMAGE_SIZE ** 2, prompt_suffix=task.PROMPT_SUFFIX,
+                          eval_do_sample=False,  # greedy accuracy, as docs/reproduction.md reports
                           eval_steps=max(1, args.steps // args.evals), save_steps=0, val_before_train=True,
                           report_to="none", output_dir=os.path.join(args.out, f"{method}-seed{seed}"),
                           overwrite_output_dir=True)  # each invocation reruns the experiment from scratch

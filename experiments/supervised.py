@@ -20,7 +20,7 @@ from vaopd_trainer.data import Sample
 from vaopd_trainer.models import TINY_PATCH, build_tiny_tokenizer, tiny_config
 from vaopd_trainer.rollout import encode_prompts
 
-from .task import IMAGE_SIZE
+from .task import IMAGE_SIZE, PROMPT_SUFFIX
 
 
 def new_model(hidden: int, layers: int, vocab_padding: int, seed: int):
@@ -49,7 +49,7 @@ def save(model, tokenizer, processor, path: str, report: Optional[dict] = None) 
 
 def teacher_forcing_batch(samples: Sequence[Sample], responses: Sequence[str], tokenizer, processor):
     """Prompt rows (left-padded) + response + EOS (right-padded); labels only on the response."""
-    batch = encode_prompts(samples, tokenizer, processor, repeat=1, pixelate_ratio=None)
+    batch = encode_prompts(samples, tokenizer, processor, repeat=1, pixelate_ratio=None, prompt_suffix=PROMPT_SUFFIX)
     answers = [tokenizer.encode(r, add_special_tokens=False) + [tokenizer.eos_token_id] for r in responses]
     width = max(len(a) for a in answers)
     ids = torch.full((len(answers), width), tokenizer.pad_token_id, dtype=torch.long)

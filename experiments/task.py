@@ -21,6 +21,9 @@ from PIL import Image
 from vaopd_trainer.data import Sample
 
 QUESTION = "How wide are the stripes?"
+# The format instruction the shipped models were trained with, added after the question inside the
+# chat template (the trainer's ``prompt_suffix``); the paper's Geometry3K recipe adds none.
+PROMPT_SUFFIX = " Put the final answer in \\boxed{}."
 SPLITS = {"train": 0, "val": 1, "test": 2}
 IMAGE_SIZE = 64
 ANSWERS = ("1", "2", "3")  # stripe width in px; uniform, so chance accuracy is 1/3

@@ -28,11 +28,13 @@ SHAPE = dict(hidden=96, layers=3, vocab_padding=16)  # the trainer's tiny teache
 def accuracy(model, tokenizer, processor, samples, pixelated: bool) -> float:
     """Greedy \\boxed{} accuracy on the original images, or on their 10% pixelated copies."""
     from vaopd_trainer.data import Sample, pixelate
+    from vaopd_trainer.sampling import Sampling, stop_token_ids
 
     if pixelated:
         samples = [Sample(pixelate(s.image, 0.1), s.question, s.answer) for s in samples]
     out = evaluate(model, samples, tokenizer, processor, batch_size=32, max_new_tokens=32, pixelate_ratio=0.1,
-                   device="cpu")
+                   device="cpu", sampling=Sampling(do_sample=False), num_generations=1,
+                   eos_token_ids=stop_token_ids(model, tokenizer), prompt_suffix=task.PROMPT_SUFFIX)
     return out["correct"] / out["count"]
 
 

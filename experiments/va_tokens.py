@@ -19,6 +19,7 @@ from vaopd_trainer.evaluate import is_correct
 from vaopd_trainer.loss import backbone_hidden
 from vaopd_trainer.models import lm_head_weight
 from vaopd_trainer.rollout import encode_prompts, generate
+from vaopd_trainer.sampling import Sampling, stop_token_ids
 
 KINDS = ("width digit", "boxed digit", "template", "eos")
 
@@ -44,8 +45,8 @@ def top_sum(va: torch.Tensor, fraction: float) -> float:
 
 @torch.no_grad()
 def profile(teacher, student, samples: Sequence[Sample], tokenizer, processor, *, num_generations: int,
-            max_new_tokens: int, temperature: float = 0.7, top_p: float = 0.95, pixelate_ratio: float = 0.1,
-            high_fraction: float = 0.2, seed: int = 0, batch_prompts: int = 8) -> Dict[str, object]:
+            max_new_tokens: int, sampling: Sampling = Sampling(temperature=0.7, top_p=0.95), pixelate_ratio: float = 0.1,
+            high_fraction: float = 0.2, seed: int = 0, batch_prompts: int = 8, prompt_suffix: str = "") -> Dict[str, object]:
     """Student rollouts (sampled as in training) scored by the teacher on both views.
 
     Returns the pooled share of VA in each rollout's top ``high_fraction`` tokens, mean VA and token
@@ -59,8 +60,10 @@ def profile(teacher, student, samples: Sequence[Sample], tokenizer, processor, *
     eos = tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id)
     for start in range(0, len(samples), batch_prompts):
         chunk = samples[start:start + batch_prompts]
-        batch = encode_prompts(chunk, tokenizer, processor, repeat=num_generations, pixelate_ratio=pixelate_ratio)
-        batch = generate(student, batch, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        batch = encode_prompts(chunk, tokenizer, processor, repeat=num_generations, pixelate_ratio=pixelate_ratio,
+                               prompt_suffix=prompt_suffix)
+        batch = generate(student, batch, tokenizer, max_new_tokens=max_new_tokens, sampling=sampling,
+                         eos_token_ids=stop_token_ids(student, tokenizer))
         va = vaopd_kernels.visual_advantage(backbone_hidden(teacher, batch), backbone_hidden(teacher, batch, degraded=True),
                                             lm_head_weight(teacher), batch.targets(), vocab_size=vocab).float()
         cu, targets = batch.cu_seqlens().tolist(), batch.targets().tolist()

@@ -14,8 +14,8 @@ def _summary(outputs: dict) -> str:
     rows = []
     if history:
         first, last = history[0], history[-1]
-        for key in ("loss", "kl_mean", "va_high_share", "rollout_weight_max", "entropy_mean", "response_length",
-                    "tokens_per_s"):
+        for key in ("loss", "kl_mean", "va_high_share", "rollout_weight_max", "entropy_mean", "rollout_accuracy",
+                    "response_length", "tokens_per_s"):
             if key in last:
                 rows.append((key, f"{first[key]:.4g}", f"{last[key]:.4g}"))
         for key in sorted(k for k in last if k.startswith("peak_mem_")):
@@ -28,7 +28,7 @@ def _summary(outputs: dict) -> str:
     lines = [f"{'metric':<{width}}  {'first/before':>12}  {'last/after':>12}", "-" * (width + 28)]
     lines += [f"{name:<{width}}  {a:>12}  {b:>12}" for name, a, b in rows]
     lines.append(f"steps: {len(history)}  train time: {outputs['train_seconds']:.1f}s")
-    for key in ("metrics", "curves", "va_page", "checkpoint", "student"):
+    for key in ("metrics", "curves", "va_page", "checkpoint", "best", "student"):
         if outputs.get(key):
             lines.append(f"{key:<10} {os.path.abspath(str(outputs[key]))}")
     return "\n".join(lines)
@@ -38,16 +38,17 @@ def prepare_main(argv: List[str]) -> int:
     from .data import prepare
 
     parser = argparse.ArgumentParser(prog="vaopd-train prepare",
-                                     description="Raw Geometry3K / ViRL39K parquet -> train.parquet + val.parquet")
+                                     description="Raw Geometry3K / ViRL39K -> train.parquet + val.parquet")
     parser.add_argument("--format", required=True, choices=("geometry3k", "virl39k"))
-    parser.add_argument("--source", required=True, help="the downloaded parquet file")
+    parser.add_argument("--source", required=True,
+                        help="geometry3k: a hub id (hiyouga/geometry3k) or a local dataset folder with train and "
+                             "validation splits; virl39k: a parquet file (or a hub id / folder: its train split)")
     parser.add_argument("--out_dir", required=True)
-    parser.add_argument("--val_size", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val_size", type=int, default=200,
+                        help="geometry3k: problems drawn from the validation split; virl39k: held out of train")
+    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--image_root", default=None, help="ViRL39K: folder its image paths are relative to")
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.source):
-        parser.error(f"--source: file not found: {args.source}")
     for path in prepare(args.source, args.format, args.out_dir, args.val_size, args.seed, args.image_root):
         print(path)
     return 0

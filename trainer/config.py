@@ -26,18 +26,24 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    # models ("tiny" builds a small offline teacher/student pair under output_dir/tiny_models)
+    # models: a hub id or a local folder (from_pretrained), or "tiny": a small random offline
+    # teacher/student pair built under output_dir/tiny_models
     student_model: str = TINY
     teacher_model: str = TINY
     # data
     dataset: str = "synthetic"
+    # a local data file (parquet), or a dataset folder / hub id that datasets.load_dataset reads
     train_file: Optional[str] = None
     eval_file: Optional[str] = None
+    dataset_train_split: str = "train"  # the split read from train_file when it is a folder / hub id
+    dataset_test_split: str = "validation"  # the split read from eval_file when it is a folder / hub id
     image_root: Optional[str] = None  # ViRL39K stores image paths relative to this folder
     num_train_samples: int = 64  # synthetic only
     num_eval_samples: int = 16  # synthetic only; real data evaluates the whole eval_file
     image_size: int = 64  # synthetic only
-    max_pixels: int = 64 * 64  # images are resized by the image processor to at most this
+    # the image processor resizes every image (aspect kept) to between these pixel counts
+    min_pixels: int = 262144  # 512 x 512
+    max_pixels: int = 4194304  # 2048 x 2048
     skip_bad_images: bool = False  # an undecodable image: False = stop naming its row, True = skip and count it
     # method
     method: str = "va_opd"
@@ -52,6 +58,10 @@ class TrainConfig:
     max_completion_length: int = 4096
     temperature: float = 0.7
     top_p: float = 0.95
+    top_k: int = 0  # 0 = off (the paper: off)
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    prompt_suffix: str = ""  # appended to the raw question inside the chat template (paper: nothing)
     micro_batch_size: int = 0  # rollouts per student forward/backward; 0 = the whole batch at once
     # optimisation
     learning_rate: float = 1e-6
@@ -72,6 +82,11 @@ class TrainConfig:
     save_steps: int = 50  # 0 = only the final checkpoint
     save_total_limit: Optional[int] = None  # keep at most this many checkpoints (the oldest go); None = all
     eval_steps: int = 0  # 0 = only at the end
+    eval_num_generations: int = 8  # samples per validation problem; accuracy = their mean (avg@8)
+    eval_do_sample: bool = True  # false: one greedy answer per problem
+    eval_temperature: float = 1.0
+    eval_top_p: float = 1.0
+    eval_top_k: int = 0  # 0 = off
     val_before_train: bool = True
     resume: Optional[str] = None  # a checkpoint folder, or "latest" (the newest in output_dir)
     overwrite_output_dir: bool = False  # a fresh run may replace another run's checkpoints/metrics in output_dir
@@ -166,9 +181,8 @@ def _check(ok: bool, name: str, message: str) -> None:
 
 
 def _check_model(name: str, value: str) -> None:
-    if value != TINY:
-        _check(os.path.isfile(os.path.join(value, "config.json")), name,
-               f"expected '{TINY}' or a local model folder with config.json, got {value!r}")
+    # whether a hub id or folder exists is from_pretrained's to say (cache, HF_HUB_OFFLINE, its own error)
+    _check(value.strip() != "", name, f"expected a hub id, a local model folder or '{TINY}'")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -181,17 +195,22 @@ def validate(cfg: TrainConfig) -> None:
     _check_model("student_model", cfg.student_model)
     _check_model("teacher_model", cfg.teacher_model)
     for name in ("per_device_train_batch_size", "num_generations", "max_completion_length", "num_train_epochs",
-                 "logging_steps", "image_size", "max_pixels", "max_skipped_steps"):
+                 "logging_steps", "image_size", "min_pixels", "max_pixels", "eval_num_generations",
+                 "max_skipped_steps"):
         _check(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
-    for name in ("micro_batch_size", "save_steps", "eval_steps", "num_visualize", "seed"):
+    for name in ("micro_batch_size", "save_steps", "eval_steps", "num_visualize", "seed", "top_k", "eval_top_k"):
         _check(getattr(cfg, name) >= 0, name, f"must be >= 0, got {getattr(cfg, name)}")
     _check(cfg.max_steps == -1 or cfg.max_steps >= 1, "max_steps", f"must be -1 or >= 1, got {cfg.max_steps}")
     _check(cfg.save_total_limit is None or cfg.save_total_limit >= 1, "save_total_limit",
            f"must be >= 1 or None (keep all), got {cfg.save_total_limit}")
-    for name in ("learning_rate", "temperature", "va_temperature", "high_fraction", "pixelate_ratio"):
+    for name in ("learning_rate", "temperature", "eval_temperature", "va_temperature", "high_fraction", "pixelate_ratio",
+                 "repetition_penalty"):
         value = getattr(cfg, name)
         _check(math.isfinite(value) and value > 0, name, f"must be a positive finite number, got {value}")
-    _check(cfg.top_p <= 1.0 and cfg.top_p > 0, "top_p", f"must be in (0, 1], got {cfg.top_p}")
+    for name in ("top_p", "eval_top_p"):
+        _check(0 < getattr(cfg, name) <= 1.0, name, f"must be in (0, 1], got {getattr(cfg, name)}")
+    _check(0 <= cfg.min_p < 1.0, "min_p", f"must be in [0, 1), got {cfg.min_p}")
+    _check(cfg.min_pixels <= cfg.max_pixels, "min_pixels", f"must be <= max_pixels ({cfg.max_pixels}), got {cfg.min_pixels}")
     _check(cfg.high_fraction <= 1.0, "high_fraction", f"must be in (0, 1], got {cfg.high_fraction}")
     _check(cfg.pixelate_ratio < 1.0, "pixelate_ratio", f"must be in (0, 1), got {cfg.pixelate_ratio}")
     for name in ("high_weight", "warmup_ratio", "adam_beta1", "adam_beta2"):
@@ -205,9 +224,8 @@ def validate(cfg: TrainConfig) -> None:
                f"must be >= per_device_train_batch_size ({cfg.per_device_train_batch_size})")
         _check(cfg.num_eval_samples >= 1, "num_eval_samples", "must be >= 1")
     else:
-        for name in ("train_file", "eval_file"):
-            path = getattr(cfg, name)
-            _check(path is not None and os.path.isfile(path), name, f"file not found: {path!r} (dataset={cfg.dataset})")
+        for name in ("train_file", "eval_file"):  # existence: load_dataset's error, as for a hub id
+            _check(getattr(cfg, name) is not None, name, f"required for dataset={cfg.dataset}: a file, folder or hub id")
         if cfg.dataset == "virl39k":
             _check(cfg.image_root is not None and os.path.isdir(cfg.image_root), "image_root",
                    f"folder not found: {cfg.image_root!r} (ViRL39K image paths are relative to it)")

@@ -3,17 +3,20 @@
 Every source yields ``Sample(image, question, answer, origin)``; images are kept encoded and decoded
 each time ``sample.image`` is read, so loading costs the encoded size once, not every decoded image
 on every rank, and a bad image fails where it is used, named by ``origin`` (file and row).
-``prepare`` turns a raw download into the trainer's own parquet layout (``image`` PNG bytes,
-``question``, ``answer``) with a held-out split.
+``prepare_geometry3k`` / ``prepare`` turn a raw download into the trainer's own parquet layout
+(``image`` PNG bytes, ``question``, ``answer``) with a validation split (Geometry3K: drawn from its
+official validation split; ViRL39K: held out of train).
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import math
 import os
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -96,31 +99,51 @@ def _open_image(data) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def _read_table(path: str, columns: Sequence[str]):
-    import pyarrow.parquet as pq
+def _read_table(path: str, columns: Sequence[str], split: str = "train"):
+    """Rows of a local parquet file, or of ``split`` of whatever ``datasets.load_dataset(path)`` reads
+    (a hub id or a dataset folder; its cache and HF_HUB_OFFLINE apply, and its errors are raised as is)."""
+    if os.path.isfile(path):
+        import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+        table = pq.read_table(path)
+    else:
+        table = _hub_split(path, split)
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; found {table.column_names}")
     return table.select(list(columns)).to_pylist()
 
 
-def load_geometry3k(path: str) -> List[Sample]:
+def _hub_split(source: str, split: str):
+    """One split of a hub dataset or local dataset folder as a pyarrow table (images stay encoded bytes)."""
+    from datasets import load_dataset
+
+    return load_dataset(source, split=split).with_format("arrow")[:]
+
+
+def load_geometry3k(path: str, split: str = "train") -> List[Sample]:
     """hiyouga/geometry3k layout: ``images`` (list of {bytes, path}), ``problem``, ``answer``."""
+    return [sample for _, _, sample in _geometry3k_problems(path, split)]
+
+
+def _geometry3k_problems(path: str, split: str) -> List[Tuple[str, str, Sample]]:
+    """(id, content hash, sample) per usable row; the id is ``split/row index`` in the source split and
+    the hash covers the raw image bytes, problem and answer."""
     out = []
-    for i, row in enumerate(_read_table(path, ("images", "problem", "answer"))):
+    for index, row in enumerate(_read_table(path, ("images", "problem", "answer"), split)):
         if len(row["images"]) != 1:  # one image per prompt: the pixelated view replaces it
             continue
-        out.append(Sample(row["images"][0]["bytes"], _strip_image_tag(row["problem"]), _unbox(row["answer"]),
-                          f"{path} row {i}"))
+        image = row["images"][0]["bytes"]
+        digest = hashlib.sha256(image + b"\0" + row["problem"].encode() + b"\0" + row["answer"].encode()).hexdigest()
+        out.append((f"{split}/{index}", digest,
+                    Sample(image, _strip_image_tag(row["problem"]), _unbox(row["answer"]), f"{path} ({split}) row {index}")))
     return out
 
 
-def load_virl39k(path: str, image_root: str) -> List[Sample]:
+def load_virl39k(path: str, image_root: str, split: str = "train") -> List[Sample]:
     """TIGER-Lab/ViRL39K layout: ``question``, ``answer``, ``image`` (paths relative to image_root)."""
     out = []
-    for i, row in enumerate(_read_table(path, ("question", "answer", "image"))):
+    for i, row in enumerate(_read_table(path, ("question", "answer", "image"), split)):
         images = row["image"] if isinstance(row["image"], list) else [row["image"]]
         if len(images) != 1:
             continue
@@ -132,9 +155,9 @@ def load_virl39k(path: str, image_root: str) -> List[Sample]:
     return out
 
 
-def load_prepared(path: str) -> List[Sample]:
-    return [Sample(r["image"], r["question"], r["answer"], f"{path} row {i}")
-            for i, r in enumerate(_read_table(path, ("image", "question", "answer")))]
+def load_prepared(path: str, split: str = "train") -> List[Sample]:
+    return [Sample(r["image"], r["question"], r["answer"], f"{path} ({split}) row {i}")
+            for i, r in enumerate(_read_table(path, ("image", "question", "answer"), split))]
 
 
 def write_prepared(samples: Sequence[Sample], path: str) -> None:
@@ -153,12 +176,13 @@ def write_prepared(samples: Sequence[Sample], path: str) -> None:
     os.replace(tmp, path)
 
 
-def prepare(source: str, fmt: str, out_dir: str, val_size: int = 200, seed: int = 0,
+def prepare(source: str, fmt: str, out_dir: str, val_size: int = 200, seed: int = 42,
             image_root: Optional[str] = None) -> List[str]:
-    """Load a raw Geometry3K / ViRL39K parquet, shuffle with ``seed``, write train/val parquet files."""
+    """Geometry3K: ``prepare_geometry3k``. ViRL39K (no official validation split): shuffle its train
+    rows with ``seed`` and hold ``val_size`` of them out. Returns the written paths."""
     if fmt == "geometry3k":
-        samples = load_geometry3k(source)
-    elif fmt == "virl39k":
+        return prepare_geometry3k(source, out_dir, val_size, seed)
+    if fmt == "virl39k":
         if image_root is None:
             raise ValueError("image_root: required for virl39k")
         samples = load_virl39k(source, image_root)
@@ -174,6 +198,43 @@ def prepare(source: str, fmt: str, out_dir: str, val_size: int = 200, seed: int 
     return paths
 
 
+MANIFEST = "manifest.json"
+
+
+def prepare_geometry3k(source: str, out_dir: str, val_size: int = 200, seed: int = 42) -> List[str]:
+    """The paper's Geometry3K data: every problem of the official train split, and ``val_size`` problems
+    of the official validation split drawn with ``seed`` (the draw of datasets'
+    ``Dataset.shuffle(seed=seed).select(range(val_size))``, since every Geometry3K row has one image
+    and none is skipped). ``source``: a hub id (hiyouga/geometry3k)
+    or a local dataset folder with train and validation files.
+
+    Writes train.parquet, val.parquet and manifest.json (each problem's id and content hash, and one
+    digest per split) so two machines can check they train and validate on the same problems.
+    """
+    if os.path.isfile(source):
+        raise ValueError(f"source: Geometry3K is prepared from its train and validation splits: give a hub id "
+                         f"(hiyouga/geometry3k) or a dataset folder, not the single file {source}")
+    train = _geometry3k_problems(source, "train")
+    pool = _geometry3k_problems(source, "validation")
+    if not 1 <= val_size <= len(pool):
+        raise ValueError(f"val_size: must be in [1, {len(pool)}] (the validation split's size), got {val_size}")
+    val = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))[:val_size]]
+    os.makedirs(out_dir, exist_ok=True)
+    manifest = {"source": source, "seed": seed, "val_size": val_size, "splits": {}}
+    paths = []
+    for name, problems in (("train", train), ("val", val)):
+        path = os.path.join(out_dir, f"{name}.parquet")
+        write_prepared([sample for _, _, sample in problems], path)
+        entries = [{"id": pid, "sha256": digest} for pid, digest, _ in problems]
+        split_digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+        manifest["splits"][name] = {"file": os.path.basename(path), "count": len(entries), "sha256": split_digest,
+                                    "problems": entries}
+        paths.append(path)
+    with open(os.path.join(out_dir, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return paths + [os.path.join(out_dir, MANIFEST)]
+
+
 def load_split(cfg, split: str) -> List[Sample]:
     """The train or eval samples the config names."""
     if cfg.dataset == "synthetic":
@@ -182,11 +243,12 @@ def load_split(cfg, split: str) -> List[Sample]:
         # held out: indices past the training ones
         return synthetic_dataset(cfg.seed, cfg.num_eval_samples, cfg.image_size, offset=cfg.num_train_samples)
     path = cfg.train_file if split == "train" else cfg.eval_file
+    part = cfg.dataset_train_split if split == "train" else cfg.dataset_test_split
     if cfg.dataset == "geometry3k":
-        return load_geometry3k(path)
+        return load_geometry3k(path, part)
     if cfg.dataset == "virl39k":
-        return load_virl39k(path, cfg.image_root)
-    return load_prepared(path)
+        return load_virl39k(path, cfg.image_root, part)
+    return load_prepared(path, part)
 
 
 def step_prompts(num_samples: int, global_batch: int, step: int, seed: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Held-out evaluation: \\boxed{} accuracy and the student's visual reliance."""
+"""Held-out evaluation: accuracy of the first \\boxed{} answer (avg@k over sampled answers) and the
+student's visual reliance."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -10,12 +11,14 @@ import vaopd_kernels
 from .data import Sample
 from .loss import backbone_hidden
 from .models import lm_head_weight
-from .rollout import check_context, encode_prompts, generate
+from .rollout import check_context, encode_prompts, generate, responses_text
+from .sampling import Sampling
 
 
 def extract_boxed(text: str) -> Optional[str]:
-    """Content of the last ``\\boxed{...}``, braces balanced; None when absent or unclosed."""
-    start = text.rfind("\\boxed{")
+    """Content of the first ``\\boxed{...}`` (the first committed final answer), braces balanced; None
+    when absent or unclosed."""
+    start = text.find("\\boxed{")
     if start < 0:
         return None
     depth, i = 1, start + len("\\boxed{")
@@ -48,25 +51,28 @@ def is_correct(response: str, answer: str) -> bool:
 
 @torch.no_grad()
 def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, batch_size: int,
-             max_new_tokens: int, pixelate_ratio: float, device, backend: str = "auto",
+             max_new_tokens: int, pixelate_ratio: float, device, sampling: Sampling, num_generations: int,
+             eos_token_ids: Sequence[int], prompt_suffix: str = "", backend: str = "auto",
              context: Optional[int] = None) -> Dict[str, float]:
-    """Greedy answers -> accuracy; visual reliance = mean over response tokens of the student's own
-    max(log p(y | image) - log p(y | pixelated image), 0) on those answers.
+    """``num_generations`` answers per problem decoded with ``sampling`` -> accuracy = the mean over all
+    answers (avg@k); visual reliance = mean over response tokens of the student's own
+    max(log p(y | image) - log p(y | pixelated image), 0) on those answers. ``batch_size`` counts rows.
+    ``context``: the models' context (max_position_embeddings); a prompt that cannot fit is refused, named.
 
     Returns sums and counts so ranks can add them before dividing.
     """
     correct, reliance, tokens = 0.0, 0.0, 0.0
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        batch = encode_prompts(chunk, tokenizer, image_processor, repeat=1, pixelate_ratio=pixelate_ratio, device=device)
-        if context is not None:  # the models' context (max_position_embeddings): refuse, naming the sample
-            check_context(batch, chunk, 1, max_new_tokens, context)
-        batch = generate(model, batch, tokenizer, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0,
-                         do_sample=False)
-        responses: List[str] = tokenizer.batch_decode(
-            [row[mask] for row, mask in zip(batch.input_ids[:, batch.prompt_len:], batch.response_mask)],
-            skip_special_tokens=True)
-        correct += sum(is_correct(r, s.answer) for r, s in zip(responses, chunk))
+    prompts_per_batch = max(1, batch_size // num_generations)
+    for start in range(0, len(samples), prompts_per_batch):
+        chunk = samples[start:start + prompts_per_batch]
+        batch = encode_prompts(chunk, tokenizer, image_processor, repeat=num_generations, pixelate_ratio=pixelate_ratio,
+                               device=device, prompt_suffix=prompt_suffix)
+        if context is not None:
+            check_context(batch, chunk, num_generations, max_new_tokens, context)
+        batch = generate(model, batch, tokenizer, max_new_tokens=max_new_tokens, sampling=sampling,
+                         eos_token_ids=eos_token_ids)
+        responses: List[str] = responses_text(batch, tokenizer)
+        correct += sum(is_correct(r, chunk[i // num_generations].answer) for i, r in enumerate(responses))
         was_training = model.training
         model.eval()
         full = backbone_hidden(model, batch)
@@ -76,4 +82,4 @@ def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, ba
                                              vocab_size=len(tokenizer), backend=backend)
         reliance += float(gap.double().sum())
         tokens += gap.numel()
-    return {"correct": correct, "count": float(len(samples)), "reliance_sum": reliance, "tokens": tokens}
+    return {"correct": correct, "count": float(len(samples) * num_generations), "reliance_sum": reliance, "tokens": tokens}

@@ -1,7 +1,10 @@
 """Models, tokenizer and image processor: the tiny offline pair, and loading any Qwen3-VL folder.
 
-No torchvision: images go through the PIL ``Qwen2VLImageProcessorPil`` and the prompt's image
-placeholder tokens are expanded here (``inputs.py``) rather than by ``Qwen3VLProcessor``.
+No torchvision: images go through the PIL ``Qwen2VLImageProcessorPil``; the prompt comes from the
+tokenizer's chat template and its image placeholder is expanded in ``rollout.py`` (what
+``Qwen3VLProcessor`` would do, without its torchvision-only video processor). Model and tokenizer
+names are anything ``from_pretrained`` accepts: a hub id (cache and ``HF_HUB_OFFLINE`` respected) or
+a local folder.
 """
 from __future__ import annotations
 
@@ -17,6 +20,21 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
 TINY_PATCH = 8  # 64 x 64 images -> 8 x 8 patches -> 16 visual tokens after the 2 x 2 merge
+# Qwen3-VL's chat layout (no default system prompt; an image item becomes one <|image_pad|> between
+# the vision markers, expanded later to the visual-token count) for the tiny tokenizers. One line, so
+# no whitespace control is needed.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' or 'image' in item %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -26,8 +44,10 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()  # characters join without spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
                                    additional_special_tokens=SPECIAL_TOKENS[1:])
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
 
 
 def tiny_config(tokenizer, hidden: int, layers: int, vocab_padding: int) -> Qwen3VLConfig:
@@ -70,10 +90,11 @@ def build_tiny_models(out_dir: str, seed: int) -> Tuple[str, str]:
     return paths[0], paths[1]
 
 
-def load_processing(path: str, max_pixels: int):
-    """(tokenizer, image_processor) from a local folder; images are capped at ``max_pixels``."""
+def load_processing(path: str, min_pixels: int, max_pixels: int):
+    """(tokenizer, image_processor) from a hub id or folder; every image is resized (aspect kept) to
+    between ``min_pixels`` and ``max_pixels`` pixels, whatever the folder's own processor says."""
     tokenizer = AutoTokenizer.from_pretrained(path)
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, max_pixels=max_pixels)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, min_pixels=min_pixels, max_pixels=max_pixels)
     return tokenizer, image_processor
 
 

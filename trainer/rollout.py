@@ -14,18 +14,27 @@ import torch
 
 from .data import Sample, pixelate
 from .errors import DataError
+from .sampling import Sampling, decoding_config, only_this_config
 
-INSTRUCTION = " Put the final answer in \\boxed{}."
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+IMAGE_PAD = "<|image_pad|>"
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", IMAGE_PAD, "<|video_pad|>")
 
 
-def prompt_ids(tokenizer, question: str, num_image_tokens: int) -> List[int]:
-    """Qwen3-VL chat layout with the image placeholder expanded to its visual-token count."""
-    tid = tokenizer.convert_tokens_to_ids
-    enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
-    return ([tid("<|im_start|>")] + enc("user\n") + [tid("<|vision_start|>")]
-            + [tid("<|image_pad|>")] * num_image_tokens + [tid("<|vision_end|>")] + enc(question + INSTRUCTION)
-            + [tid("<|im_end|>")] + enc("\n") + [tid("<|im_start|>")] + enc("assistant\n"))
+def prompt_text(tokenizer, question: str, prompt_suffix: str = "") -> str:
+    """The model's own chat template on one user turn: the image, then the raw question (+ the
+    optional ``prompt_suffix``), and the assistant header that generation continues from."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question + prompt_suffix}]}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer, question: str, num_image_tokens: int, prompt_suffix: str = "") -> List[int]:
+    """Chat-template prompt with its one image placeholder expanded to the image's visual-token count
+    (as ``Qwen3VLProcessor`` does), then tokenized."""
+    text = prompt_text(tokenizer, question, prompt_suffix)
+    if text.count(IMAGE_PAD) != 1:
+        raise ValueError(f"student_model: its chat template put {text.count(IMAGE_PAD)} {IMAGE_PAD} tokens in a "
+                         f"one-image prompt, expected 1 (a Qwen3-VL chat template is needed)")
+    return tokenizer.encode(text.replace(IMAGE_PAD, IMAGE_PAD * num_image_tokens), add_special_tokens=False)
 
 
 @dataclass
@@ -76,7 +85,7 @@ class Batch:
 
 
 def encode_prompts(samples: Sequence[Sample], tokenizer, image_processor, *, repeat: int, pixelate_ratio: Optional[float],
-                   prompt_offset: int = 0, device=None) -> Batch:
+                   prompt_offset: int = 0, device=None, prompt_suffix: str = "") -> Batch:
     """Each sample ``repeat`` times (its K rollouts are adjacent rows), prompts left-padded."""
     images = [s.image for s in samples for _ in range(repeat)]
     processed = image_processor(images=images, return_tensors="pt")
@@ -85,7 +94,7 @@ def encode_prompts(samples: Sequence[Sample], tokenizer, image_processor, *, rep
         degraded = image_processor(images=[pixelate(im, pixelate_ratio) for im in images], return_tensors="pt")["pixel_values"]
     grid = processed["image_grid_thw"]
     merge = image_processor.merge_size ** 2
-    rows = [prompt_ids(tokenizer, s.question, int(grid[i * repeat].prod()) // merge)
+    rows = [prompt_ids(tokenizer, s.question, int(grid[i * repeat].prod()) // merge, prompt_suffix)
             for i, s in enumerate(samples) for _ in range(repeat)]
     length = max(len(r) for r in rows)
     ids = torch.full((len(rows), length), tokenizer.pad_token_id, dtype=torch.long)
@@ -96,7 +105,7 @@ def encode_prompts(samples: Sequence[Sample], tokenizer, image_processor, *, rep
     pids = torch.arange(len(samples)).repeat_interleave(repeat) + prompt_offset
     return Batch(ids.to(device), mask.to(device), processed["pixel_values"].to(device),
                  None if degraded is None else degraded.to(device), grid.to(device), pids.to(device), length,
-                 tokenizer.convert_tokens_to_ids("<|image_pad|>"))
+                 tokenizer.convert_tokens_to_ids(IMAGE_PAD))
 
 
 def check_context(batch: Batch, samples: Sequence[Sample], repeat: int, max_new_tokens: int, context: int) -> None:
@@ -115,17 +124,21 @@ def check_context(batch: Batch, samples: Sequence[Sample], repeat: int, max_new_
                          f"the models' context of {context} tokens (max_position_embeddings)")
 
 
-def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """True up to and including the first EOS; a row without EOS (hit the length limit) keeps every token."""
-    is_eos = responses == eos_token_id
-    eos_before = is_eos.long().cumsum(1) - is_eos.long()
-    return eos_before == 0
+def response_mask(responses: torch.Tensor, eos_token_ids: Sequence[int]) -> torch.Tensor:
+    """True up to and including the first EOS (any of ``eos_token_ids``); a row without one (it hit
+    the length limit) keeps every token."""
+    is_eos = torch.isin(responses, torch.as_tensor(list(eos_token_ids), device=responses.device)).long()
+    return (is_eos.cumsum(1) - is_eos) == 0
 
 
 @torch.no_grad()
-def generate(model, batch: Batch, tokenizer, *, max_new_tokens: int, temperature: float, top_p: float,
-             do_sample: bool = True) -> Batch:
-    """Sample one response per row (the caller repeated each prompt K times) and append it."""
+def generate(model, batch: Batch, tokenizer, *, max_new_tokens: int, sampling: Sampling,
+             eos_token_ids: Sequence[int]) -> Batch:
+    """Sample one response per row (the caller repeated each prompt K times) and append it.
+
+    Decoding uses ``sampling`` and nothing from the model folder (``sampling.py``); generation stops
+    at any of ``eos_token_ids``.
+    """
     was_training = model.training
     model.eval()
     vocab = len(tokenizer)
@@ -133,12 +146,18 @@ def generate(model, batch: Batch, tokenizer, *, max_new_tokens: int, temperature
     # never sample: padded head rows past the tokenizer (they never enter the loss's softmax) and
     # vision placeholders (the model would look for image features that do not exist)
     vision = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
-    sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
-    out = model.generate(**batch.model_inputs(), max_new_tokens=max_new_tokens, use_cache=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         suppress_tokens=vision + list(range(vocab, head_rows)), **sampling)
+    config = decoding_config(sampling, max_new_tokens=max_new_tokens, eos_token_ids=eos_token_ids,
+                             pad_token_id=tokenizer.pad_token_id, suppress_tokens=vision + list(range(vocab, head_rows)))
+    with only_this_config(model, config):
+        out = model.generate(**batch.model_inputs(), generation_config=config)
     model.train(was_training)
     responses = out[:, batch.prompt_len:]
-    mask = response_mask(responses, tokenizer.eos_token_id)
+    mask = response_mask(responses, eos_token_ids)
     return replace(batch, input_ids=out, attention_mask=torch.cat([batch.attention_mask, mask.long()], 1),
                    response_mask=mask)
+
+
+def responses_text(batch: Batch, tokenizer) -> List[str]:
+    """Each row's response (masked tokens), decoded without special tokens."""
+    return tokenizer.batch_decode([row[mask] for row, mask in zip(batch.input_ids[:, batch.prompt_len:],
+                                                                  batch.response_mask)], skip_special_tokens=True)

@@ -7,12 +7,15 @@ the loss is normalised by the global prompt (VA-OPD) or rollout (OPD) count.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import shutil
 import time
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -24,18 +27,20 @@ from . import checkpoint, engines
 from .config import TINY, ConfigError, TrainConfig, to_dict
 from .data import Sample, load_split, step_prompts
 from .errors import DataError, ImageDecodeError
-from .evaluate import evaluate
+from .evaluate import evaluate, is_correct
 from .guard import DivergenceGuard
 from .loss import StudentLoss, backbone_hidden
 from .metrics import MetricsLogger, PhaseMemory
 from .models import build_tiny_models, lm_head_weight, load_model, load_processing
 from .resume import prepare_output_dir, restore, run_identity
-from .rollout import check_context, encode_prompts, generate
+from .rollout import check_context, encode_prompts, generate, responses_text
+from .sampling import Sampling, stop_token_ids
 from .signals import Preempted, PreemptionHandler
 from .visualize import loss_curves, va_html
 
 logger = logging.getLogger("vaopd_trainer")
-ECHO = ("loss", "kl_mean", "va_high_share", "response_length", "tokens_per_s", "lr")
+ECHO = ("loss", "kl_mean", "va_high_share", "rollout_accuracy", "response_length", "tokens_per_s", "lr")
+BEST_DIR = "best"  # output_dir/best/: the checkpoint with the highest validation accuracy, and best.json
 
 
 def _model_paths(cfg: TrainConfig, accelerator: Accelerator):
@@ -81,8 +86,8 @@ class Trainer:
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_train_epochs * steps_per_epoch
 
         teacher_path, student_path = _model_paths(cfg, self.acc)
-        self.tokenizer, self.image_processor = load_processing(student_path, cfg.max_pixels)
-        teacher_vocab = len(load_processing(teacher_path, cfg.max_pixels)[0])
+        self.tokenizer, self.image_processor = load_processing(student_path, cfg.min_pixels, cfg.max_pixels)
+        teacher_vocab = len(load_processing(teacher_path, cfg.min_pixels, cfg.max_pixels)[0])
         if teacher_vocab != len(self.tokenizer):
             raise ValueError(f"teacher_model: tokenizer has {teacher_vocab} tokens, the student's has "
                              f"{len(self.tokenizer)}; distillation needs one shared tokenizer")
@@ -90,6 +95,7 @@ class Trainer:
         self.teacher = load_model(teacher_path, torch.bfloat16 if cfg.bf16 else torch.float32, device)
         self.teacher.eval().requires_grad_(False)
         student = load_model(student_path, torch.float32, device)
+        self.eos_token_ids = stop_token_ids(student, self.tokenizer)
         if cfg.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         module = StudentLoss(student, vocab_size=len(self.tokenizer), method=cfg.method,
@@ -112,8 +118,11 @@ class Trainer:
         self.history: List[Dict[str, float]] = []
         self.evals: Dict[str, Dict[str, float]] = {}
         self.last_rollouts: List[dict] = []
+        self.best_accuracy = self._best_so_far() if cfg.resume is not None else -math.inf
         if self.acc.is_main_process:
             with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as f:
+                # every decoding setting is a field below; the stop tokens come from the student
+                f.write(f"# generation stops at token ids {self.eos_token_ids} (student generation_config + tokenizer EOS)\n")
                 yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
 
     @property
@@ -143,19 +152,33 @@ class Trainer:
                             f"({', '.join(s.origin for s in samples)})")
         return out
 
-    def rollouts(self, step: int):
+    def step_samples(self, step: int) -> List[Sample]:
+        """This rank's prompts for ``step``, images decoded (see ``decoded``)."""
         cfg, rank = self.cfg, self.acc.process_index
         indices = step_prompts(len(self.train_samples), self.global_prompts, step, cfg.seed)
         mine = indices[rank * cfg.per_device_train_batch_size:(rank + 1) * cfg.per_device_train_batch_size]
-        samples = self.decoded([self.train_samples[i] for i in mine], f"step {step + 1}")
+        return self.decoded([self.train_samples[i] for i in mine], f"step {step + 1}")
+
+    def rollouts(self, step: int, samples: Optional[List[Sample]] = None):
+        """The student's rollouts on ``samples`` (default: this rank's prompts for ``step``)."""
+        cfg, rank = self.cfg, self.acc.process_index
+        samples = self.step_samples(step) if samples is None else samples
         batch = encode_prompts(samples, self.tokenizer, self.image_processor,
                                repeat=cfg.num_generations, device=self.acc.device,
                                pixelate_ratio=cfg.pixelate_ratio if cfg.method == "va_opd" else None,
-                               prompt_offset=rank * cfg.per_device_train_batch_size)
+                               prompt_offset=rank * cfg.per_device_train_batch_size, prompt_suffix=cfg.prompt_suffix)
         check_context(batch, samples, cfg.num_generations, cfg.max_completion_length, self.context)
         with self.acc.autocast(), self.guard.sampling(step + 1):
             return self.inner.run_on_student(generate, batch, self.tokenizer, max_new_tokens=cfg.max_completion_length,
-                                             temperature=cfg.temperature, top_p=cfg.top_p)
+                                             sampling=Sampling.for_rollouts(cfg), eos_token_ids=self.eos_token_ids)
+
+    def rollout_accuracy(self, samples: List[Sample], batch) -> float:
+        """Share of the step's rollouts whose first \\boxed{} answer is right, over all ranks. Logged only:
+        the loss never sees it."""
+        answers = [s.answer for s in samples for _ in range(self.cfg.num_generations)]
+        correct = sum(is_correct(r, a) for r, a in zip(responses_text(batch, self.tokenizer), answers))
+        total = self.acc.reduce(torch.tensor([correct, len(answers)], device=self.acc.device, dtype=torch.float64), "sum")
+        return float(total[0] / total[1])
 
     def loss_and_backward(self, batch, teacher_hidden, teacher_degraded):
         """Backward of the step's loss; returns (whole-batch objective result, visual advantage or None)."""
@@ -189,7 +212,8 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         start = time.perf_counter()
         with self.memory.phase("generate"):
-            batch = self.rollouts(step)
+            samples = self.step_samples(step)
+            batch = self.rollouts(step, samples)
         with self.memory.phase("teacher"), acc.autocast():
             teacher_hidden = backbone_hidden(self.teacher, batch, chunk=cfg.micro_batch_size)
             teacher_degraded = (backbone_hidden(self.teacher, batch, degraded=True, chunk=cfg.micro_batch_size)
@@ -210,12 +234,14 @@ class Trainer:
         tokens = acc.reduce(batch.response_mask.sum().to(acc.device, torch.float32), "sum")
         lengths = batch.response_mask.sum(1).float()
         # generation stops only at EOS or the length limit: a row without EOS was truncated
-        truncated = ~(batch.input_ids[:, batch.prompt_len:] == self.tokenizer.eos_token_id).any(1)
+        eos = torch.as_tensor(self.eos_token_ids, device=batch.input_ids.device)
+        truncated = ~torch.isin(batch.input_ids[:, batch.prompt_len:], eos).any(1)
         metrics = {
             "loss": float(acc.reduce(result.loss.detach().float(), "sum")),
             **{k: float(v) for k, v in result.metrics.items()},
             "grad_norm": float(grad_norm),
             "lr": self.scheduler.get_last_lr()[0],
+            "rollout_accuracy": self.rollout_accuracy(samples, batch),
             "response_length": float(lengths.mean()),
             "truncated_fraction": float(truncated.float().mean()),
             "tokens_per_s": float(tokens) / (time.perf_counter() - start),
@@ -240,19 +266,32 @@ class Trainer:
 
     # ------------------------------------------------------------------ eval / loop
     def evaluate(self, tag: str, step: int) -> Dict[str, float]:
+        """avg@``eval_num_generations`` on this rank's share of the validation problems, summed over ranks.
+
+        Sampling draws from its own RNG stream, seeded by (seed, step, rank): a validation score is
+        reproducible and the training stream is the same whether or not (or how often) we validate.
+        """
         cfg, acc = self.cfg, self.acc
         shard = self.decoded(self.eval_samples[acc.process_index::acc.num_processes], f"evaluation at step {step}")
-        with acc.autocast(), self.guard.sampling(step):
+        sampling = Sampling.for_eval(cfg)
+        devices = [acc.device] if acc.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), acc.autocast(), self.guard.sampling(step):
+            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, acc.process_index]).generate_state(1)[0]))
             sums = self.inner.run_on_student(
                 evaluate, shard, self.tokenizer, self.image_processor,
                 batch_size=cfg.per_device_train_batch_size * cfg.num_generations,
-                max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio, device=acc.device,
+                max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio,
+                device=acc.device, sampling=sampling,
+                num_generations=cfg.eval_num_generations if sampling.do_sample else 1,
+                eos_token_ids=self.eos_token_ids, prompt_suffix=cfg.prompt_suffix,
                 backend=cfg.kernel_backend, context=self.context)
         total = acc.reduce(torch.tensor([sums[k] for k in ("correct", "count", "reliance_sum", "tokens")],
                                         device=acc.device, dtype=torch.float64), "sum").tolist()
         result = {"eval_accuracy": total[0] / max(total[1], 1), "eval_visual_reliance": total[2] / max(total[3], 1)}
         self.evals[tag] = result
         self.logger.log(step, result, echo=tuple(result))
+        if step > 0:
+            self._keep_if_best(step, result["eval_accuracy"])
         return result
 
     def save(self, step: int) -> str:
@@ -274,6 +313,31 @@ class Trainer:
         bar.close()
         self.logger.close()
         raise Preempted(signum, done, path)
+
+    def _best_so_far(self) -> float:
+        path = os.path.join(self.cfg.output_dir, BEST_DIR, "best.json")
+        if not os.path.isfile(path):
+            return -math.inf
+        with open(path) as f:
+            return float(json.load(f)["eval_accuracy"])
+
+    def _keep_if_best(self, step: int, accuracy: float) -> None:
+        """Checkpoint into output_dir/best/ when validation accuracy beats every earlier validation of
+        this run (ties keep the earlier one); the previous best checkpoint is then removed."""
+        if accuracy <= self.best_accuracy:
+            return
+        best_dir = os.path.join(self.cfg.output_dir, BEST_DIR)
+        path = checkpoint.save(self.acc, best_dir, step)
+        if self.acc.is_main_process:
+            record = os.path.join(best_dir, "best.json")
+            with open(record + ".tmp", "w") as f:
+                json.dump({"step": step, "eval_accuracy": accuracy, "checkpoint": os.path.basename(path)}, f)
+            os.replace(record + ".tmp", record)  # the record names a complete checkpoint, then old ones go
+            for name in os.listdir(best_dir):
+                if name.startswith("checkpoint-") and name != os.path.basename(path):
+                    shutil.rmtree(os.path.join(best_dir, name))
+        self.best_accuracy = accuracy
+        self.acc.wait_for_everyone()
 
     def train(self) -> Dict[str, object]:
         """The run; SIGTERM / SIGINT during it stop after the step in flight (``signals.py``)."""
@@ -317,6 +381,9 @@ class Trainer:
         student_state = engines.full_student_state(self.inner)  # FSDP2: gathered on every rank, kept on rank 0
         outputs: Dict[str, object] = {"checkpoint": ckpt, "train_seconds": seconds, "history": self.history,
                                       "evals": self.evals}
+        best = os.path.join(cfg.output_dir, BEST_DIR)
+        if os.path.isdir(best):
+            outputs["best"] = best
         if acc.is_main_process:
             export = os.path.join(cfg.output_dir, "student")
             self.student.save_pretrained(export, state_dict=student_state)

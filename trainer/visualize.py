@@ -28,7 +28,8 @@ def va_html(path: str, rollouts: Sequence[dict], title: str) -> str:
     return path
 
 
-def loss_curves(metrics_path: str, out_path: str, keys: Sequence[str] = ("loss", "kl_mean")) -> Optional[str]:
+def loss_curves(metrics_path: str, out_path: str,
+                keys: Sequence[str] = ("loss", "kl_mean", "rollout_accuracy", "eval_accuracy")) -> Optional[str]:
     """PNG of the training curves from metrics.jsonl; None when matplotlib is not installed."""
     try:
         import matplotlib

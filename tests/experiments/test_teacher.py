@@ -18,7 +18,7 @@ def teacher():
 
     import torch
 
-    tokenizer, processor = load_processing(TEACHER_DIR, task.IMAGE_SIZE ** 2)
+    tokenizer, processor = load_processing(TEACHER_DIR, 16 * 16, task.IMAGE_SIZE ** 2)
     return load_model(TEACHER_DIR, torch.float32, torch.device("cpu")).eval(), tokenizer, processor
 
 

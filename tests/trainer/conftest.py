@@ -33,6 +33,7 @@ def make_config(tmp_path, tiny_models):
         values = dict(teacher_model=teacher, student_model=student, num_train_samples=8, num_eval_samples=2,
                       per_device_train_batch_size=2, num_generations=3, max_completion_length=8, max_steps=2,
                       learning_rate=1e-3, val_before_train=False, output_dir=str(tmp_path / "run"),
+                      min_pixels=16 * 16, max_pixels=64 * 64, eval_num_generations=2,
                       report_to="none", seed=0)
         values.update(overrides)
         return load_config(None, {k: str(v) for k, v in values.items()})

@@ -1,4 +1,5 @@
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -55,17 +56,106 @@ def test_missing_columns_named(tmp_path):
         load_geometry3k(str(tmp_path / "x.parquet"))
 
 
-def test_prepare_splits_disjoint_and_roundtrips(geometry3k, tmp_path, capsys):
+def _geometry3k_split(folder, split, count, first):
+    """hiyouga/geometry3k's repository layout: data/<split>-00000-of-00001.parquet."""
+    images = [[{"bytes": _png(first + i), "path": f"{first + i}.png"}] for i in range(count)]
+    table = pa.table({"images": images, "problem": [f"<image>{split} problem {i}" for i in range(count)],
+                      "answer": [f"{first + i}" for i in range(count)]})
+    pq.write_table(table, folder / "data" / f"{split}-00000-of-00001.parquet")
+
+
+@pytest.fixture
+def geometry3k_folder(tmp_path):
+    """A local dataset folder with Geometry3K's three splits (7 train, 12 validation, 3 test)."""
+    folder = tmp_path / "geometry3k"
+    (folder / "data").mkdir(parents=True)
+    for split, count, first in (("train", 7, 0), ("validation", 12, 100), ("test", 3, 200)):
+        _geometry3k_split(folder, split, count, first)
+    return folder
+
+
+def test_prepare_geometry3k_all_train_and_seeded_validation_draw(geometry3k_folder, tmp_path, capsys):
     out = tmp_path / "prepared"
-    assert cli.main(["prepare", "--format", "geometry3k", "--source", geometry3k, "--out_dir", str(out),
-                     "--val_size", "2"]) == 0
+    assert cli.main(["prepare", "--format", "geometry3k", "--source", str(geometry3k_folder), "--out_dir", str(out),
+                     "--val_size", "5"]) == 0  # --seed defaults to 42, the paper's draw
     train, val = load_prepared(str(out / "train.parquet")), load_prepared(str(out / "val.parquet"))
-    assert len(train) == 3 and len(val) == 2
-    assert sorted(s.answer for s in train + val) == ["0", "1", "2", "3", "4"]
-    original = {s.answer: np.asarray(s.image) for s in load_geometry3k(geometry3k)}
-    assert all(np.array_equal(np.asarray(s.image), original[s.answer]) for s in train + val)
-    with pytest.raises(ValueError, match="val_size"):
-        prepare(geometry3k, "geometry3k", str(tmp_path / "p2"), val_size=5)
+    assert [s.answer for s in train] == [str(i) for i in range(7)]  # every train problem, in order
+    # the validation problems come from the official validation split, drawn exactly as
+    # datasets.Dataset.shuffle(seed=42).select(range(5)) draws them
+    import datasets
+
+    official = datasets.load_dataset(str(geometry3k_folder), split="validation").shuffle(seed=42).select(range(5))
+    assert [s.answer for s in val] == official["answer"]
+    assert all(100 <= int(s.answer) < 112 for s in val)
+    assert val[0].question == official["problem"][0].replace("<image>", "")
+    assert np.array_equal(np.asarray(val[0].image), np.asarray(Image.open(io.BytesIO(_png(int(val[0].answer))))))
+    # manifest: ids in the source splits and content hashes, reproducible and sensitive to content
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["count"] == 7 and manifest["splits"]["val"]["count"] == 5
+    assert [p["id"] for p in manifest["splits"]["val"]["problems"]] == [
+        f"validation/{int(s.answer) - 100}" for s in val]
+    cli.main(["prepare", "--format", "geometry3k", "--source", str(geometry3k_folder), "--out_dir", str(tmp_path / "again"),
+              "--val_size", "5"])
+    assert json.loads((tmp_path / "again" / "manifest.json").read_text()) == manifest
+    drawn = int(manifest["splits"]["val"]["problems"][0]["id"].split("/")[1])
+    table = pq.read_table(geometry3k_folder / "data" / "validation-00000-of-00001.parquet").to_pydict()
+    table["answer"][drawn] = "changed"
+    pq.write_table(pa.table(table), geometry3k_folder / "data" / "validation-00000-of-00001.parquet")
+    cli.main(["prepare", "--format", "geometry3k", "--source", str(geometry3k_folder), "--out_dir", str(tmp_path / "edited"),
+              "--val_size", "5"])
+    edited = json.loads((tmp_path / "edited" / "manifest.json").read_text())["splits"]
+    assert edited["train"] == manifest["splits"]["train"]
+    assert edited["val"]["sha256"] != manifest["splits"]["val"]["sha256"]
+    assert edited["val"]["problems"][0]["sha256"] != manifest["splits"]["val"]["problems"][0]["sha256"]
+    assert edited["val"]["problems"][1:] == manifest["splits"]["val"]["problems"][1:]
+
+
+def test_prepare_geometry3k_needs_both_splits(geometry3k, geometry3k_folder, tmp_path):
+    with pytest.raises(ValueError, match="^source:"):
+        prepare(geometry3k, "geometry3k", str(tmp_path / "p1"))  # one file holds no validation split
+    with pytest.raises(ValueError, match="^val_size:"):
+        prepare(str(geometry3k_folder), "geometry3k", str(tmp_path / "p2"), val_size=13)
+
+
+def test_dataset_folders_load_by_split(geometry3k_folder, tmp_path):
+    """A dataset folder is read with load_dataset semantics: the split names come from the file names."""
+    assert [s.answer for s in load_geometry3k(str(geometry3k_folder), "test")] == ["200", "201", "202"]
+    prepare(str(geometry3k_folder), "geometry3k", str(tmp_path / "prepared"), val_size=4)
+    assert len(load_prepared(str(tmp_path / "prepared"), "validation")) == 4  # val.parquet
+    assert len(load_prepared(str(tmp_path / "prepared"), "train")) == 7
+
+
+OFFLINE_PROBE = """
+import torch
+from vaopd_trainer.data import load_prepared
+from vaopd_trainer.models import load_model, load_processing
+for name, call in (("dataset", lambda: load_prepared("vaopd-no-such-org/no-such-dataset")),
+                   ("processing", lambda: load_processing("vaopd-no-such-org/no-such-model", 256, 4096)),
+                   ("model", lambda: load_model("vaopd-no-such-org/no-such-model", torch.float32, torch.device("cpu")))):
+    try:
+        call()
+    except Exception as err:
+        print(name, type(err).__module__, type(err).__name__, str(err).replace(chr(10), " ")[:300])
+"""
+
+
+def test_hub_ids_fail_offline_with_the_librarys_own_error(repo_root):
+    """No existence check of ours stands in front of from_pretrained / load_dataset."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([os.path.join(repo_root, "tests", "trainer"), os.environ.get("PYTHONPATH", "")]))
+    script = "import _bootstrap; _bootstrap.ensure_importable()\n" + OFFLINE_PROBE
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    assert set(lines) == {"dataset", "processing", "model"}, proc.stdout + proc.stderr[-2000:]
+    for name, line in lines.items():
+        module = line.split()[1]
+        assert module.split(".")[0] in ("datasets", "huggingface_hub", "transformers", "builtins"), line
+        # the library's words: it names the id or says it could neither reach the hub nor find a cached copy
+        assert "vaopd-no-such-org/no-such-" in line or "huggingface.co" in line, line
 
 
 def test_step_prompts_epochs_are_permutations():
