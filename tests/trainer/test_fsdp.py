@@ -36,7 +36,8 @@ def test_fsdp2_two_process_step_save_resume_match_single_process(make_config, tm
     # single-process reference: the gradient of a fixed batch, and the evaluation before training
     # (gradient checkpointing on, as in configs/geometry3k.yaml: its recompute runs inside FSDP2's backward)
     single = Trainer(make_config(per_device_train_batch_size=4, num_generations=2, num_eval_samples=4,
-                                 gradient_checkpointing=True, output_dir=str(tmp_path / "single")))
+                                 eval_do_sample=False, gradient_checkpointing=True,
+                                 output_dir=str(tmp_path / "single")))
     torch.manual_seed(0)
     batch = single.rollouts(0)
     th = backbone_hidden(single.teacher, batch)
