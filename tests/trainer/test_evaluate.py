@@ -83,6 +83,9 @@ def test_best_checkpoint_follows_validation_accuracy(make_config, monkeypatch, t
     assert sorted(os.listdir(out / "best")) == ["best.json", "checkpoint-2"]  # step 1's was replaced
     assert (out / "best" / "checkpoint-2" / "trainer_state.json").exists()
     assert outputs["best"] == str(out / "best")
+    # a resumed run only replaces the best with a better validation
+    resumed = Trainer(make_config(max_steps=3, eval_steps=1, output_dir=str(out), resume=str(out / "checkpoint-3")))
+    assert resumed.best_accuracy == 0.75
 
 
 def test_rollout_accuracy_scores_the_training_batch(make_config):
