@@ -1,8 +1,8 @@
 """Switches shared by the Triton kernels (read once, at import, like TRITON_INTERPRET itself).
 
 - ``INTERPRET``: Triton's CPU interpreter is active (``TRITON_INTERPRET=1`` before import). Its
-  ``tl.dot`` is wrong on bf16 operands (DESIGN.md section 4), so 16-bit tiles are cast to fp32
-  before every dot there, and one small fixed tile configuration replaces autotuning.
+  ``tl.dot`` is wrong on bf16 operands and row-position dependent, so ``_tiles.dot`` replaces it
+  there by an in-order fp32 sum, and one small fixed tile configuration replaces autotuning.
 - ``POISON``: fill every kernel output with NaN before launch so unwritten memory shows up in
   tests (``VAOPD_TRITON_POISON=1`` or set the attribute).
 - ``FORCE_SPLITS``: vocabulary splits per token tile for the forward statistics (None = heuristic);

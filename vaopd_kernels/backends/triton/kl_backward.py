@@ -32,7 +32,7 @@ import triton.language as tl
 
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.backends.triton import _config as C
-from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, scaled
+from vaopd_kernels.backends.triton._tiles import dot, logaddexp, logits_tile, scaled
 from vaopd_kernels.backends.triton.kl_forward import RowStats
 
 MODE_REVERSE, MODE_FORWARD, MODE_JSD, MODE_LOGPROB = 0, 1, 2, 3
@@ -160,10 +160,7 @@ def _matmul_step(acc, k, a_ptr, b_ptr, order_ptr, offs_m, offs_n, offs_k, m_mask
         rows_b = tl.load(order_ptr + kk, mask=k_mask, other=0)
     b = tl.load(b_ptr + rows_b[:, None] * stride_bk + offs_n[None, :] * stride_bn,
                 mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-    if CAST_F32:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PRECISION)
+    return dot(a, b, acc, CAST_F32, PRECISION)
 
 
 @C.autotune(_MM_CONFIGS, C.cfg(1, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32),
