@@ -1,7 +1,7 @@
 """Backward: d(student hidden) and d(student head) from saved O(N) row statistics.
 
 The vocabulary is walked in chunks of ``Vc`` columns (``Vc`` from a fixed workspace budget,
-32 MiB by default). Per chunk:
+``KernelOptions.triton_workspace_bytes``, 32 MiB by default). Per chunk:
 
 1. ``_dlogits_kernel`` recomputes the student (and teacher) logit tiles with ``tl.dot`` and
    writes d loss / d z_s for all N rows x Vc columns into the workspace (the only [rows, cols]
@@ -9,8 +9,8 @@ The vocabulary is walked in chunks of ``Vc`` columns (``Vc`` from a fixed worksp
 2. ``matmul`` writes d W_s[chunk] = dz^T @ h (K = N: each gradient row written once, no fp32
    copy of the head's gradient);
 3. ``matmul`` accumulates d h += dz @ W_s[chunk] into one fp32 [N, Ds] buffer.
-(``VAOPD_TRITON_BACKWARD_GEMM=cublas`` runs steps 2 and 3 through cuBLAS instead.)
-With gradient filtering the rows are visited in an order grouped by confidence (the workspace
+(``backward_gemm="cublas"`` runs steps 2 and 3 through cuBLAS instead.)
+With gradient filtering (``gradient_filter_eps``) the rows are visited in an order grouped by confidence (the workspace
 holds them in that order; step 2 gathers h's rows and step 3 scatters d h's rows through it).
 
 Every output element has exactly one writer: no atomics, deterministic.
@@ -266,19 +266,19 @@ def teacher_skip_threshold(rows: torch.Tensor, eps: float) -> torch.Tensor:
     return (b / (d + torch.log(d))).clamp(max=math.exp(-1.0)).float()
 
 
-def _chunk_columns(num_rows: int, vocab_size: int, itemsize: int) -> int:
-    cols = C.DZ_WORKSPACE_BYTES // max(1, num_rows * itemsize)
+def _chunk_columns(num_rows: int, vocab_size: int, itemsize: int, workspace_bytes: int) -> int:
+    cols = workspace_bytes // max(1, num_rows * itemsize)
     cols = max(256, cols // 256 * 256)
     return min(cols, vocab_size)
 
 
-def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tensor, vocab_size: int,
+def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tensor, vocab_size: int, options,
                   temperature: float = 1.0, th=None, tw=None, targets=None, beta: float = 0.5,
                   precision: str = "ieee"):
     """(d hidden [N, Ds] fp32, d weight [Vs, Ds] in sw's dtype, zero rows >= V).
 
     ``sh``/``sw``/``th``/``tw`` are kernel operands (see kl_forward.prepare); ``rows`` comes from
-    :func:`saved_rows`.
+    :func:`saved_rows`; ``options`` (KernelOptions) sets the workspace, the matmuls and the filter.
     """
     n, ds = sh.shape
     device = sh.device
@@ -292,14 +292,15 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
     grad_h = torch.empty(n, ds, dtype=torch.float32, device=device)
     if C.POISON:
         grad_h.fill_(float("nan"))
-    cols = _chunk_columns(n, vocab_size, torch.finfo(ws_dtype).bits // 8)
+    cols = _chunk_columns(n, vocab_size, torch.finfo(ws_dtype).bits // 8, options.triton_workspace_bytes)
     workspace = torch.empty(n, cols, dtype=ws_dtype, device=device)
-    filtering = C.FILTER_EPS is not None
-    cublas = C.BACKWARD_GEMM == "cublas" and not filtering  # cuBLAS cannot skip filtered blocks
+    eps = options.gradient_filter_eps
+    filtering = eps is not None
+    cublas = options.backward_gemm == "cublas"  # KernelOptions rejects it together with the filter
     flag_cols = triton.cdiv(cols, C.FLAG_BLOCK)
     flag_map = torch.empty(triton.cdiv(n, C.FLAG_BLOCK), flag_cols if filtering else 0, dtype=torch.int8,
                            device=device)
-    log_tau = teacher_skip_threshold(rows, C.FILTER_EPS).log() if filtering and mode == "reverse" else g
+    log_tau = teacher_skip_threshold(rows, eps).log() if filtering and mode == "reverse" else g
     # With the filter, rows are visited grouped by confidence (log max p_s): a block is skipped only
     # if all its 64-128 rows allow it, and one uncertain row among certain ones keeps it
     # (bench/filter_reach.py). The workspace holds rows in this order; the matmuls gather h's rows
@@ -322,7 +323,7 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
         _dlogits_kernel[grid](sh, sw, th, tw, y, rows, log_tau, g, dz, flag_map if filtering else dz,
                               order if filtering else g, n, v_begin, v_end, cols, ds, th.shape[1], sh.stride(0),
                               sw.stride(0), th.stride(0), tw.stride(0), dz.stride(0), flag_cols, 1.0 / temperature,
-                              1.0 - beta, math.log(beta), math.log1p(-beta), C.FILTER_EPS or 0.0, MODE=MODES[mode],
+                              1.0 - beta, math.log(beta), math.log1p(-beta), eps or 0.0, MODE=MODES[mode],
                               CAST_F32=C.INTERPRET, PRECISION=precision, FILTER=filtering, FLAG_BLOCK=C.FLAG_BLOCK)
         if cublas:
             mm_into(grad_w[v_begin:v_end], dz.t(), sh)  # same dtype in and out: torch.mm, fp32 inside
