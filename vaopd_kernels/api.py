@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from vaopd_kernels import objective
-from vaopd_kernels.backends import resolve_backend
+from vaopd_kernels.backends import check_backend_name, resolve_backend
 from vaopd_kernels.backends._autograd import no_autocast
 from vaopd_kernels.options import resolve_options
 from vaopd_kernels.results import ObjectiveResult, VAKLResult, VAOPDLossResult
@@ -61,6 +61,11 @@ def _check_rows(expected: int, **tensors) -> None:
             raise ValueError(f"{name}: expected {expected} rows, got {t.shape[0]}")
 
 
+def _check_vocab_size(vocab_size) -> None:
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+        raise ValueError(f"vocab_size: expected a positive int or None, got {vocab_size!r}")
+
+
 def _resolve_vocab(vocab_size: Optional[int], **weights) -> int:
     rows = {name: w.shape[0] for name, w in weights.items()}
     if vocab_size is None:
@@ -68,25 +73,30 @@ def _resolve_vocab(vocab_size: Optional[int], **weights) -> int:
             raise ValueError(f"vocab_size: required when LM heads differ in rows ({rows}); "
                              "pass the tokenizer's vocabulary size")
         return next(iter(rows.values()))
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
+    _check_vocab_size(vocab_size)
     for name, n in rows.items():
         if vocab_size > n:
             raise ValueError(f"vocab_size: {vocab_size} exceeds the {n} rows of {name}")
     return vocab_size
 
 
-def _check_targets(targets, num_rows: int, vocab_size: int) -> torch.Tensor:
+def _check_targets(targets, num_rows: int, vocab_size: int, device: torch.device) -> torch.Tensor:
     _check_int("targets", targets, 1)
+    _check_same_device(device, targets=targets)
     _check_rows(num_rows, targets=targets)
     if targets.numel() and bool(torch.stack([targets.min() < 0, targets.max() >= vocab_size]).any()):  # one sync
         raise ValueError(f"targets: expected token ids in [0, {vocab_size}), got range "
                          f"[{int(targets.min())}, {int(targets.max())}]")
-    return targets.long()
+    return targets.long().contiguous()  # the fused kernels index it as a packed array; no copy if it is one
+
+
+def _is_number(value) -> bool:
+    """A real int or float; bools are not numbers here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not _is_number(value) or value <= 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return float(value)
 
@@ -94,7 +104,7 @@ def _check_positive(name: str, value) -> float:
 def _check_divergence(divergence: str, beta) -> None:
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence: expected one of {DIVERGENCES}, got {divergence!r}")
-    if divergence == "jsd" and not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
+    if divergence == "jsd" and not (_is_number(beta) and 0.0 < beta < 1.0):
         raise ValueError(f"beta: expected 0 < beta < 1 for divergence='jsd', got {beta!r}")
 
 
@@ -124,9 +134,9 @@ def _check_rollouts(cu_seqlens, prompt_ids, num_rows: int, device: torch.device)
 
 
 def _check_objective_options(high_fraction, high_weight, temperature, eps) -> None:
-    if not isinstance(high_fraction, (int, float)) or not 0.0 < high_fraction <= 1.0:
+    if not _is_number(high_fraction) or not 0.0 < high_fraction <= 1.0:
         raise ValueError(f"high_fraction: expected 0 < high_fraction <= 1, got {high_fraction!r}")
-    if not isinstance(high_weight, (int, float)) or not 0.0 <= high_weight <= 1.0:
+    if not _is_number(high_weight) or not 0.0 <= high_weight <= 1.0:
         raise ValueError(f"high_weight: expected 0 <= high_weight <= 1, got {high_weight!r}")
     _check_positive("temperature", temperature)
     _check_positive("eps", eps)
@@ -195,8 +205,8 @@ def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     """log softmax(weight[:V] @ hidden / T)[targets], [N] float32, differentiable."""
     _check_pair("hidden", hidden, "weight", weight)
     vocab = _resolve_vocab(vocab_size, weight=weight)
-    _check_same_device(hidden=hidden, weight=weight, targets=targets if isinstance(targets, torch.Tensor) else None)
-    targets = _check_targets(targets, hidden.shape[0], vocab)
+    _check_same_device(hidden=hidden, weight=weight)
+    targets = _check_targets(targets, hidden.shape[0], vocab, hidden.device)
     temperature = _check_positive("temperature", temperature)
     options = resolve_options(options)
     impl = resolve_backend(backend, hidden.device)
@@ -217,9 +227,8 @@ def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_siz
         raise ValueError(f"hidden_degraded: expected shape {tuple(hidden_full.shape)} like hidden_full, "
                          f"got {tuple(hidden_degraded.shape)}")
     vocab = _resolve_vocab(vocab_size, weight=weight)
-    _check_same_device(hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight,
-                       targets=targets if isinstance(targets, torch.Tensor) else None)
-    targets = _check_targets(targets, hidden_full.shape[0], vocab)
+    _check_same_device(hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight)
+    targets = _check_targets(targets, hidden_full.shape[0], vocab, hidden_full.device)
     options = resolve_options(options)
     impl = resolve_backend(backend, hidden_full.device)
     with no_autocast(hidden_full.device):
@@ -236,7 +245,7 @@ def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, target
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    extra_rows={"teacher_hidden_degraded": teacher_hidden_degraded})
     _check_degraded(teacher_hidden_degraded, teacher_hidden)
-    targets = _check_targets(targets, student_hidden.shape[0], vocab)
+    targets = _check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
     options = resolve_options(options)
     impl = resolve_backend(backend, student_hidden.device)
     degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
@@ -302,7 +311,7 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    extra_rows={"teacher_hidden_degraded": teacher_hidden_degraded})
     _check_degraded(teacher_hidden_degraded, teacher_hidden)
-    targets = _check_targets(targets, student_hidden.shape[0], vocab)
+    targets = _check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
     cu, pid = _check_rollouts(cu_seqlens, prompt_ids, student_hidden.shape[0], student_hidden.device)
     _check_objective_options(high_fraction, high_weight, temperature, eps)
     num_prompts = _check_count("num_prompts", num_prompts)
@@ -349,6 +358,8 @@ class VAOPDLoss(torch.nn.Module):
                  backend="auto", options=None):
         super().__init__()
         _check_objective_options(high_fraction, high_weight, temperature, eps)
+        _check_vocab_size(vocab_size)
+        check_backend_name(backend)
         self.settings = dict(vocab_size=vocab_size, high_fraction=high_fraction, high_weight=high_weight,
                              temperature=temperature, eps=eps, backend=backend, options=resolve_options(options))
 

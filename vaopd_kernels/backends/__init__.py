@@ -60,6 +60,11 @@ def available_backends() -> List[str]:
     return [name for name in _BACKEND_MODULES if backend_unavailable_reason(name) is None]
 
 
+def check_backend_name(name) -> None:
+    if not isinstance(name, str) or (name != "auto" and name not in _BACKEND_MODULES):
+        raise ValueError(f"backend: expected one of {['auto', *_BACKEND_MODULES]}, got {name!r}")
+
+
 def resolve_backend(name: str, device: torch.device) -> ModuleType:
     """The backend module for ``name`` ("auto" picks the fastest that runs on ``device``)."""
     if name == "auto":
@@ -67,10 +72,7 @@ def resolve_backend(name: str, device: torch.device) -> ModuleType:
             name = "triton"
         else:
             name = "torch"
-    if name not in _BACKEND_MODULES:
-        raise ValueError(
-            f"backend: expected one of {['auto', *_BACKEND_MODULES]}, got {name!r}"
-        )
+    check_backend_name(name)
     reason = backend_unavailable_reason(name)
     if reason is not None:
         raise RuntimeError(f"backend={name!r} is not available on this machine: {reason}")

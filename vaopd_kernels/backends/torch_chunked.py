@@ -83,7 +83,8 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
         out.kl, out.gap = new(), new()
     reverse, forward = divergence == "reverse", divergence == "forward"
     like = torch.empty(0, dtype=dtype, device=device)
-    target_logit = {}
+    views = {"s": student, "t": teacher, "d": degraded}
+    target_logit = {name: new() for name, view in views.items() if view and targets is not None}  # N = 0 too
     for rows, col_tiles in _tiling(num_rows, vocab_size, dtype, device, options):
         n = rows.stop - rows.start
         # student extras: [sum e z_s, (reverse) sum e (z_s - z_t), gap sum]; teacher (forward): [sum e (z_t - z_s), gap]
@@ -126,7 +127,7 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
         if y is not None:
             for name, acc in (("s", acc_s), ("t", acc_t), ("d", acc_d)):
                 if acc is not None:
-                    target_logit.setdefault(name, new())[rows] = picked[name] - acc.lse
+                    target_logit[name][rows] = picked[name] - acc.lse
     out.student_logprob = target_logit.get("s")
     out.teacher_logprob = target_logit.get("t")
     out.degraded_logprob = target_logit.get("d")
