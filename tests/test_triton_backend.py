@@ -16,6 +16,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import vaopd_kernels as vk  # noqa: E402
+from vaopd_kernels import ops  # noqa: E402
+from vaopd_kernels.objective import TokenWeights  # noqa: E402
 from vaopd_kernels.backends import backend_unavailable_reason  # noqa: E402
 
 _REASON = backend_unavailable_reason("triton")
@@ -155,7 +157,7 @@ def test_teacher_logprobs_and_visual_advantage(dtype):
     want = vk.visual_advantage(ref[2], ref[4], ref[3], y, vocab_size=129, clamp=False, backend="reference")
     close(got, want, dtype, "signed VA")
     from vaopd_kernels.backends import triton as tb
-    lp, lp_none = tb.teacher_logprobs(th, tw, y, None, vocab_size=129)
+    lp, lp_none = ops.teacher_logprobs(tb, th, tw, y, None, vocab_size=129, options=vk.KernelOptions())
     assert lp_none is None
     close(lp, vk.linear_logprob(ref[2], ref[3], y, vocab_size=129, backend="reference"), dtype, "teacher lp")
 
@@ -206,8 +208,8 @@ def test_weighted_kl_without_grad():
     from vaopd_kernels.backends import triton as tb
     w = torch.rand(5, device=DEVICE)
     sh, sw = low[0].detach(), low[1].detach()
-    loss, _ = tb.weighted_kl(sh, sw, low[2], low[3], y, None, lambda va: w, vocab_size=40,
-                             options=vk.KernelOptions())
+    loss, _, _ = ops.weighted_kl(tb, sh, sw, low[2], low[3], y, None, lambda va: TokenWeights(w, None, None, None),
+                                 vocab_size=40, options=vk.KernelOptions())
     assert not loss.requires_grad
     close(loss, (w.double().cpu() * vk.linear_kl(*ref[:4], vocab_size=40, backend="reference").detach().cpu()).sum(),
           torch.float32, "loss")
@@ -410,8 +412,8 @@ def test_changing_the_teacher_before_backward_raises(call):
     if call == "linear_kl":
         out = vk.linear_kl(*low[:4], vocab_size=50, backend="triton").sum()
     else:
-        out, _ = tb.weighted_kl(*low[:4], y, low[4], lambda va: torch.ones_like(va), vocab_size=50,
-                                options=vk.KernelOptions())
+        ones = lambda va: TokenWeights(torch.ones_like(va), None, None, None)  # noqa: E731
+        out, _, _ = ops.weighted_kl(tb, *low[:4], y, low[4], ones, vocab_size=50, options=vk.KernelOptions())
     with torch.no_grad():
         low[3].mul_(1.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from vaopd_kernels import objective
+from vaopd_kernels import objective, ops
 from vaopd_kernels.backends import check_backend_name, resolve_backend
 from vaopd_kernels.backends._autograd import no_autocast
 from vaopd_kernels.options import resolve_options
@@ -193,9 +193,9 @@ def linear_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *,
     options = resolve_options(options)
     impl = resolve_backend(backend, student_hidden.device)
     with no_autocast(student_hidden.device):
-        kl = impl.linear_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                            divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab,
-                            options=options)
+        kl = ops.linear_kl(impl, student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+                           divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab,
+                           options=options)
     return _finite([kl], student_hidden=student_hidden, student_weight=student_weight,
                    teacher_hidden=teacher_hidden, teacher_weight=teacher_weight)[0]
 
@@ -211,7 +211,7 @@ def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     options = resolve_options(options)
     impl = resolve_backend(backend, hidden.device)
     with no_autocast(hidden.device):
-        lp = impl.linear_logprob(hidden, weight, targets, temperature=temperature, vocab_size=vocab, options=options)
+        lp = ops.linear_logprob(impl, hidden, weight, targets, temperature=temperature, vocab_size=vocab, options=options)
     return _finite([lp], hidden=hidden, weight=weight)[0]
 
 
@@ -232,7 +232,7 @@ def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_siz
     options = resolve_options(options)
     impl = resolve_backend(backend, hidden_full.device)
     with no_autocast(hidden_full.device):
-        lp_full, lp_degraded = impl.teacher_logprobs(hidden_full.detach(), weight.detach(), targets,
+        lp_full, lp_degraded = ops.teacher_logprobs(impl, hidden_full.detach(), weight.detach(), targets,
                                                      hidden_degraded.detach(), vocab_size=vocab, options=options)
     gap = _finite([lp_full - lp_degraded], hidden_full=hidden_full, hidden_degraded=hidden_degraded,
                   weight=weight)[0]
@@ -250,7 +250,7 @@ def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, target
     impl = resolve_backend(backend, student_hidden.device)
     degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
     with no_autocast(student_hidden.device):
-        result = impl.va_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+        result = ops.va_kl(impl, student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
                             targets, degraded, vocab_size=vocab, options=options)
     _finite([result.kl, result.visual_advantage, result.student_logprob, result.teacher_logprob],
             student_hidden=student_hidden, student_weight=student_weight, teacher_hidden=teacher_hidden,
@@ -319,28 +319,25 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     options = resolve_options(options)
     impl = resolve_backend(backend, student_hidden.device)
     num_rows = student_hidden.shape[0]
-    chosen = []
 
     def token_weights(va):
-        """Called by the backend once VA is known (None for OPD), before any gradient work."""
+        """Asked for by ops.weighted_kl once VA is known (None for OPD), before any gradient work."""
         if va is None:
-            weights = objective.opd_weights(cu, num_rows, num_rollouts)
-        else:  # a non-finite VA is reported after the backend returns (no host sync in between)
-            weights = _objective_weights(impl)(va, cu, pid, high_fraction=float(high_fraction),
-                                               high_weight=float(high_weight), temperature=float(temperature),
-                                               eps=float(eps), num_prompts=num_prompts)
-        chosen.append(weights)
-        return weights.token_weight
+            return objective.opd_weights(cu, num_rows, num_rollouts)
+        # a non-finite VA is reported after the scan returns (no host sync in between)
+        return _objective_weights(impl)(va, cu, pid, high_fraction=float(high_fraction),
+                                        high_weight=float(high_weight), temperature=float(temperature),
+                                        eps=float(eps), num_prompts=num_prompts)
 
     degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
     with no_autocast(student_hidden.device):
-        loss, stats = impl.weighted_kl(student_hidden, student_weight, teacher_hidden.detach(),
-                                       teacher_weight.detach(), targets, degraded, token_weights, vocab_size=vocab,
-                                       options=options)
+        loss, stats, weights = ops.weighted_kl(impl, student_hidden, student_weight, teacher_hidden.detach(),
+                                               teacher_weight.detach(), targets, degraded, token_weights,
+                                               vocab_size=vocab, options=options)
     _finite([loss, stats.kl, stats.visual_advantage, stats.student_logprob], student_hidden=student_hidden,
             student_weight=student_weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
             teacher_hidden_degraded=teacher_hidden_degraded)
-    result = objective.reduce_kl(stats.kl, chosen[0], loss=loss, extra_metrics={
+    result = objective.reduce_kl(stats.kl, weights, loss=loss, extra_metrics={
         "entropy_mean": stats.student_entropy.double().mean(),
         "student_logprob_mean": stats.student_logprob.double().mean()})
     return VAOPDLossResult(loss=result.loss, kl=stats.kl, visual_advantage=stats.visual_advantage,

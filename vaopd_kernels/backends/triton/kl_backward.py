@@ -31,12 +31,14 @@ import triton
 import triton.language as tl
 
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
+from vaopd_kernels.backends.base import Divergence
 from vaopd_kernels.backends.triton import _config as C
 from vaopd_kernels.backends.triton._tiles import dot, logaddexp, logits_tile, scaled
 from vaopd_kernels.backends.triton.kl_forward import RowStats
 
-MODE_REVERSE, MODE_FORWARD, MODE_JSD, MODE_LOGPROB = 0, 1, 2, 3
-MODES = {"reverse": MODE_REVERSE, "forward": MODE_FORWARD, "jsd": MODE_JSD, "logprob": MODE_LOGPROB}
+# the dlogits kernel's MODE: a Divergence value, or the target log-prob
+MODE_REVERSE, MODE_FORWARD, MODE_JSD = (int(d) for d in (Divergence.REVERSE, Divergence.FORWARD, Divergence.JSD))
+MODE_LOGPROB = 3
 
 # The H200 (2026-11-27) chose the first of each list for every key; configurations that won
 # nothing there and spill on sm_90a (4 warps; 128 x 256 dlogits tiles) are gone.
@@ -272,13 +274,14 @@ def _chunk_columns(num_rows: int, vocab_size: int, itemsize: int, workspace_byte
     return min(cols, vocab_size)
 
 
-def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tensor, vocab_size: int, options,
+def student_grads(*, mode: Optional[Divergence], sh, sw, rows: torch.Tensor, row_grad: torch.Tensor, vocab_size: int, options,
                   temperature: float = 1.0, th=None, tw=None, targets=None, beta: float = 0.5,
                   precision: str = "ieee"):
     """(d hidden [N, Ds] fp32, d weight [Vs, Ds] in sw's dtype, zero rows >= V).
 
     ``sh``/``sw``/``th``/``tw`` are kernel operands (see kl_forward.prepare); ``rows`` comes from
-    :func:`saved_rows`; ``options`` (KernelOptions) sets the workspace, the matmuls and the filter.
+    :func:`saved_rows`; ``mode``: the divergence, or None for the target log-prob; ``options``
+    (KernelOptions) sets the workspace, the matmuls and the filter.
     """
     n, ds = sh.shape
     device = sh.device
@@ -300,7 +303,7 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
     flag_cols = triton.cdiv(cols, C.FLAG_BLOCK)
     flag_map = torch.empty(triton.cdiv(n, C.FLAG_BLOCK), flag_cols if filtering else 0, dtype=torch.int8,
                            device=device)
-    log_tau = teacher_skip_threshold(rows, eps).log() if filtering and mode == "reverse" else g
+    log_tau = teacher_skip_threshold(rows, eps).log() if filtering and mode == Divergence.REVERSE else g
     # With the filter, rows are visited grouped by confidence (log max p_s): a block is skipped only
     # if all its 64-128 rows allow it, and one uncertain row among certain ones keeps it
     # (bench/filter_reach.py). The workspace holds rows in this order; the matmuls gather h's rows
@@ -323,7 +326,7 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
         _dlogits_kernel[grid](sh, sw, th, tw, y, rows, log_tau, g, dz, flag_map if filtering else dz,
                               order if filtering else g, n, v_begin, v_end, cols, ds, th.shape[1], sh.stride(0),
                               sw.stride(0), th.stride(0), tw.stride(0), dz.stride(0), flag_cols, 1.0 / temperature,
-                              1.0 - beta, math.log(beta), math.log1p(-beta), eps or 0.0, MODE=MODES[mode],
+                              1.0 - beta, math.log(beta), math.log1p(-beta), eps or 0.0, MODE=MODE_LOGPROB if mode is None else int(mode),
                               CAST_F32=C.INTERPRET, PRECISION=precision, FILTER=filtering, FLAG_BLOCK=C.FLAG_BLOCK)
         if cublas:
             mm_into(grad_w[v_begin:v_end], dz.t(), sh)  # same dtype in and out: torch.mm, fp32 inside
