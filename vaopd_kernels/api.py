@@ -10,7 +10,7 @@ from vaopd_kernels import objective, ops
 from vaopd_kernels.backends import check_backend_name, resolve_backend
 from vaopd_kernels.backends._autograd import no_autocast
 from vaopd_kernels.options import resolve_options
-from vaopd_kernels.results import ObjectiveResult, VAKLResult, VAOPDLossResult
+from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -270,23 +270,52 @@ def _objective_weights(impl):
     return getattr(impl, "va_opd_weights", objective.va_opd_weights)
 
 
-def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
-                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None) -> ObjectiveResult:
-    """VA-OPD loss from per-token KL and VA (DESIGN.md): sibling-softmax rollout weights and a
-    lambda / (1 - lambda) split between each rollout's top-VA tokens and the rest, over P prompts
-    (``num_prompts`` overrides P, e.g. the global count under data parallelism).
-    ``backend="cuda"`` computes the coefficients with the CUDA kernels; the others use the
-    vectorised torch objective (same results)."""
-    _check_token_values("token_kl", token_kl)
-    _check_token_values("visual_advantage", visual_advantage, token_kl.shape[0])
-    cu, pid = _check_rollouts(cu_seqlens, prompt_ids, token_kl.shape[0], token_kl.device)
-    _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
+def _va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature, eps,
+                    num_prompts, backend, options, num_rows) -> objective.TokenWeights:
+    _check_token_values("visual_advantage", visual_advantage, num_rows)
+    cu, pid = _check_rollouts(cu_seqlens, prompt_ids, visual_advantage.shape[0], visual_advantage.device)
     _check_objective_options(high_fraction, high_weight, temperature, eps)
     resolve_options(options)  # checked; the objective has no kernel options
-    _finite([token_kl, visual_advantage], token_kl=token_kl, visual_advantage=visual_advantage)
-    weights = _objective_weights(resolve_backend(backend, token_kl.device))(
+    _finite([visual_advantage], visual_advantage=visual_advantage)
+    return _objective_weights(resolve_backend(backend, visual_advantage.device))(
         visual_advantage, cu, pid, high_fraction=float(high_fraction), high_weight=float(high_weight),
         temperature=float(temperature), eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
+
+
+def _coefficients(weights: objective.TokenWeights) -> Coefficients:
+    return Coefficients(weights.token_weight.float(), weights.rollout_weight.float(), weights.high_mask)
+
+
+def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
+                        temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None) -> Coefficients:
+    """The VA-OPD objective's detached per-token coefficients from VA alone (they never depend on
+    the KL): sibling-softmax rollout weights and a lambda / (1 - lambda) split between each
+    rollout's top-VA tokens and the rest, over P prompts (``num_prompts`` overrides P, e.g. the
+    global count under data parallelism). ``backend="cuda"`` computes them with the CUDA kernels;
+    the others with the vectorised torch objective (same results). Micro-batching: the loss of a
+    micro-batch is ``sum(token_weight[rows] * KL)``, and the micro-batches sum to the whole loss."""
+    return _coefficients(_va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight,
+                                         temperature, eps, num_prompts, backend, options, None))
+
+
+def opd_coefficients(cu_seqlens, *, num_rollouts=None) -> Coefficients:
+    """Standard OPD's per-token coefficients: 1 / (R * T_r) (``num_rollouts`` overrides R)."""
+    _check_int("cu_seqlens", cu_seqlens, 1)
+    num_rows = int(cu_seqlens[-1]) if cu_seqlens.numel() else 0
+    cu = _check_cu_seqlens(cu_seqlens, num_rows, cu_seqlens.device)
+    return _coefficients(objective.opd_weights(cu, num_rows, _check_count("num_rollouts", num_rollouts)))
+
+
+def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
+                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None) -> ObjectiveResult:
+    """VA-OPD loss from per-token KL and VA: ``sum(va_opd_coefficients(...).token_weight * token_kl)``,
+    with the objective's metrics."""
+    _check_token_values("token_kl", token_kl)
+    _check_token_values("visual_advantage", visual_advantage, token_kl.shape[0])
+    _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
+    _finite([token_kl], token_kl=token_kl)
+    weights = _va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature,
+                              eps, num_prompts, backend, options, token_kl.shape[0])
     return objective.reduce_kl(token_kl, weights)
 
 
