@@ -34,6 +34,7 @@ from vaopd_kernels.backends.base import RowStats, compute_dtype
 from vaopd_kernels.objective import TokenWeights
 
 DEFAULT_CHUNK_BUDGET_BYTES = 2 << 30
+_GEMM_ROW_TILE = 128
 # d(head) sums over row chunks. KernelOptions.head_grad "fp32" (default): in one fp32 [V, Ds]
 # buffer, exact (1.2 GiB at V = 151,936, Ds = 2048). "native": in the head's own bf16/fp16, each
 # chunk's GEMM accumulating in fp32 inside cuBLAS and rounding once into the sum: no buffer beyond
@@ -56,8 +57,8 @@ def _rows_per_chunk(num_rows: int, vocab_size: int, num_views: int, dtype: torch
                     budget_bytes: Optional[int] = None) -> int:
     per_row = vocab_size * torch.finfo(dtype).bits // 8 * max(1, num_views)
     rows = max(1, (budget_bytes or DEFAULT_CHUNK_BUDGET_BYTES) // per_row)
-    if rows >= 256:
-        rows -= rows % 128  # GEMM-friendly tile multiples
+    if rows >= 2 * _GEMM_ROW_TILE:
+        rows -= rows % _GEMM_ROW_TILE  # whole GEMM tiles where that costs little of the budget
     return max(1, min(num_rows, rows))
 
 

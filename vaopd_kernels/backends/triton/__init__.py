@@ -1,9 +1,9 @@
 """The "triton" backend: fused Triton kernels, O(N) extra memory beyond one bounded workspace.
 
-Forward (kl_forward.py): per token tile, a loop over vocabulary tiles computes the student and
+Forward (stats.py): per token tile, a loop over vocabulary tiles computes the student and
 teacher logit tiles with ``tl.dot`` (fp32 accumulation) and keeps online row statistics; the
 vocabulary is split across programs when there are few token tiles and the splits are merged
-with a logaddexp-style rescale. Backward (kl_backward.py): recomputes logit tiles, forms dlogits
+with a logaddexp-style rescale. Backward (backward.py, dlogits.py, matmul.py): recomputes logit tiles, forms dlogits
 from the saved row statistics, and accumulates d(hidden)/d(head) with fp32-accumulating GEMMs
 over a bounded vocabulary-chunk workspace. No atomics: deterministic.
 
@@ -22,7 +22,7 @@ import torch
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
 from vaopd_kernels.backends.base import Divergence, RowStats
-from vaopd_kernels.backends.triton import _config, kl_backward, kl_forward
+from vaopd_kernels.backends.triton import _config, backward, stats as kernel_stats
 
 FUSES_VIEWS = False  # two logit tiles live per kernel (three spill); KernelOptions.fused_views asks for it
 
@@ -42,8 +42,8 @@ def supports_device(device) -> bool:
     return device.type == "cpu" if _config.INTERPRET else device.type == "cuda"
 
 
-_CROSS = {None: kl_forward.CROSS_NONE, Divergence.REVERSE: kl_forward.CROSS_REVERSE,
-          Divergence.FORWARD: kl_forward.CROSS_FORWARD, Divergence.JSD: kl_forward.CROSS_NONE}
+_CROSS = {None: kernel_stats.CROSS_NONE, Divergence.REVERSE: kernel_stats.CROSS_REVERSE,
+          Divergence.FORWARD: kernel_stats.CROSS_FORWARD, Divergence.JSD: kernel_stats.CROSS_NONE}
 
 
 def _logprob(logit, lse):
@@ -53,22 +53,22 @@ def _logprob(logit, lse):
 @torch.no_grad()
 def scan(views, *, divergence, beta, row_weight, options):
     pairs = [views.student, views.teacher]
-    flat = kl_forward.operands(*(t for pair in pairs if pair for t in pair), views.degraded)
+    flat = kernel_stats.operands(*(t for pair in pairs if pair for t in pair), views.degraded)
     student = tuple(flat[:2]) if views.student else None
     teacher = tuple(flat[-3:-1]) if views.teacher else None
-    stats = kl_forward.row_stats(vocab_size=views.vocab_size, student=student, teacher=teacher, degraded=flat[-1],
+    stats = kernel_stats.row_stats(vocab_size=views.vocab_size, student=student, teacher=teacher, degraded=flat[-1],
                                  targets=views.targets, temperature=views.temperature, cross=_CROSS[divergence],
                                  beta=beta, teacher_min=options.gradient_filter_eps is not None)
     value, aux = stats.kl, stats.kl
     if divergence == Divergence.JSD:
-        second = kl_forward.row_stats(vocab_size=views.vocab_size, student=student, teacher=teacher,
-                                      temperature=views.temperature, cross=kl_forward.CROSS_JSD, beta=beta,
-                                      lse=torch.stack([stats.lse_s, stats.lse_t]))
+        second = kernel_stats.row_stats(vocab_size=views.vocab_size, student=student, teacher=teacher,
+                                        temperature=views.temperature, cross=kernel_stats.CROSS_JSD, beta=beta,
+                                        lse=torch.stack([stats.lse_s, stats.lse_t]))
         value, aux = beta * second.jsd_t + (1.0 - beta) * second.jsd_s, second.jsd_s
     out = RowStats(value, _logprob(stats.logit_s, stats.lse_s), _logprob(stats.logit_t, stats.lse_t),
                    _logprob(stats.logit_d, stats.lse_d), stats.entropy)
     if student is not None:
-        out.saved = dict(student=student, teacher=teacher, rows=kl_backward.saved_rows(stats, aux=aux),
+        out.saved = dict(student=student, teacher=teacher, rows=kernel_stats.saved_rows(stats, aux=aux),
                          divergence=divergence, beta=beta, temperature=views.temperature, targets=views.targets,
                          vocab_size=views.vocab_size, dtypes=(views.student[0].dtype, views.student[1].dtype))
         if row_weight is not None:
@@ -82,9 +82,9 @@ def gradients(saved, row_weight, *, options):
     formed during the forward call holds no fp32 [N, Ds] buffer until backward."""
     (sh, sw), teacher = saved["student"], saved["teacher"]
     th, tw = teacher if teacher else (None, None)
-    grad_h, grad_w = kl_backward.student_grads(
+    grad_h, grad_w = backward.student_grads(
         mode=saved["divergence"], sh=sh, sw=sw, th=th, tw=tw, rows=saved["rows"], row_grad=row_weight,
         vocab_size=saved["vocab_size"], temperature=saved["temperature"], targets=saved["targets"],
-        beta=saved["beta"], options=options, precision=kl_forward.dot_precision(sh, th))
+        beta=saved["beta"], options=options, precision=kernel_stats.dot_precision(sh, th))
     hidden_dtype, head_dtype = saved["dtypes"]
     return grad_h.to(hidden_dtype), grad_w.to(head_dtype)
