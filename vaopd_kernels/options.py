@@ -24,22 +24,12 @@ def _one_of(name: str, value, choices) -> None:
 
 @dataclass(frozen=True)
 class KernelOptions:
-    """How a backend computes, never what: with the defaults every backend gives the exact result.
-
-    - ``chunk_budget_bytes``: torch and cuda backends' working-memory cap (None: the device default,
-      torch 16 MiB on a CPU / 512 MiB on a GPU of live logit tiles, cuda 2 GiB of chunk logits).
-    - ``vocab_tile``: torch backend's vocabulary tile (None: 2048 on a CPU, 16384 on a GPU).
-    - ``triton_workspace_bytes``: triton backward's only [rows, vocab-chunk] buffer.
-    - ``fused_views``: ``va_opd_loss`` on triton or cuda scores student and both teacher views in
-      one statistics pass instead of the teacher views first (unmeasured on a GPU; the torch and
-      reference backends always do).
-    - ``backward_gemm``: ``"triton"`` | ``"cublas"``: who runs the triton backward's two matmuls
-      (unmeasured).
-    - ``head_grad``: ``"fp32"`` | ``"native"``: cuda backend's d(head) summed over row chunks in an
-      fp32 buffer, or in the head's own bf16/fp16 (one rounding per chunk; unmeasured).
-    - ``gradient_filter_eps``: APPROXIMATE gradients (triton): skip the blocks of d loss / d logits
-      whose entries are all below eps x the row's largest student probability. None: exact.
-    """
+    """How a backend computes, never what: with the defaults every backend is exact. The fields
+    (README's table): working-memory caps (``chunk_budget_bytes`` torch/cuda, ``vocab_tile`` torch,
+    ``triton_workspace_bytes``), and variants not yet timed on a GPU (``fused_views``,
+    ``backward_gemm="cublas"`` triton, ``head_grad="native"`` cuda) including one APPROXIMATE
+    mode, ``gradient_filter_eps`` (triton: skip blocks of d loss / d logits below eps x the row's
+    largest probability)."""
 
     chunk_budget_bytes: Optional[int] = None
     vocab_tile: Optional[int] = None

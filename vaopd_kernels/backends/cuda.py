@@ -1,21 +1,15 @@
 """The "cuda" backend: chunked cuBLAS GEMMs + hand-written CUDA row-statistics kernels (``csrc/``).
 
-Per chunk of token rows, each view's logits ``z = W[:V] h`` come from cuBLAS (torch matmul; bf16/fp16
-operands with fp32 output via ``out_dtype`` where torch has it) into ONE reusable fp32 (fp64 for
-float64 inputs) buffer per view, sized by a memory budget (``KernelOptions.chunk_budget_bytes``,
-default 2 GiB for all views together). The CUDA kernels then make one
-pass over the chunk for the statistics (online lse of every view, reverse/forward KL or JSD,
-target log-probs, student entropy) and, when a gradient is wanted, write ``row_grad / T * dD/dz``
-in place over the student logits (bf16/fp16 packed at the start of each row for half-precision
-heads, so the next GEMMs read it directly). The GEMMs for d(hidden) and d(weight) follow.
+``scan``, per chunk of token rows: each view's logits ``z = W[:V] h`` from cuBLAS (fp32 output for
+bf16/fp16 operands) into one reusable fp32 (fp64 for float64 inputs) buffer per view, sized by
+``KernelOptions.chunk_budget_bytes`` (2 GiB for all views by default); one kernel pass for the
+statistics that, given row weights, writes ``row_grad / T * dD/dz`` in place over the student
+logits (packed bf16/fp16 for half-precision heads); then the GEMMs for d(hidden) and d(head).
+``gradients`` runs it again for other row weights.
 
-The two primitives (``backends/base.py``): ``scan`` is that pass, forming d(hidden)/d(weight) at
-once when it is given row weights; ``gradients`` runs it again for other row weights.
-
-Loading: an installed ``vaopd_kernels._cuda_ext`` (built by setup.py), else a JIT build of the
-``csrc/`` sources with ``torch.utils.cpp_extension.load`` under ``~/.cache/vaopd`` (override
-with ``VAOPD_CUDA_BUILD_DIR``), done lazily the first time the backend runs on a CUDA device.
-``VAOPD_CUDA_ARCH`` (e.g. ``"90a"`` or ``"80;90a"``) overrides the JIT target architectures.
+Loading: an installed ``vaopd_kernels._cuda_ext`` (built by setup.py), else a JIT build of
+``csrc/`` under ``~/.cache/vaopd`` (``VAOPD_CUDA_BUILD_DIR``; architectures ``VAOPD_CUDA_ARCH``,
+e.g. ``"80;90a"``), done the first time the backend runs on a CUDA device.
 """
 from __future__ import annotations
 

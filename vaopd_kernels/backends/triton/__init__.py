@@ -1,18 +1,10 @@
 """The "triton" backend: fused Triton kernels, O(N) extra memory beyond one bounded workspace.
 
-Forward (stats.py): per token tile, a loop over vocabulary tiles computes the student and
-teacher logit tiles with ``tl.dot`` (fp32 accumulation) and keeps online row statistics; the
-vocabulary is split across programs when there are few token tiles and the splits are merged
-with a logaddexp-style rescale. Backward (backward.py, dlogits.py, matmul.py): recomputes logit tiles, forms dlogits
-from the saved row statistics, and accumulates d(hidden)/d(head) with fp32-accumulating GEMMs
-over a bounded vocabulary-chunk workspace. No atomics: deterministic.
-
-The two primitives (``backends/base.py``): ``scan`` launches the statistics kernel (twice for
-JSD, whose mixture needs both normalisers first) and, given row weights, the backward;
-``gradients`` is the backward. Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (set
-before import). float64 inputs run
-in float32 (outputs are returned as float64, but carry fp32 accuracy): use the reference backend
-for float64 checks.
+``scan`` launches the statistics kernel (stats.py; twice for JSD, whose mixture needs both
+normalisers first) and, given row weights, the backward (backward.py: dlogits.py and matmul.py
+over a bounded vocabulary-chunk workspace); ``gradients`` is the backward. No atomics:
+deterministic. Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (set before import).
+float64 inputs run in float32 (returned as float64 with fp32 accuracy).
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def student_grads(*, mode: Optional[Divergence], sh, sw, rows: torch.Tensor, row
                   precision: str = "ieee"):
     """(d hidden [N, Ds] fp32, d weight [Vs, Ds] in sw's dtype, zero rows >= V).
 
-    ``sh``/``sw``/``th``/``tw`` are kernel operands (see stats.prepare); ``rows`` comes from
+    ``sh``/``sw``/``th``/``tw`` are kernel operands (see stats.operands); ``rows`` comes from
     :func:`stats.saved_rows`; ``mode``: the divergence, or None for the target log-prob; ``options``
     (KernelOptions) sets the workspace, the matmuls and the filter.
     """

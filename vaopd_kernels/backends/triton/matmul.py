@@ -24,8 +24,6 @@ _MM_CONFIGS = [
 ]
 
 
-
-
 @triton.jit
 def _live_steps(flag_ptr, live_ptr, M, K, stride_fm, stride_fk,
                 FLAG_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):

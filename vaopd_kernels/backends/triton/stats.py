@@ -168,23 +168,13 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
 
 
 # ----------------------------------------------------------------------------- host side
-def prepare(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Kernel operand: contiguous last dim; float64 runs in float32 (see the package docstring)."""
-    if x is None:
-        return None
-    if x.dtype == torch.float64:
-        x = x.float()
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def operands(*tensors):
-    """Detached kernel operands sharing one dtype (mixed dtypes run in float32) and, for the
-    hidden-state views that share a row stride in the kernel, one layout."""
-    xs = [prepare(t.detach()) if t is not None else None for t in tensors]
+    """Detached, packed kernel operands (a packed one is not copied) sharing one dtype: float64 and
+    mixed dtypes run in float32 (see the package docstring)."""
+    xs = [t.detach() if t is not None else None for t in tensors]
     dtypes = {x.dtype for x in xs if x is not None}
-    if len(dtypes) > 1:
-        xs = [x.float() if x is not None else None for x in xs]
-    return [x.contiguous() if x is not None else None for x in xs]
+    cast = torch.float32 if len(dtypes) > 1 or torch.float64 in dtypes else None
+    return [None if x is None else (x.to(cast) if cast else x).contiguous() for x in xs]
 
 
 def dot_precision(*tensors) -> str:
@@ -242,7 +232,7 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
               lse: Optional[torch.Tensor] = None, teacher_min: bool = False) -> RowStats:
     """Launch the statistics kernel over all rows and merge the vocabulary splits.
 
-    ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`prepare`;
+    ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`operands`;
     ``degraded`` is the teacher's second hidden view; ``lse`` ([2, N]: lse_s, lse_t) feeds CROSS_JSD.
     ``teacher_min`` (CROSS_REVERSE): also find the teacher's smallest logit (the gradient filter's bound).
     """
