@@ -113,7 +113,8 @@ def test_va_opd_loss_matches_reference(chunking, dtype, with_va):
     results = {}
     for backend, p in (("reference", base.to(torch.float64)), ("torch", base.to(dtype))):
         r = vk.va_opd_loss(*p.kl_args, base.targets, cu, prompts, vocab_size=base.vocab_size,
-                           teacher_hidden_degraded=p.teacher_hidden_degraded if with_va else None, backend=backend, options=chunking)
+                           teacher_hidden_degraded=p.teacher_hidden_degraded if with_va else None, backend=backend,
+                           options=chunking)
         results[backend] = (r, _grads(r.loss * 3.0, p))
     (ref, ref_g), (out, out_g) = results["reference"], results["torch"]
     assert rel_err(out.loss, ref.loss) <= TOL[dtype]
@@ -129,7 +130,8 @@ def test_va_opd_loss_matches_reference(chunking, dtype, with_va):
 def test_gradcheck_linear_kl(chunking, divergence):
     p = make_problem(4, 3, 5, 7, 2, dtype=torch.float64, logit_scale=2.0)
     fn = lambda h, w: vk.linear_kl(h, w, p.teacher_hidden, p.teacher_weight, divergence=divergence,  # noqa: E731
-                                   beta=0.4, temperature=0.9, vocab_size=p.vocab_size, backend="torch", options=chunking)
+                                   beta=0.4, temperature=0.9, vocab_size=p.vocab_size, backend="torch",
+                                   options=chunking)
     assert torch.autograd.gradcheck(fn, (p.student_hidden, p.student_weight))
 
 

@@ -253,7 +253,8 @@ def test_changing_an_input_before_backward_raises(p, changed, call):
 @pytest.mark.parametrize("kwargs,name", [(dict(vocab_size=-3), "vocab_size"), (dict(vocab_size=True), "vocab_size"),
                                          (dict(vocab_size=2.0), "vocab_size"), (dict(backend="tritn"), "backend"),
                                          (dict(high_fraction=True), "high_fraction"),
-                                         (dict(high_weight=True), "high_weight"), (dict(temperature=True), "temperature"),
+                                         (dict(high_weight=True), "high_weight"),
+                                         (dict(temperature=True), "temperature"),
                                          (dict(eps=False), "eps")])
 def test_vaopd_loss_module_rejects_bad_settings_at_construction(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name}: expected"):

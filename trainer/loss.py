@@ -79,7 +79,8 @@ class StudentLoss(nn.Module):
         va = vaopd_kernels.visual_advantage(teacher_hidden, teacher_hidden_degraded, teacher_weight, batch.targets(),
                                             vocab_size=self.vocab_size, backend=self.backend)
         coefficients = vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids,
-                                                         num_prompts=num_prompts, backend=self.backend, **self.objective)
+                                                         num_prompts=num_prompts, backend=self.backend,
+                                                         **self.objective)
         return coefficients.token_weight, va
 
     def objective_result(self, batch: Batch, kl: torch.Tensor, va: Optional[torch.Tensor], num_prompts, num_rollouts):

@@ -211,7 +211,8 @@ def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     options = resolve_options(options)
     impl = resolve_backend(backend, hidden.device)
     with no_autocast(hidden.device):
-        lp = ops.linear_logprob(impl, hidden, weight, targets, temperature=temperature, vocab_size=vocab, options=options)
+        lp = ops.linear_logprob(impl, hidden, weight, targets, temperature=temperature, vocab_size=vocab,
+                                options=options)
     return _finite([lp], hidden=hidden, weight=weight)[0]
 
 

@@ -59,7 +59,10 @@ def scan(views, *, divergence, beta, row_weight, options):
     with torch.enable_grad():  # fresh leaves: the graph reaches them whatever the caller's flags
         hidden, weight = (t.detach().requires_grad_() for t in views.student)
         logp_s = _log_softmax(hidden, weight, views.vocab_size, views.temperature, dtype)
-        value = _divergence(logp_s, logp_t, divergence, beta) if divergence is not None else _pick(logp_s, views.targets)
+        if divergence is not None:
+            value = _divergence(logp_s, logp_t, divergence, beta)
+        else:
+            value = _pick(logp_s, views.targets)
     with torch.no_grad():
         out.student_logprob = _pick(logp_s, views.targets)
         out.student_entropy = -(logp_s.exp() * logp_s).sum(-1)

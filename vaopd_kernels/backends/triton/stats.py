@@ -38,8 +38,9 @@ NUM_STATS = 13
 SMALL_GAP = 0.5
 
 # First the configurations that won autotuning on an H200 (64 x 256; 128 x 128 for the JSD pass);
-# ones that won no key there are gone (autotuning compiles each per key). The last three spread 8192-element tiles over 8 warps: none
-# spills on sm_90a with two or three views (``python -m bench.triton_resources``).
+# ones that won no key there are gone (autotuning compiles each per key). The last three spread
+# 8192-element tiles over 8 warps: none spills on sm_90a with two or three views
+# (``python -m bench.triton_resources``).
 _CONFIGS = [
     C.cfg(8, 3, BLOCK_N=64, BLOCK_V=256, BLOCK_D=64),
     C.cfg(8, 3, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
