@@ -61,11 +61,6 @@ def _check_rows(expected: int, **tensors) -> None:
             raise ValueError(f"{name}: expected {expected} rows, got {t.shape[0]}")
 
 
-def _check_vocab_size(vocab_size) -> None:
-    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
-        raise ValueError(f"vocab_size: expected a positive int or None, got {vocab_size!r}")
-
-
 def _resolve_vocab(vocab_size: Optional[int], **weights) -> int:
     rows = {name: w.shape[0] for name, w in weights.items()}
     if vocab_size is None:
@@ -73,7 +68,7 @@ def _resolve_vocab(vocab_size: Optional[int], **weights) -> int:
             raise ValueError(f"vocab_size: required when LM heads differ in rows ({rows}); "
                              "pass the tokenizer's vocabulary size")
         return next(iter(rows.values()))
-    _check_vocab_size(vocab_size)
+    _check_count("vocab_size", vocab_size)
     for name, n in rows.items():
         if vocab_size > n:
             raise ValueError(f"vocab_size: {vocab_size} exceeds the {n} rows of {name}")
@@ -385,7 +380,7 @@ class VAOPDLoss(torch.nn.Module):
                  backend="auto", options=None):
         super().__init__()
         _check_objective_options(high_fraction, high_weight, temperature, eps)
-        _check_vocab_size(vocab_size)
+        _check_count("vocab_size", vocab_size)
         check_backend_name(backend)
         self.settings = dict(vocab_size=vocab_size, high_fraction=high_fraction, high_weight=high_weight,
                              temperature=temperature, eps=eps, backend=backend, options=resolve_options(options))
