@@ -67,11 +67,14 @@ class Floor:
     def total_bytes(self) -> float:
         return sum(self.bytes.values())
 
-    def times_ms(self, card: str) -> Dict[str, float]:
-        rate = (BF16_TFLOPS if self.gemm_dtype == "bf16" else FP32_TFLOPS) * 1e12
+    def times_ms(self, card: str = "H200", bf16_tflops: float = BF16_TFLOPS,
+                 bandwidth_tbs: float | None = None) -> Dict[str, float]:
+        """The bounds on ``card``'s datasheet bandwidth, or on measured rates when given."""
+        rate = (bf16_tflops if self.gemm_dtype == "bf16" else FP32_TFLOPS) * 1e12
+        bandwidth = (bandwidth_tbs or BANDWIDTH_TBS[card]) * 1e12
         compute = self.flops() / rate * 1e3
-        memory = self.total_bytes() / (BANDWIDTH_TBS[card] * 1e12) * 1e3
-        elementwise = self.bytes.get("logit buffers", 0.0) / (BANDWIDTH_TBS[card] * 1e12) * 1e3
+        memory = self.total_bytes() / bandwidth * 1e3
+        elementwise = self.bytes.get("logit buffers", 0.0) / bandwidth * 1e3
         return {"compute_ms": compute, "memory_ms": memory, "bound_ms": max(compute, memory),
                 "serial_ms": compute + elementwise}
 

@@ -189,24 +189,40 @@ def cce_va(x: Inputs) -> Outputs:
 
 
 # ----------------------------------------------------------------------------- our backends
-def opd_mean_kl(x: Inputs, backend: str) -> Outputs:
+def _options(options) -> Dict:
+    """``options=`` (a ``vaopd_kernels.KernelOptions``) only when a caller chose one: the default
+    call stays the plain call users make."""
+    return {} if options is None else {"options": options}
+
+
+def va_opd_with_pixelated_view(x: Inputs, backend: str, options=None) -> Outputs:
+    """The va_opd task: ``va_opd_loss`` with the pixelated teacher view, forward + backward."""
+    res = vaopd_kernels.va_opd_loss(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
+                                    x.targets, x.cu_seqlens, x.prompt_ids,
+                                    teacher_hidden_degraded=x.teacher_hidden_degraded, backend=backend,
+                                    **_options(options))
+    res.loss.backward()
+    return Outputs(res.loss.detach(), res.kl.detach(), res.visual_advantage)
+
+
+def opd_mean_kl(x: Inputs, backend: str, options=None) -> Outputs:
     """The KL-only task through the scalar entry point users call for OPD: ``va_opd_loss`` without
     the pixelated view (standard OPD, reverse KL) over the batch as ONE rollout, so the loss is
     mean_n KL_n, the value Liger-Kernel returns. Knowing the token weights up front, the chunked
     backends form the gradient inside the forward (GEMM work 2NV(3Ds + Dt), as Liger)."""
     whole_batch = torch.tensor([0, x.student_hidden.shape[0]], device=x.targets.device)
     res = vaopd_kernels.va_opd_loss(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
-                                    x.targets, whole_batch, whole_batch[:1], backend=backend)
+                                    x.targets, whole_batch, whole_batch[:1], backend=backend, **_options(options))
     res.loss.backward()
     return Outputs(res.loss.detach(), res.kl.detach())
 
 
-def token_mean_kl(x: Inputs, backend: str) -> Outputs:
+def token_mean_kl(x: Inputs, backend: str, options=None) -> Outputs:
     """The KL-only task through the per-token ``linear_kl(...).mean()``: the per-token output leaves
     the row weights unknown until backward, so every backend recomputes logits there
     (2NV(4Ds + 2Dt)). Kept as a second row to show what the scalar path saves."""
     token_kl = vaopd_kernels.linear_kl(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
-                                       backend=backend)
+                                       backend=backend, **_options(options))
     loss = token_kl.mean()
     loss.backward()
     return Outputs(loss.detach(), token_kl.detach())
@@ -214,11 +230,7 @@ def token_mean_kl(x: Inputs, backend: str) -> Outputs:
 
 def _ours(backend: str) -> Dict[str, Callable[[Inputs], Outputs]]:
     def va_opd(x: Inputs) -> Outputs:
-        res = vaopd_kernels.va_opd_loss(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
-                                        x.targets, x.cu_seqlens, x.prompt_ids,
-                                        teacher_hidden_degraded=x.teacher_hidden_degraded, backend=backend)
-        res.loss.backward()
-        return Outputs(res.loss.detach(), res.kl.detach(), res.visual_advantage)
+        return va_opd_with_pixelated_view(x, backend)
 
     def kl(x: Inputs) -> Outputs:
         return opd_mean_kl(x, backend)
