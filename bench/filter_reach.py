@@ -1,6 +1,6 @@
 """How much backward work the Triton gradient filter can skip, by row distribution (no GPU needed).
 
-The filter (``VAOPD_TRITON_FILTER_EPS``) saves work in two places, both decided per block of
+The filter (``KernelOptions.gradient_filter_eps``) saves work in two places, both decided per block of
 rows, which it visits grouped by confidence (log of the largest p_s):
 - both backward matmuls skip steps whose 64 x 64 blocks of d KL / d z_s all lie below
   eps x (row's largest p_s), measured after the teacher tile is recomputed;

@@ -29,6 +29,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from vaopd_kernels import KernelOptions
 from vaopd_kernels.backends.triton import _config, kl_backward, kl_forward
 
 # The launches the backend makes at the headline shape (bf16, N = 8192, Ds = 2048, Dt = 4096,
@@ -36,7 +37,7 @@ from vaopd_kernels.backends.triton import _config, kl_backward, kl_forward
 # specialised as Triton's JIT does (1 becomes a constant, multiples of 16 carry divisibility 16),
 # so the compiler sees the same contiguity it sees on a GPU.
 N, V, DS, DT = 8192, 151_936, 2048, 4096
-COLS = kl_backward._chunk_columns(N, V, 2)  # the backward's vocabulary chunk (bf16 workspace)
+COLS = kl_backward._chunk_columns(N, V, 2, KernelOptions().triton_workspace_bytes)  # backward vocab chunk (bf16)
 _SHAPE = dict(N=N, V=V, Ds=DS, Dt=DT, stride_sh=DS, stride_sw=DS, stride_th=DT, stride_tw=DT)
 _STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=kl_forward.CROSS_NONE, MIN_T=False)
 _MATMUL = dict(stride_bk=DS, stride_bn=1, stride_cm=DS)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _cuda_emulation import EmulatedOps
-from vaopd_kernels import objective
+from vaopd_kernels import KernelOptions, objective
 from vaopd_kernels.backends import cuda as cuda_backend
 from vaopd_kernels.backends import reference
 
@@ -66,27 +66,28 @@ def run_case(impl, name, options, x):
     sw = x["sw"].detach().clone().requires_grad_(True)
     th, tw, thd, y, vocab = x["th"], x["tw"], x["thd"], x["y"], x["vocab"]
     up = x["upstream"]
+    ko = dict(options=x.get("kernel_options", KernelOptions()))
     outs, scalar = {}, None
     if name == "linear_kl":
         kl = impl.linear_kl(sh, sw, th, tw, divergence=options["divergence"], beta=options.get("beta", 0.5),
-                            temperature=options["temperature"], vocab_size=vocab)
+                            temperature=options["temperature"], vocab_size=vocab, **ko)
         outs["kl"], scalar = kl, (kl * up.to(kl.dtype)).sum()
     elif name == "linear_logprob":
-        lp = impl.linear_logprob(sh, sw, y, temperature=options["temperature"], vocab_size=vocab)
+        lp = impl.linear_logprob(sh, sw, y, temperature=options["temperature"], vocab_size=vocab, **ko)
         outs["logprob"], scalar = lp, (lp * up.to(lp.dtype)).sum()
     elif name == "teacher_logprobs":
         with torch.no_grad():
-            lp, lpd = impl.teacher_logprobs(th, tw, y, thd, vocab_size=vocab)
-            lp1, none = impl.teacher_logprobs(th, tw, y, None, vocab_size=vocab)
+            lp, lpd = impl.teacher_logprobs(th, tw, y, thd, vocab_size=vocab, **ko)
+            lp1, none = impl.teacher_logprobs(th, tw, y, None, vocab_size=vocab, **ko)
         assert none is None
         outs.update(lp=lp, lp_degraded=lpd, lp_single=lp1)
     elif name == "va_kl":
-        r = impl.va_kl(sh, sw, th, tw, y, thd, vocab_size=vocab)
+        r = impl.va_kl(sh, sw, th, tw, y, thd, vocab_size=vocab, **ko)
         outs.update(kl=r.kl, va=r.visual_advantage, slp=r.student_logprob, tlp=r.teacher_logprob,
                     ent=r.student_entropy)
         scalar = (r.kl * up.to(r.kl.dtype)).sum()
     elif name == "weighted_kl":
-        loss, r = impl.weighted_kl(sh, sw, th, tw, y, thd, lambda va: x["token_weight"], vocab_size=vocab)
+        loss, r = impl.weighted_kl(sh, sw, th, tw, y, thd, lambda va: x["token_weight"], vocab_size=vocab, **ko)
         outs.update(loss=loss, kl=r.kl, slp=r.student_logprob, ent=r.student_entropy, tlp=r.teacher_logprob)
         scalar = 2.5 * loss
     grads = {}
@@ -126,13 +127,6 @@ def compare(got, want, dtype, label=""):
         assert err <= gtol, f"{label}{k}: relative gradient error {float(err):.3g} > {gtol}"
 
 
-@pytest.fixture
-def chunk_budget():
-    saved = cuda_backend.get_chunk_budget()
-    yield cuda_backend.set_chunk_budget
-    cuda_backend.set_chunk_budget(saved)
-
-
 # ----------------------------------------------------------------------------- emulated (CPU)
 @pytest.fixture
 def emulated_ops():
@@ -145,10 +139,10 @@ def emulated_ops():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 @pytest.mark.parametrize("chunks", ["one", "many"])
-def test_matches_reference_emulated(emulated_ops, chunk_budget, name, options, dtype, chunks):
+def test_matches_reference_emulated(emulated_ops, name, options, dtype, chunks):
     x = make_inputs(dtype=dtype)
-    if chunks == "many":
-        chunk_budget(5 * x["vocab"] * 8)  # a handful of rows per chunk, ragged last chunk
+    if chunks == "many":  # a handful of rows per chunk, ragged last chunk
+        x["kernel_options"] = KernelOptions(chunk_budget_bytes=5 * x["vocab"] * 8)
     compare(run_case(cuda_backend, name, options, x), oracle(name, options, x), dtype)
 
 
@@ -158,7 +152,7 @@ def test_changing_the_teacher_before_backward_raises_emulated(emulated_ops):
     x = make_inputs()
     sh, sw = x["sh"].requires_grad_(), x["sw"].requires_grad_()
     kl = cuda_backend.linear_kl(sh, sw, x["th"], x["tw"], divergence="reverse", beta=0.5, temperature=1.0,
-                                vocab_size=x["vocab"])
+                                vocab_size=x["vocab"], options=KernelOptions())
     x["tw"].mul_(1.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         kl.sum().backward()
@@ -180,15 +174,15 @@ def test_objective_weights_emulated(emulated_ops):
         torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-8, atol=0)
 
 
-def test_native_head_grad_accumulation_emulated(emulated_ops, chunk_budget, monkeypatch):
-    """VAOPD_CUDA_HEAD_GRAD=native sums d(head) over row chunks in bf16: the same gradient up to
+def test_native_head_grad_accumulation_emulated(emulated_ops):
+    """KernelOptions(head_grad="native") sums d(head) over row chunks in bf16: the same gradient up to
     one bf16 rounding per chunk, and no fp32 [V, Ds] buffer."""
     x = make_inputs(n=96, ds=32, dt=48, vocab=160, dtype=torch.bfloat16, seed=5)
-    chunk_budget(12 * x["vocab"] * 4 * 2)  # 12 rows per chunk: 8 chunks
+    budget = 12 * x["vocab"] * 4 * 2  # 12 rows per chunk: 8 chunks
     want = oracle("weighted_kl", {}, x)[1]["d_sw"].double()
     errors = {}
     for mode in ("fp32", "native"):
-        monkeypatch.setattr(cuda_backend, "HEAD_GRAD_ACCUMULATION", mode)
+        x["kernel_options"] = KernelOptions(chunk_budget_bytes=budget, head_grad=mode)
         got = run_case(cuda_backend, "weighted_kl", {}, x)[1]["d_sw"].double()
         errors[mode] = float((got - want).norm() / want.norm())
     # Measured: fp32 2.2e-3 (bf16 dlogits and one final rounding), native 3.8e-3 (8 chunk roundings);
@@ -196,13 +190,11 @@ def test_native_head_grad_accumulation_emulated(emulated_ops, chunk_budget, monk
     assert errors["fp32"] < 4e-3 and errors["native"] < 8e-3, errors
 
 
-def test_rows_per_chunk_respects_budget(chunk_budget):
-    chunk_budget(1 << 30)
-    rows = cuda_backend._rows_per_chunk(8192, 151936, 2, torch.float32)
+def test_rows_per_chunk_respects_budget():
+    rows = cuda_backend._rows_per_chunk(8192, 151936, 2, torch.float32, 1 << 30)
     assert rows % 128 == 0 and rows * 151936 * 4 * 2 <= 1 << 30
-    assert cuda_backend._rows_per_chunk(3, 151936, 2, torch.float32) == 3
-    chunk_budget(1)
-    assert cuda_backend._rows_per_chunk(100, 10, 3, torch.float32) == 1
+    assert cuda_backend._rows_per_chunk(3, 151936, 2, torch.float32, 1 << 30) == 3
+    assert cuda_backend._rows_per_chunk(100, 10, 3, torch.float32, 1) == 1
 
 
 def test_backend_contract_surface():
@@ -223,12 +215,12 @@ _GPU_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 @pytest.mark.parametrize("dtype", _GPU_DTYPES)
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 @pytest.mark.parametrize("shape", ["unaligned", "aligned-chunked"])
-def test_matches_reference_gpu(chunk_budget, name, options, dtype, shape):
+def test_matches_reference_gpu(name, options, dtype, shape):
     if shape == "unaligned":  # V = 37: scalar (non-vectorised) path, one chunk
         x = make_inputs(dtype=dtype, device="cuda")
     else:  # V = 1024: 16-byte vector path, several chunks
         x = make_inputs(n=40, ds=64, dt=96, vocab=1024, pad=8, dtype=dtype, device="cuda", seed=1)
-        chunk_budget(16 * 1024 * 8)
+        x["kernel_options"] = KernelOptions(chunk_budget_bytes=16 * 1024 * 8)
     compare(run_case(cuda_backend, name, options, x), oracle(name, options, x), dtype)
 
 

@@ -184,13 +184,13 @@ def test_va_kl(dtype, degraded):
 @pytest.mark.parametrize("backward_gemm", ["triton", "cublas"])
 @pytest.mark.parametrize("fused_views", [False, True], ids=["teacher-first", "fused-views"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-def test_va_opd_loss_weighted_kl(dtype, fused_views, backward_gemm, monkeypatch):
-    monkeypatch.setattr(_config, "FUSED_VIEWS", fused_views)
-    monkeypatch.setattr(_config, "BACKWARD_GEMM", backward_gemm)
+def test_va_opd_loss_weighted_kl(dtype, fused_views, backward_gemm):
+    options = vk.KernelOptions(fused_views=fused_views, backward_gemm=backward_gemm)
     low, ref, y = make(23, 32, 40, 190, dtype, seed=10)
     cu = torch.tensor([0, 4, 9, 10, 17, 23], device=DEVICE)
     pid = torch.tensor([0, 0, 1, 1, 1], device=DEVICE)
-    got = vk.va_opd_loss(*low[:4], y, cu, pid, teacher_hidden_degraded=low[4], vocab_size=190, backend="triton")
+    got = vk.va_opd_loss(*low[:4], y, cu, pid, teacher_hidden_degraded=low[4], vocab_size=190, backend="triton",
+                         options=options)
     want = vk.va_opd_loss(*ref[:4], y, cu, pid, teacher_hidden_degraded=ref[4], vocab_size=190,
                           backend="reference")
     for name in ("loss", "kl", "visual_advantage", "student_logprob", "teacher_logprob", "student_entropy",
@@ -206,7 +206,8 @@ def test_weighted_kl_without_grad():
     from vaopd_kernels.backends import triton as tb
     w = torch.rand(5, device=DEVICE)
     sh, sw = low[0].detach(), low[1].detach()
-    loss, _ = tb.weighted_kl(sh, sw, low[2], low[3], y, None, lambda va: w, vocab_size=40)
+    loss, _ = tb.weighted_kl(sh, sw, low[2], low[3], y, None, lambda va: w, vocab_size=40,
+                             options=vk.KernelOptions())
     assert not loss.requires_grad
     close(loss, (w.double().cpu() * vk.linear_kl(*ref[:4], vocab_size=40, backend="reference").detach().cpu()).sum(),
           torch.float32, "loss")
@@ -222,7 +223,7 @@ def same_as_unfiltered(filtered, unfiltered):
 
 
 @pytest.mark.parametrize("mode", ["reverse", "logprob"])
-def test_gradient_filtering(mode, monkeypatch):
+def test_gradient_filtering(mode):
     """eps = 0 keeps every block (the unfiltered gradients exactly); a huge eps drops all of them
     (zero gradients: the skip path really skips); near-uniform rows lose nothing (the threshold is
     relative to the row's largest probability); peaked rows drop blocks at 2^-12, and each
@@ -231,11 +232,11 @@ def test_gradient_filtering(mode, monkeypatch):
     low, _, y = make(n, 32, 32, vocab, torch.float32, seed=12)
 
     def run(eps):
-        monkeypatch.setattr(_config, "FILTER_EPS", eps)
+        options = vk.KernelOptions(gradient_filter_eps=eps)
         if mode == "logprob":
-            value = vk.linear_logprob(low[0], low[1], y, vocab_size=vocab, backend="triton")
+            value = vk.linear_logprob(low[0], low[1], y, vocab_size=vocab, backend="triton", options=options)
         else:
-            value = vk.linear_kl(*low[:4], vocab_size=vocab, backend="triton")
+            value = vk.linear_kl(*low[:4], vocab_size=vocab, backend="triton", options=options)
         return [g.double() for g in torch.autograd.grad((value * upstream.float()).sum(), low[:2])]
 
     upstream = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -309,19 +310,19 @@ def point_at_targets(low, y):
         low[1][32:] *= 0.1
 
 
-def kl_grads(low, vocab, eps, poison, monkeypatch):
+def kl_grads(low, vocab, eps, poison):
     """d sum(reverse KL) / d (student hidden, head) from the triton backend with filter ``eps``;
     with ``poison``, the teacher head's rows from 128 on (outside any tile of up to 128 columns
     that holds a target) hold POISON from the end of the forward pass."""
-    monkeypatch.setattr(_config, "FILTER_EPS", eps)
     tw = low[3].detach().clone()
-    kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton")
+    kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton",
+                      options=vk.KernelOptions(gradient_filter_eps=eps))
     if poison:
         tw.data[128:] = POISON  # .data: behind autograd's version check, to see what backward reads
     return torch.autograd.grad(kl.sum(), low[:2])
 
 
-def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
+def test_gradient_filter_skips_dead_teacher_tiles():
     """With the filter on, reverse KL never reads teacher columns where no row's student has any
     non-negligible probability: huge values written there after the forward pass leave the
     gradients exactly as they were (without the filter, they reach them). The teacher's logits
@@ -335,7 +336,7 @@ def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
         low[2][:, -1], low[3][:, -1] = 1e4, 1.0
 
     def run(eps, poison):
-        return kl_grads(low, vocab, eps, poison, monkeypatch)
+        return kl_grads(low, vocab, eps, poison)
 
     eps = 2.0 ** -12
     clean, exact = run(eps, poison=False), run(None, poison=False)
@@ -347,7 +348,7 @@ def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
     assert ((clean[1] - exact[1]).abs() <= n * eps * h_max * 1.01 + 1e-6).all()
 
 
-def test_gradient_filter_groups_rows_by_confidence(monkeypatch):
+def test_gradient_filter_groups_rows_by_confidence():
     """Certain and uncertain rows interleaved: the filter visits rows grouped by confidence, so the
     certain rows' tiles still skip the teacher where only the uncertain rows need it. Huge values
     written into those teacher columns after the forward pass reach the uncertain rows' d hidden, but
@@ -361,7 +362,7 @@ def test_gradient_filter_groups_rows_by_confidence(monkeypatch):
     with torch.no_grad():
         low[0][~certain] = 0.3 * torch.randn(n // 2, dim, generator=gen).to(DEVICE)  # near-uniform rows
 
-    clean, poisoned = (kl_grads(low, vocab, 2.0 ** -12, poison, monkeypatch)[0] for poison in (False, True))
+    clean, poisoned = (kl_grads(low, vocab, 2.0 ** -12, poison)[0] for poison in (False, True))
     assert torch.equal(poisoned[certain], clean[certain])
     assert (poisoned[~certain] != clean[~certain]).all(dim=1).all(), "the uncertain rows never read the poison"
 
@@ -409,7 +410,8 @@ def test_changing_the_teacher_before_backward_raises(call):
     if call == "linear_kl":
         out = vk.linear_kl(*low[:4], vocab_size=50, backend="triton").sum()
     else:
-        out, _ = tb.weighted_kl(*low[:4], y, low[4], lambda va: torch.ones_like(va), vocab_size=50)
+        out, _ = tb.weighted_kl(*low[:4], y, low[4], lambda va: torch.ones_like(va), vocab_size=50,
+                                options=vk.KernelOptions())
     with torch.no_grad():
         low[3].mul_(1.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):

@@ -13,7 +13,7 @@ from vaopd_kernels.api import (
     visual_advantage,
 )
 from vaopd_kernels.backends import available_backends
-from vaopd_kernels.backends.torch_chunked import get_chunk_budget, set_chunk_budget
+from vaopd_kernels.options import KernelOptions
 from vaopd_kernels.results import ObjectiveResult, VAKLResult, VAOPDLossResult
 
 __all__ = [
@@ -26,8 +26,7 @@ __all__ = [
     "va_opd_loss",
     "VAOPDLoss",
     "available_backends",
-    "set_chunk_budget",
-    "get_chunk_budget",
+    "KernelOptions",
     "VAKLResult",
     "ObjectiveResult",
     "VAOPDLossResult",

@@ -9,6 +9,7 @@ import torch
 from vaopd_kernels import objective
 from vaopd_kernels.backends import resolve_backend
 from vaopd_kernels.backends._autograd import no_autocast
+from vaopd_kernels.options import resolve_options
 from vaopd_kernels.results import ObjectiveResult, VAKLResult, VAOPDLossResult
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -170,7 +171,7 @@ def _check_degraded(th_degraded, th) -> None:
 
 # ----------------------------------------------------------------------------- kernels
 def linear_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *, divergence="reverse",
-              beta=0.5, temperature=1.0, vocab_size=None, backend="auto") -> torch.Tensor:
+              beta=0.5, temperature=1.0, vocab_size=None, backend="auto", options=None) -> torch.Tensor:
     """Per-token divergence between student and teacher next-token distributions, [N] float32.
 
     Computed from hidden states and LM heads without materialising [N, V] logits (backend
@@ -179,29 +180,33 @@ def linear_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *,
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size)
     _check_divergence(divergence, beta)
     temperature = _check_positive("temperature", temperature)
+    options = resolve_options(options)
     impl = resolve_backend(backend, student_hidden.device)
     with no_autocast(student_hidden.device):
         kl = impl.linear_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                            divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab)
+                            divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab,
+                            options=options)
     return _finite([kl], student_hidden=student_hidden, student_weight=student_weight,
                    teacher_hidden=teacher_hidden, teacher_weight=teacher_weight)[0]
 
 
-def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None, backend="auto") -> torch.Tensor:
+def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None, backend="auto",
+                   options=None) -> torch.Tensor:
     """log softmax(weight[:V] @ hidden / T)[targets], [N] float32, differentiable."""
     _check_pair("hidden", hidden, "weight", weight)
     vocab = _resolve_vocab(vocab_size, weight=weight)
     _check_same_device(hidden=hidden, weight=weight, targets=targets if isinstance(targets, torch.Tensor) else None)
     targets = _check_targets(targets, hidden.shape[0], vocab)
     temperature = _check_positive("temperature", temperature)
+    options = resolve_options(options)
     impl = resolve_backend(backend, hidden.device)
     with no_autocast(hidden.device):
-        lp = impl.linear_logprob(hidden, weight, targets, temperature=temperature, vocab_size=vocab)
+        lp = impl.linear_logprob(hidden, weight, targets, temperature=temperature, vocab_size=vocab, options=options)
     return _finite([lp], hidden=hidden, weight=weight)[0]
 
 
 def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_size=None, clamp=True,
-                     backend="auto") -> torch.Tensor:
+                     backend="auto", options=None) -> torch.Tensor:
     """Teacher log-prob gap of ``targets`` between the original and degraded image, [N], detached.
 
     ``max(lp_full - lp_degraded, 0)``, or the signed gap with ``clamp=False``.
@@ -215,27 +220,29 @@ def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_siz
     _check_same_device(hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight,
                        targets=targets if isinstance(targets, torch.Tensor) else None)
     targets = _check_targets(targets, hidden_full.shape[0], vocab)
+    options = resolve_options(options)
     impl = resolve_backend(backend, hidden_full.device)
     with no_autocast(hidden_full.device):
         lp_full, lp_degraded = impl.teacher_logprobs(hidden_full.detach(), weight.detach(), targets,
-                                                     hidden_degraded.detach(), vocab_size=vocab)
+                                                     hidden_degraded.detach(), vocab_size=vocab, options=options)
     gap = _finite([lp_full - lp_degraded], hidden_full=hidden_full, hidden_degraded=hidden_degraded,
                   weight=weight)[0]
     return gap.clamp_min(0.0) if clamp else gap
 
 
 def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, *,
-          teacher_hidden_degraded=None, vocab_size=None, backend="auto") -> VAKLResult:
+          teacher_hidden_degraded=None, vocab_size=None, backend="auto", options=None) -> VAKLResult:
     """Reverse KL (differentiable) plus VA and the per-token statistics, sharing the teacher pass."""
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    extra_rows={"teacher_hidden_degraded": teacher_hidden_degraded})
     _check_degraded(teacher_hidden_degraded, teacher_hidden)
     targets = _check_targets(targets, student_hidden.shape[0], vocab)
+    options = resolve_options(options)
     impl = resolve_backend(backend, student_hidden.device)
     degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
     with no_autocast(student_hidden.device):
         result = impl.va_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                            targets, degraded, vocab_size=vocab)
+                            targets, degraded, vocab_size=vocab, options=options)
     _finite([result.kl, result.visual_advantage, result.student_logprob, result.teacher_logprob],
             student_hidden=student_hidden, student_weight=student_weight, teacher_hidden=teacher_hidden,
             teacher_weight=teacher_weight, teacher_hidden_degraded=teacher_hidden_degraded)
@@ -255,7 +262,7 @@ def _objective_weights(impl):
 
 
 def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
-                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto") -> ObjectiveResult:
+                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None) -> ObjectiveResult:
     """VA-OPD loss from per-token KL and VA (DESIGN.md): sibling-softmax rollout weights and a
     lambda / (1 - lambda) split between each rollout's top-VA tokens and the rest, over P prompts
     (``num_prompts`` overrides P, e.g. the global count under data parallelism).
@@ -266,6 +273,7 @@ def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high
     cu, pid = _check_rollouts(cu_seqlens, prompt_ids, token_kl.shape[0], token_kl.device)
     _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
     _check_objective_options(high_fraction, high_weight, temperature, eps)
+    resolve_options(options)  # checked; the objective has no kernel options
     _finite([token_kl, visual_advantage], token_kl=token_kl, visual_advantage=visual_advantage)
     weights = _objective_weights(resolve_backend(backend, token_kl.device))(
         visual_advantage, cu, pid, high_fraction=float(high_fraction), high_weight=float(high_weight),
@@ -284,7 +292,7 @@ def opd_objective(token_kl, cu_seqlens, *, num_rollouts=None) -> ObjectiveResult
 
 def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens, prompt_ids, *,
                 teacher_hidden_degraded=None, vocab_size=None, high_fraction=0.2, high_weight=0.5, temperature=1.0,
-                eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto") -> VAOPDLossResult:
+                eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto", options=None) -> VAOPDLossResult:
     """The full VA-OPD loss from hidden states (standard OPD when ``teacher_hidden_degraded`` is None).
 
     The per-token coefficients depend on the teacher only, so the backend hands VA to the
@@ -299,6 +307,7 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     _check_objective_options(high_fraction, high_weight, temperature, eps)
     num_prompts = _check_count("num_prompts", num_prompts)
     num_rollouts = _check_count("num_rollouts", num_rollouts)
+    options = resolve_options(options)
     impl = resolve_backend(backend, student_hidden.device)
     num_rows = student_hidden.shape[0]
     chosen = []
@@ -317,7 +326,8 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
     with no_autocast(student_hidden.device):
         loss, stats = impl.weighted_kl(student_hidden, student_weight, teacher_hidden.detach(),
-                                       teacher_weight.detach(), targets, degraded, token_weights, vocab_size=vocab)
+                                       teacher_weight.detach(), targets, degraded, token_weights, vocab_size=vocab,
+                                       options=options)
     _finite([loss, stats.kl, stats.visual_advantage, stats.student_logprob], student_hidden=student_hidden,
             student_weight=student_weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
             teacher_hidden_degraded=teacher_hidden_degraded)
@@ -336,17 +346,17 @@ class VAOPDLoss(torch.nn.Module):
     hidden states are passed to ``forward``)."""
 
     def __init__(self, *, vocab_size=None, high_fraction=0.2, high_weight=0.5, temperature=1.0, eps=1e-6,
-                 backend="auto"):
+                 backend="auto", options=None):
         super().__init__()
         _check_objective_options(high_fraction, high_weight, temperature, eps)
-        self.options = dict(vocab_size=vocab_size, high_fraction=high_fraction, high_weight=high_weight,
-                            temperature=temperature, eps=eps, backend=backend)
+        self.settings = dict(vocab_size=vocab_size, high_fraction=high_fraction, high_weight=high_weight,
+                             temperature=temperature, eps=eps, backend=backend, options=resolve_options(options))
 
     def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens,
                 prompt_ids, teacher_hidden_degraded=None, num_prompts=None, num_rollouts=None) -> VAOPDLossResult:
         return va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens,
                            prompt_ids, teacher_hidden_degraded=teacher_hidden_degraded, num_prompts=num_prompts,
-                           num_rollouts=num_rollouts, **self.options)
+                           num_rollouts=num_rollouts, **self.settings)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return ", ".join(f"{k}={v!r}" for k, v in self.settings.items())

@@ -6,7 +6,7 @@ again and never import each other.
 
 The contract (all row tensors packed [N, ...]; ``vocab_size`` is a resolved int; gradients
 reach ``student_hidden``/``student_weight`` only; outputs are float32, or float64 for float64
-inputs):
+inputs; every function also takes ``options``, a checked ``KernelOptions``, by keyword):
 
 - ``linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size) -> [N]``
   differentiable per-token divergence ("reverse" | "forward" | "jsd").
@@ -27,7 +27,6 @@ inputs):
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 from typing import Dict, List
 
@@ -63,8 +62,6 @@ def available_backends() -> List[str]:
 
 def resolve_backend(name: str, device: torch.device) -> ModuleType:
     """The backend module for ``name`` ("auto" picks the fastest that runs on ``device``)."""
-    if name == "auto":
-        name = os.environ.get("VAOPD_BACKEND", "auto")
     if name == "auto":
         if device.type == "cuda" and backend_unavailable_reason("triton") is None:
             name = "triton"

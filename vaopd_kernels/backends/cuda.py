@@ -2,8 +2,8 @@
 
 Per chunk of token rows, each view's logits ``z = W[:V] h`` come from cuBLAS (torch matmul; bf16/fp16
 operands with fp32 output via ``out_dtype`` where torch has it) into ONE reusable fp32 (fp64 for
-float64 inputs) buffer per view, sized by a memory budget (``set_chunk_budget`` or
-``VAOPD_CUDA_CHUNK_MB``, default 2048 MiB for all views together). The CUDA kernels then make one
+float64 inputs) buffer per view, sized by a memory budget (``KernelOptions.chunk_budget_bytes``,
+default 2 GiB for all views together). The CUDA kernels then make one
 pass over the chunk for the statistics (online lse of every view, reverse/forward KL or JSD,
 target log-probs, student entropy) and, when a gradient is wanted, write ``row_grad / T * dD/dz``
 in place over the student logits (bf16/fp16 packed at the start of each row for half-precision
@@ -30,19 +30,16 @@ from typing import Dict, Optional
 import torch
 
 from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
-from vaopd_kernels.backends._common import (compute_dtype, env_choice, env_number, visual_advantage,
-                                            visual_advantage_from)
+from vaopd_kernels.backends._common import compute_dtype, visual_advantage, visual_advantage_from
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.objective import TokenWeights
 from vaopd_kernels.results import VAKLResult
 
-_MIB = 1 << 20
-_chunk_budget_bytes = int(env_number("VAOPD_CUDA_CHUNK_MB", 2048) * _MIB)
-# d(head) sums over row chunks. "fp32" (default): in one fp32 [V, Ds] buffer, exact (1.2 GiB at
-# V = 151,936, Ds = 2048). "native": in the head's own bf16/fp16, each chunk's GEMM accumulating
-# in fp32 inside cuBLAS and rounding once into the sum: no buffer beyond the chunks, one half-
-# precision rounding per chunk (error measured in tests/test_cuda_backend.py).
-HEAD_GRAD_ACCUMULATION = env_choice("VAOPD_CUDA_HEAD_GRAD", "fp32", ("fp32", "native"))
+DEFAULT_CHUNK_BUDGET_BYTES = 2 << 30
+# d(head) sums over row chunks. KernelOptions.head_grad "fp32" (default): in one fp32 [V, Ds]
+# buffer, exact (1.2 GiB at V = 151,936, Ds = 2048). "native": in the head's own bf16/fp16, each
+# chunk's GEMM accumulating in fp32 inside cuBLAS and rounding once into the sum: no buffer beyond
+# the chunks, one half-precision rounding per chunk (error measured in tests/test_cuda_backend.py).
 _HALF = (torch.bfloat16, torch.float16)
 _GRAD_FORMAT = {None: 0, torch.bfloat16: 1, torch.float16: 2}
 _DIVERGENCE = {"reverse": 0, "forward": 1, "jsd": 2}
@@ -57,22 +54,10 @@ _load_error: Optional[str] = None
 BUILD_INFO: Dict[str, object] = {}   # how the extension was loaded (for benchmarks/reports)
 
 
-# ----------------------------------------------------------------------------- budget
-def set_chunk_budget(num_bytes: int) -> None:
-    """Cap the bytes of the per-view [rows, V] chunk buffers the cuda backend keeps alive at once."""
-    global _chunk_budget_bytes
-    if int(num_bytes) < 1:
-        raise ValueError(f"num_bytes: expected a positive byte count, got {num_bytes}")
-    _chunk_budget_bytes = int(num_bytes)
-
-
-def get_chunk_budget() -> int:
-    return _chunk_budget_bytes
-
-
-def _rows_per_chunk(num_rows: int, vocab_size: int, num_views: int, dtype: torch.dtype) -> int:
+def _rows_per_chunk(num_rows: int, vocab_size: int, num_views: int, dtype: torch.dtype,
+                    budget_bytes: Optional[int] = None) -> int:
     per_row = vocab_size * torch.finfo(dtype).bits // 8 * max(1, num_views)
-    rows = max(1, _chunk_budget_bytes // per_row)
+    rows = max(1, (budget_bytes or DEFAULT_CHUNK_BUDGET_BYTES) // per_row)
     if rows >= 256:
         rows -= rows % 128  # GEMM-friendly tile multiples
     return max(1, min(num_rows, rows))
@@ -239,7 +224,7 @@ class _ScanOut:
         self.student_entropy = self.grad_hidden = self.grad_weight = None
 
 
-def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, targets=None,
+def _scan(*, vocab_size: int, options, student=None, teacher=None, degraded_hidden=None, targets=None,
           temperature: float = 1.0, divergence: str = "reverse", beta: float = 0.5,
           row_grad: Optional[torch.Tensor] = None, want_kl: bool = False,
           want_logprob_grad: bool = False) -> _ScanOut:
@@ -271,14 +256,14 @@ def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, 
     if row_grad is not None:
         grad_half = s_head.op_dtype if s_head.op_dtype in _HALF else None
         out.grad_hidden = torch.empty(num_rows, student[0].shape[1], dtype=cdtype, device=device)
-        native = HEAD_GRAD_ACCUMULATION == "native" and grad_half is not None
+        native = options.head_grad == "native" and grad_half is not None
         out.grad_weight = torch.zeros(vocab_size, student[1].shape[1], dtype=grad_half if native else cdtype,
                                       device=device)
         row_grad = row_grad.detach().to(device=device, dtype=cdtype).contiguous()
     grad_format = _GRAD_FORMAT[grad_half]
 
     heads = [h for h in (s_head, t_head, d_head) if h is not None]
-    step = _rows_per_chunk(num_rows, vocab_size, len(heads), cdtype)
+    step = _rows_per_chunk(num_rows, vocab_size, len(heads), cdtype, options.chunk_budget_bytes)
     bufs = {id(h): torch.empty(step, vocab_size, dtype=cdtype, device=device) for h in heads}
 
     for start in range(0, num_rows, step):
@@ -333,49 +318,50 @@ def _with_grad(value, hidden, weight, **scan_options):
 
 
 # ----------------------------------------------------------------------------- the contract
-def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
-    options = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, divergence=divergence,
-                   beta=beta, temperature=temperature, vocab_size=vocab_size)
+def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size, options):
+    scan = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, divergence=divergence,
+                beta=beta, temperature=temperature, vocab_size=vocab_size, options=options)
     with torch.no_grad():
-        kl = _scan(**options).kl
-    return _with_grad(kl, sh, sw, **options)
+        kl = _scan(**scan).kl
+    return _with_grad(kl, sh, sw, **scan)
 
 
-def linear_logprob(h, w, targets, *, temperature, vocab_size):
-    options = dict(student=(h, w), targets=targets, temperature=temperature, vocab_size=vocab_size)
+def linear_logprob(h, w, targets, *, temperature, vocab_size, options):
+    scan = dict(student=(h, w), targets=targets, temperature=temperature, vocab_size=vocab_size, options=options)
     with torch.no_grad():
-        lp = _scan(**options).student_logprob
-    return _with_grad(lp, h, w, want_logprob_grad=True, **options)
+        lp = _scan(**scan).student_logprob
+    return _with_grad(lp, h, w, want_logprob_grad=True, **scan)
 
 
 @torch.no_grad()
-def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size):
-    out = _scan(teacher=(th, tw), degraded_hidden=th_degraded, targets=targets, vocab_size=vocab_size)
+def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size, options):
+    out = _scan(teacher=(th, tw), degraded_hidden=th_degraded, targets=targets, vocab_size=vocab_size,
+                options=options)
     return out.teacher_logprob, out.degraded_logprob
 
 
-def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
-    options = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, vocab_size=vocab_size)
+def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size, options):
+    scan = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, vocab_size=vocab_size, options=options)
     with torch.no_grad():
-        stats = _scan(degraded_hidden=th_degraded, targets=targets, **options)
+        stats = _scan(degraded_hidden=th_degraded, targets=targets, **scan)
     va = None
     if stats.degraded_logprob is not None:
         va = visual_advantage(stats.teacher_logprob, stats.degraded_logprob)
-    kl = _with_grad(stats.kl, sh, sw, **options)
+    kl = _with_grad(stats.kl, sh, sw, **scan)
     return VAKLResult(kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)
 
 
-def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
-    va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size)
+def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size, options):
+    va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size, options)
     token_weight = token_weights(va)  # VA first: the token weights depend on it
     grad = wants_grad(sh, sw)
-    options = dict(student=(sh, sw), teacher=(th, tw), vocab_size=vocab_size, want_kl=True)
+    scan = dict(student=(sh, sw), teacher=(th, tw), vocab_size=vocab_size, want_kl=True, options=options)
     with torch.no_grad():
-        out = _scan(targets=targets, row_grad=token_weight if grad else None, **options)
+        out = _scan(targets=targets, row_grad=token_weight if grad else None, **scan)
         loss = (token_weight.to(out.kl.dtype) * out.kl).sum()
 
     def recompute():
-        again = _scan(row_grad=token_weight, **options)
+        again = _scan(row_grad=token_weight, **scan)
         return again.grad_hidden, again.grad_weight
     loss = precomputed_loss(loss, sh, sw, (out.grad_hidden, out.grad_weight) if grad else None, recompute,
                             recomputed_from=(th, tw))

@@ -1,6 +1,6 @@
 """The reference backend: full [N, V] logits and plain autograd.
 
-It is the test oracle, so it is written for obviousness, not speed or memory.
+It is the test oracle, so it is written for obviousness, not speed or memory (and takes no options).
 """
 from __future__ import annotations
 
@@ -33,20 +33,20 @@ def _divergence(logp_s, logp_t, divergence, beta):
     return beta * kl_t + (1.0 - beta) * kl_s
 
 
-def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
+def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size, options=None):
     dtype = compute_dtype(sh, sw, th, tw)
     logp_s = _log_softmax(sh, sw, vocab_size, temperature, dtype)
     logp_t = _log_softmax(th.detach(), tw.detach(), vocab_size, temperature, dtype)
     return _divergence(logp_s, logp_t, divergence, beta)
 
 
-def linear_logprob(h, w, targets, *, temperature, vocab_size):
+def linear_logprob(h, w, targets, *, temperature, vocab_size, options=None):
     logp = _log_softmax(h, w, vocab_size, temperature, compute_dtype(h, w))
     return logp.gather(-1, targets[:, None]).squeeze(-1)
 
 
 @torch.no_grad()
-def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size):
+def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size, options=None):
     lp = linear_logprob(th, tw, targets, temperature=1.0, vocab_size=vocab_size)
     if th_degraded is None:
         return lp, None
@@ -65,7 +65,7 @@ def _student_teacher_stats(sh, sw, th, tw, targets, vocab_size):
     return kl, student_logprob, teacher_logprob, entropy
 
 
-def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
+def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size, options=None):
     kl, student_lp, teacher_lp, entropy = _student_teacher_stats(sh, sw, th, tw, targets, vocab_size)
     va = None
     if th_degraded is not None:
@@ -77,7 +77,7 @@ def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
     return VAKLResult(kl, va, student_lp, teacher_lp, entropy)
 
 
-def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
+def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size, options=None):
     result = va_kl(sh, sw, th, tw, targets, th_degraded, vocab_size=vocab_size)
     token_weight = token_weights(result.visual_advantage)
     loss = (token_weight.to(result.kl.dtype) * result.kl).sum()

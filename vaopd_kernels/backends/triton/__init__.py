@@ -45,13 +45,13 @@ def supports_device(device) -> bool:
     return device.type == "cpu" if _config.INTERPRET else device.type == "cuda"
 
 
-def _student_teacher_stats(sh, sw, th, tw, *, vocab_size, divergence="reverse", beta=0.5, temperature=1.0,
+def _student_teacher_stats(sh, sw, th, tw, *, vocab_size, options, divergence="reverse", beta=0.5, temperature=1.0,
                            targets=None, degraded=None):
     """Forward statistics and the rows the backward needs for ``divergence``."""
     cross = {"reverse": CROSS_REVERSE, "forward": CROSS_FORWARD, "jsd": CROSS_NONE}[divergence]
     stats = kl_forward.row_stats(vocab_size=vocab_size, student=(sh, sw), teacher=(th, tw), degraded=degraded,
                                  targets=targets, temperature=temperature, cross=cross, beta=beta,
-                                 teacher_min=_config.FILTER_EPS is not None)
+                                 teacher_min=options.gradient_filter_eps is not None)
     if divergence == "jsd":
         second = kl_forward.row_stats(vocab_size=vocab_size, student=(sh, sw), teacher=(th, tw),
                                       temperature=temperature, cross=CROSS_JSD, beta=beta,
@@ -64,22 +64,22 @@ def _student_teacher_stats(sh, sw, th, tw, *, vocab_size, divergence="reverse", 
     return stats, value, rows
 
 
-def _grads_fn(sh, sw, th, tw, rows, *, divergence, beta, temperature, vocab_size):
+def _grads_fn(sh, sw, th, tw, rows, *, divergence, beta, temperature, vocab_size, options):
     def backward_fn(row_grad):
         return kl_backward.student_grads(mode=divergence, sh=sh, sw=sw, th=th, tw=tw, rows=rows, row_grad=row_grad,
-                                         vocab_size=vocab_size, temperature=temperature, beta=beta,
+                                         vocab_size=vocab_size, temperature=temperature, beta=beta, options=options,
                                          precision=kl_forward.dot_precision(sh, th))
     return backward_fn
 
 
-def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
+def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size, options):
     out_dtype = compute_dtype(sh, sw, th, tw)
     shk, swk, thk, twk = kl_forward.operands(sh, sw, th, tw)
     with torch.no_grad():
         _, value, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, divergence=divergence,
-                                                beta=beta, temperature=temperature)
+                                                beta=beta, temperature=temperature, options=options)
     backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence=divergence, beta=beta, temperature=temperature,
-                            vocab_size=vocab_size)
+                            vocab_size=vocab_size, options=options)
     return attach(value.to(out_dtype), sh, sw, backward_fn, recomputed_from=(th, tw))
 
 
@@ -88,34 +88,35 @@ def _visual_advantage(stats) -> torch.Tensor:
     return visual_advantage(stats.logit_t - stats.lse_t, stats.logit_d - stats.lse_d)
 
 
-def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
+def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size, options):
     out_dtype = compute_dtype(sh, sw, th, tw, *(x for x in (th_degraded,) if x is not None))
     shk, swk, thk, twk, tdk = kl_forward.operands(sh, sw, th, tw, th_degraded)
     with torch.no_grad():
         stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets,
-                                                 degraded=tdk)
+                                                 degraded=tdk, options=options)
         lp_s = (stats.logit_s - stats.lse_s).to(out_dtype)
         lp_t = stats.logit_t - stats.lse_t
         va = _visual_advantage(stats).to(out_dtype) if tdk is not None else None
     backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence="reverse", beta=0.5, temperature=1.0,
-                            vocab_size=vocab_size)
+                            vocab_size=vocab_size, options=options)
     kl = attach(kl.to(out_dtype), sh, sw, backward_fn, recomputed_from=(th, tw))
     return VAKLResult(kl, va, lp_s, lp_t.to(out_dtype), stats.entropy.to(out_dtype))
 
 
-def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
+def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size, options):
     out_dtype = compute_dtype(sh, sw, th, tw)
-    if _config.FUSED_VIEWS and th_degraded is not None:  # all three views in one statistics pass
+    if options.fused_views and th_degraded is not None:  # all three views in one statistics pass
         shk, swk, thk, twk, tdk = kl_forward.operands(sh, sw, th, tw, th_degraded)
         with torch.no_grad():
             stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets,
-                                                     degraded=tdk)
+                                                     degraded=tdk, options=options)
             va = _visual_advantage(stats).to(out_dtype)
     else:  # the teacher views first, then student + teacher
-        va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size)
+        va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size, options)
         shk, swk, thk, twk = kl_forward.operands(sh, sw, th, tw)
         with torch.no_grad():
-            stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets)
+            stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets,
+                                                     options=options)
     token_weight = token_weights(va)  # before any gradient work: the gradients are weighted by it
     with torch.no_grad():
         kl = kl.to(out_dtype)
@@ -123,7 +124,7 @@ def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_si
 
     def grads():
         grad_h, grad_w = kl_backward.student_grads(mode="reverse", sh=shk, sw=swk, th=thk, tw=twk, rows=rows,
-                                                   row_grad=token_weight, vocab_size=vocab_size,
+                                                   row_grad=token_weight, vocab_size=vocab_size, options=options,
                                                    precision=kl_forward.dot_precision(shk, thk))
         return grad_h.to(sh.dtype), grad_w.to(sw.dtype)  # fp32 accumulation done; hold input dtypes
 

@@ -1,7 +1,7 @@
 """Backward: d(student hidden) and d(student head) from saved O(N) row statistics.
 
 The vocabulary is walked in chunks of ``Vc`` columns (``Vc`` from a fixed workspace budget,
-32 MiB by default). Per chunk:
+``KernelOptions.triton_workspace_bytes``, 32 MiB by default). Per chunk:
 
 1. ``_dlogits_kernel`` recomputes the student (and teacher) logit tiles with ``tl.dot`` and
    writes d loss / d z_s for all N rows x Vc columns into the workspace (the only [rows, cols]
@@ -9,8 +9,8 @@ The vocabulary is walked in chunks of ``Vc`` columns (``Vc`` from a fixed worksp
 2. ``matmul`` writes d W_s[chunk] = dz^T @ h (K = N: each gradient row written once, no fp32
    copy of the head's gradient);
 3. ``matmul`` accumulates d h += dz @ W_s[chunk] into one fp32 [N, Ds] buffer.
-(``VAOPD_TRITON_BACKWARD_GEMM=cublas`` runs steps 2 and 3 through cuBLAS instead.)
-With gradient filtering the rows are visited in an order grouped by confidence (the workspace
+(``backward_gemm="cublas"`` runs steps 2 and 3 through cuBLAS instead.)
+With gradient filtering (``gradient_filter_eps``) the rows are visited in an order grouped by confidence (the workspace
 holds them in that order; step 2 gathers h's rows and step 3 scatters d h's rows through it).
 
 Every output element has exactly one writer: no atomics, deterministic.
@@ -32,7 +32,7 @@ import triton.language as tl
 
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.backends.triton import _config as C
-from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, scaled
+from vaopd_kernels.backends.triton._tiles import dot, logaddexp, logits_tile, scaled
 from vaopd_kernels.backends.triton.kl_forward import RowStats
 
 MODE_REVERSE, MODE_FORWARD, MODE_JSD, MODE_LOGPROB = 0, 1, 2, 3
@@ -160,10 +160,7 @@ def _matmul_step(acc, k, a_ptr, b_ptr, order_ptr, offs_m, offs_n, offs_k, m_mask
         rows_b = tl.load(order_ptr + kk, mask=k_mask, other=0)
     b = tl.load(b_ptr + rows_b[:, None] * stride_bk + offs_n[None, :] * stride_bn,
                 mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-    if CAST_F32:
-        a = a.to(tl.float32)
-        b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PRECISION)
+    return dot(a, b, acc, CAST_F32, PRECISION)
 
 
 @C.autotune(_MM_CONFIGS, C.cfg(1, 1, BLOCK_M=16, BLOCK_N=32, BLOCK_K=32),
@@ -269,19 +266,19 @@ def teacher_skip_threshold(rows: torch.Tensor, eps: float) -> torch.Tensor:
     return (b / (d + torch.log(d))).clamp(max=math.exp(-1.0)).float()
 
 
-def _chunk_columns(num_rows: int, vocab_size: int, itemsize: int) -> int:
-    cols = C.DZ_WORKSPACE_BYTES // max(1, num_rows * itemsize)
+def _chunk_columns(num_rows: int, vocab_size: int, itemsize: int, workspace_bytes: int) -> int:
+    cols = workspace_bytes // max(1, num_rows * itemsize)
     cols = max(256, cols // 256 * 256)
     return min(cols, vocab_size)
 
 
-def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tensor, vocab_size: int,
+def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tensor, vocab_size: int, options,
                   temperature: float = 1.0, th=None, tw=None, targets=None, beta: float = 0.5,
                   precision: str = "ieee"):
     """(d hidden [N, Ds] fp32, d weight [Vs, Ds] in sw's dtype, zero rows >= V).
 
     ``sh``/``sw``/``th``/``tw`` are kernel operands (see kl_forward.prepare); ``rows`` comes from
-    :func:`saved_rows`.
+    :func:`saved_rows`; ``options`` (KernelOptions) sets the workspace, the matmuls and the filter.
     """
     n, ds = sh.shape
     device = sh.device
@@ -295,14 +292,15 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
     grad_h = torch.empty(n, ds, dtype=torch.float32, device=device)
     if C.POISON:
         grad_h.fill_(float("nan"))
-    cols = _chunk_columns(n, vocab_size, torch.finfo(ws_dtype).bits // 8)
+    cols = _chunk_columns(n, vocab_size, torch.finfo(ws_dtype).bits // 8, options.triton_workspace_bytes)
     workspace = torch.empty(n, cols, dtype=ws_dtype, device=device)
-    filtering = C.FILTER_EPS is not None
-    cublas = C.BACKWARD_GEMM == "cublas" and not filtering  # cuBLAS cannot skip filtered blocks
+    eps = options.gradient_filter_eps
+    filtering = eps is not None
+    cublas = options.backward_gemm == "cublas"  # KernelOptions rejects it together with the filter
     flag_cols = triton.cdiv(cols, C.FLAG_BLOCK)
     flag_map = torch.empty(triton.cdiv(n, C.FLAG_BLOCK), flag_cols if filtering else 0, dtype=torch.int8,
                            device=device)
-    log_tau = teacher_skip_threshold(rows, C.FILTER_EPS).log() if filtering and mode == "reverse" else g
+    log_tau = teacher_skip_threshold(rows, eps).log() if filtering and mode == "reverse" else g
     # With the filter, rows are visited grouped by confidence (log max p_s): a block is skipped only
     # if all its 64-128 rows allow it, and one uncertain row among certain ones keeps it
     # (bench/filter_reach.py). The workspace holds rows in this order; the matmuls gather h's rows
@@ -325,7 +323,7 @@ def student_grads(*, mode: str, sh, sw, rows: torch.Tensor, row_grad: torch.Tens
         _dlogits_kernel[grid](sh, sw, th, tw, y, rows, log_tau, g, dz, flag_map if filtering else dz,
                               order if filtering else g, n, v_begin, v_end, cols, ds, th.shape[1], sh.stride(0),
                               sw.stride(0), th.stride(0), tw.stride(0), dz.stride(0), flag_cols, 1.0 / temperature,
-                              1.0 - beta, math.log(beta), math.log1p(-beta), C.FILTER_EPS or 0.0, MODE=MODES[mode],
+                              1.0 - beta, math.log(beta), math.log1p(-beta), eps or 0.0, MODE=MODES[mode],
                               CAST_F32=C.INTERPRET, PRECISION=precision, FILTER=filtering, FLAG_BLOCK=C.FLAG_BLOCK)
         if cublas:
             mm_into(grad_w[v_begin:v_end], dz.t(), sh)  # same dtype in and out: torch.mm, fp32 inside

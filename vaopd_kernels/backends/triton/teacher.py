@@ -8,7 +8,7 @@ from vaopd_kernels.backends.triton import kl_forward
 
 
 @torch.no_grad()
-def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size):
+def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size, options=None):  # no tunable option
     out_dtype = compute_dtype(th, tw, *(x for x in (th_degraded,) if x is not None))
     thk, twk, tdk = kl_forward.operands(th, tw, th_degraded)
     stats = kl_forward.row_stats(vocab_size=vocab_size, teacher=(thk, twk), degraded=tdk, targets=targets)
