@@ -15,7 +15,7 @@ for the rows in their given order (what the grouping buys).
 
     python -m bench.filter_reach [--rows 512] [--out bench/results/filter-reach]
 
-Block timing is for a GPU run (bench/gpu_check.py); this measures reach, not speed.
+Block timing is for a GPU run (``python -m bench.gpu_run``, its filter stage); this measures reach, not speed.
 """
 from __future__ import annotations
 

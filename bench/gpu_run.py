@@ -8,7 +8,9 @@ The peers travel as wheels in ``.whl/`` (docs/benchmarks.md, "GPU runs"): they a
 into /tmp/site first, and each stage sees them. Stages (``bench.gpu_stages``): cuBLAS at the
 exact GEMM shapes (the floor); the cuda ``va_opd_loss`` under torch.profiler; triton default vs
 fused views vs cuBLAS backward; KL-only through the scalar path, ours vs Liger-Kernel vs TRL on
-the same inputs; the gradient filter on peaked rows; the trainer's demo. Every timed case goes
+the same inputs; the gradient filter on peaked rows; the trainer's demo; the backends' tests on
+the GPU. ``--stages compare`` (a call of its own) runs the side-by-side runner at the headline
+preset with the peers installed the same way. Every timed case goes
 through the bench's own pieces: ``problem`` inputs, ``measure`` timing and memory, ``check``
 errors against the reference on a row slice. A stage that overruns its limit is killed; the
 cases it finished are kept (it rewrites its result file after each).
@@ -91,7 +93,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="results folder (default: $OUT, else bench/results/<machine-tag>/)")
     ap.add_argument("--no-install", action="store_true", help="do not install the peers from .whl/")
     args = ap.parse_args(argv)
-    names = [s.strip() for s in (args.stages or ",".join(gpu_stages.STAGES)).split(",") if s.strip()]
+    default = ",".join(name for name, stage in gpu_stages.STAGES.items() if stage.default)
+    names = [s.strip() for s in (args.stages or default).split(",") if s.strip()]
     unknown = [s for s in names if s not in gpu_stages.STAGES]
     if unknown:
         ap.error(f"--stages: unknown {unknown}; expected a subset of {list(gpu_stages.STAGES)}")

@@ -22,10 +22,6 @@ MIB = 2 ** 20
 FILTER_EPS = (2.0 ** -12, 2.0 ** -8)   # the gradient filter's two thresholds on peaked rows
 
 
-class Skip(Exception):
-    """A case that cannot run here; its row says why."""
-
-
 # ----------------------------------------------------------------------------- a stage's context
 class Context:
     def __init__(self, stage: str, result_path: Path, smoke: bool, limit_s: float):
@@ -74,12 +70,9 @@ class Context:
 
 
 def kernel_options(**fields):
-    """``vaopd_kernels.KernelOptions(**fields)``; Skip where this checkout has no options API."""
+    """A kernel variant, chosen the way users choose it: ``vaopd_kernels.KernelOptions`` as ``options=``."""
     import vaopd_kernels
-    cls = getattr(vaopd_kernels, "KernelOptions", None)
-    if cls is None:
-        raise Skip("vaopd_kernels.KernelOptions not in this checkout")
-    return cls(**fields)
+    return vaopd_kernels.KernelOptions(**fields)
 
 
 def timed_case(ctx: Context, name: str, fn: Callable, task: str, x=None, design: Optional[str] = None,
@@ -93,9 +86,6 @@ def timed_case(ctx: Context, name: str, fn: Callable, task: str, x=None, design:
     case = {"case": name, "task": task, "design": design, **extra}
     try:
         m = measure(fn, x, reps=ctx.reps, warmup=1)
-    except Skip as exc:
-        ctx.add({**case, "status": f"skipped: {exc}"})
-        return None
     except Exception as exc:  # noqa: BLE001 -- a failure is a row, the stage goes on
         x.zero_grad()
         ctx.free()
@@ -369,12 +359,32 @@ def stage_gpu_tests(ctx: Context) -> None:
              "failed": failed[:40], "output_tail": out[-3000:]})
 
 
+def stage_compare(ctx: Context) -> None:
+    """The side-by-side runner (``bench.compare``) at the headline preset, every implementation, in
+    what is left of this stage's limit; its JSON and markdown travel inside this stage's result."""
+    from bench import machine
+
+    preset = "smoke" if ctx.smoke else "qwen3vl-2b-8b"
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "bench.compare", "--preset", preset, "--budget", str(max(5, round(ctx.limit_s - 15))),
+               "--out", tmp]
+        t0 = time.time()
+        proc = subprocess.run(cmd, cwd=machine.REPO_ROOT, capture_output=True, text=True)
+        found = sorted(Path(tmp).glob(f"*/{preset}.json"))
+        report = json.loads(found[0].read_text()) if found else None
+    ctx.add({"case": f"bench.compare --preset {preset}", "status": "ok" if proc.returncode == 0 and report else
+             f"failed (exit {proc.returncode})", "wall_s": round(time.time() - t0, 1),
+             "reason": None if report else (proc.stderr or proc.stdout)[-600:],
+             "markdown": proc.stdout[-6000:], "compare": report})
+
+
 @dataclass(frozen=True)
 class Stage:
     run: Callable[[Context], None]
     limit_full_s: int
     limit_smoke_s: int
     gpu_only: bool = False
+    default: bool = True      # in a plain ``python -m bench.gpu_run``
 
     def limit_s(self, smoke: bool) -> int:
         return self.limit_smoke_s if smoke else self.limit_full_s
@@ -390,6 +400,8 @@ STAGES: Dict[str, Stage] = {
     "filter": Stage(stage_filter, 50, 90),
     "trainer": Stage(stage_trainer, 40, 60, gpu_only=True),
     "gpu_tests": Stage(stage_gpu_tests, 60, 60, gpu_only=True),
+    # the side-by-side tables at the headline shape: a call of its own (--stages compare)
+    "compare": Stage(stage_compare, 400, 120, default=False),
 }
 
 
