@@ -161,27 +161,30 @@ def torch_chunked(s: Shape, task: str, budget_bytes: int = 512 << 20, vocab_tile
 
 
 def cuda_chunked(s: Shape, task: str, budget_bytes: int = 2048 << 20, head_grad: str = "fp32",
-                 stacked_teacher: bool = False, buffer_bytes: int = 4) -> Floor:
-    """Our cuda backend: cuBLAS GEMMs into one fp32 chunk buffer per view, one-pass row kernels,
-    the logit gradient written in place (bf16), then the d hidden / d head GEMMs; the teacher's
-    views scored in a pass of their own first (VA before any gradient)."""
+                 stacked_teacher: bool = False, student_buffer_bytes: int = 4, teacher_buffer_bytes: int = 4) -> Floor:
+    """Our cuda backend: cuBLAS GEMMs into one chunk buffer per view (fp32 today), one-pass row
+    kernels, the logit gradient written in place (bf16), then the d hidden / d head GEMMs; the
+    teacher's views scored in a pass of their own first (VA before any gradient). The buffer sizes
+    and ``stacked_teacher`` (one GEMM of both teacher views' rows per chunk) model the variants of
+    bench/chunk_precision.py."""
     b, n, v, ds, dt, nv = _sizes(s)
     f = Floor("cuda chunked (ours)", task, s)
 
-    def chunks(num_views):
-        rows = budget_bytes // (v * buffer_bytes * num_views)
+    def chunks(bytes_per_column):
+        rows = budget_bytes // (v * bytes_per_column)
         rows -= rows % 128 if rows >= 256 else 0
         return math.ceil(n / max(1, min(n, rows)))
 
     per_elem = 0
     if task == "va_opd":
-        c1 = chunks(2)
+        c1 = chunks(2 * teacher_buffer_bytes)
         # two GEMM launches per chunk (one per view), or one GEMM of both views' rows stacked
         _gemms(f, c1, "t", "t", head_reads=c1 * v * dt * b * (1 if stacked_teacher else 2))
-        per_elem += 2 * buffer_bytes * 2                     # both views written by the GEMMs, read once
-    c2 = chunks(2)
+        per_elem += 2 * teacher_buffer_bytes * 2             # both views written by the GEMMs, read once
+    c2 = chunks(student_buffer_bytes + teacher_buffer_bytes)
     _gemms(f, c2, "s", "t", "s", "s")
-    per_elem += 2 * buffer_bytes * 2 + 2 + 2 * 2             # views w + r, dz written (bf16), 2 GEMMs read it
+    # both views written + read, dz written (bf16) and read by the 2 GEMMs
+    per_elem += 2 * (student_buffer_bytes + teacher_buffer_bytes) + 2 + 2 * 2
     f.add("logit buffers", per_elem * nv)
     acc = 4 if head_grad == "fp32" else b
     f.add("d head accumulator", c2 * v * ds * acc * 2)       # read + written by each chunk's addmm
@@ -254,8 +257,11 @@ DESIGNS: Dict[str, Callable[[Shape, str], Floor]] = {
     "authors": authors,
     "torch": torch_chunked,
     "cuda": cuda_chunked,
-    "cuda-bf16-stacked": lambda s, t: _named(cuda_chunked(s, t, stacked_teacher=True, buffer_bytes=2),
-                                             "cuda chunked, bf16 buffers + stacked teacher GEMM"),
+    # what bench/chunk_precision.py allows: the student's buffer stays fp32 (its gradient), the
+    # teacher views' buffers hold target-shifted bf16, both teacher views in one GEMM per chunk
+    "cuda-teacher-bf16": lambda s, t: _named(
+        cuda_chunked(s, t, stacked_teacher=True, teacher_buffer_bytes=2),
+        "cuda chunked, fp32 student + bf16 target-shifted teacher buffers, stacked teacher GEMM"),
     "triton": triton_on,
     "triton-fused": lambda s, t: triton_on(s, t, fused_views=True),
     "liger": liger,

@@ -46,10 +46,13 @@ def test_cuda_chunks_and_stacked_teacher_by_hand():
     stacked = floors.cuda_chunked(h, "va_opd", stacked_teacher=True)
     assert plain.bytes["weights"] - stacked.bytes["weights"] == 5 * h.vocab * h.teacher_dim * 2
     assert stacked.formula() == plain.formula()     # same GEMM work, one head read fewer per chunk
-    half = floors.cuda_chunked(h, "va_opd", buffer_bytes=2)
+    half = floors.cuda_chunked(h, "va_opd", student_buffer_bytes=2, teacher_buffer_bytes=2)
     # bf16 buffers: twice the rows per chunk (3 chunks) and half the buffer bytes of the views
     assert "3 row chunks" in half.notes[0]
-    assert half.bytes["logit buffers"] < plain.bytes["logit buffers"]
+    nv = h.num_rows * h.vocab
+    assert plain.bytes["logit buffers"] == (16 + 22) * nv and half.bytes["logit buffers"] == (8 + 14) * nv
+    mixed = floors.cuda_chunked(h, "kl", teacher_buffer_bytes=2)
+    assert mixed.bytes["logit buffers"] == (2 * (4 + 2) + 6) * nv   # no teacher pass in the kl task
 
 
 def test_peers_offer_kl_only():
