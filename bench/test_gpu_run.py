@@ -57,3 +57,16 @@ def test_kernel_classes():
     assert gpu_stages.kernel_class("void divergence_kernel<float>(DivergenceArgs, bool)") == "vaopd row kernels"
     assert gpu_stages.kernel_class("void at::native::vectorized_elementwise_kernel<4>") == \
         "torch elementwise / reductions"
+
+
+def test_profiler_time_is_summed_per_kernel_class_from_device_events_only():
+    from types import SimpleNamespace as E
+    cpu, gpu = "cpu", "cuda"
+    events = [E(key="aten::mm", device_type=cpu, self_device_time_total=900.0, count=3),   # the op: not again
+              E(key="sm90_xmma_gemm_bf16", device_type=gpu, self_device_time_total=900.0, count=3),
+              E(key="void divergence_kernel<float>", device_type=gpu, self_device_time_total=300.0, count=5),
+              E(key="void at::native::vectorized_elementwise_kernel", device_type=gpu,
+                self_device_time_total=0.0, device_time_total=100.0, count=2)]
+    classes, top = gpu_stages.device_time_by_class(events, gpu)
+    assert classes == {"GEMM (cuBLAS)": 0.9, "vaopd row kernels": 0.3, "torch elementwise / reductions": 0.1}
+    assert [k[1] for k in top][0] == "sm90_xmma_gemm_bf16" and len(top) == 3
