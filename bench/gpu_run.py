@@ -35,7 +35,7 @@ from typing import Dict, List
 from bench import gpu_stages, machine
 
 PEER_SITE = "/tmp/site"
-TOTAL_LIMIT_S = 470          # the device allows 8 minutes a call; stages get what is left of this
+TOTAL_LIMIT_S = 470          # under 8 minutes for the whole call (peer install included); stages get what is left
 
 
 def install_peer_wheels(log) -> str:
@@ -92,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", help=f"comma-separated subset of {','.join(gpu_stages.STAGES)}")
     ap.add_argument("--out", help="results folder (default: $OUT, else bench/results/<machine-tag>/)")
     ap.add_argument("--no-install", action="store_true", help="do not install the peers from .whl/")
+    ap.add_argument("--commit", help="the commit to record where the tree is no git checkout (a device copy)")
     args = ap.parse_args(argv)
     default = ",".join(name for name, stage in gpu_stages.STAGES.items() if stage.default)
     names = [s.strip() for s in (args.stages or default).split(",") if s.strip()]
@@ -126,7 +127,13 @@ def main(argv=None) -> int:
         stages.append(run_stage(name, args.smoke, min(limit, left), env, log))
         print(f"[gpu_run {time.time() - t_start:5.0f} s] {name}: {stages[-1]['status']}", file=sys.stderr, flush=True)
 
-    result = {"card": info.get("gpu") or info["cpu"], "machine": info, "versions": machine.versions(),
+    if site:
+        sys.path.insert(0, site)   # so the versions below see the installed peers
+    versions = machine.versions()
+    versions.setdefault("trl", machine._version("trl"))
+    if args.commit and "git" not in versions:
+        versions["git"] = args.commit
+    result = {"card": info.get("gpu") or info["cpu"], "machine": info, "versions": versions,
               "date": dt.datetime.now().isoformat(timespec="seconds"), "smoke": args.smoke,
               "peers_installed_from": site or None, "wall_s": round(time.time() - t_start, 1), "stages": stages}
     gpu_stages.annotate_bounds(result)
