@@ -172,10 +172,15 @@ def stage_cuda_profile(ctx: Context) -> None:
     from vaopd_kernels.backends import cuda as cb
 
     t0 = time.time()
-    cb._load_ops()
-    ctx.data["build_s"] = round(time.time() - t0, 1)
-    ctx.data["build"] = dict(cb.BUILD_INFO)
-    ctx.save()
+    try:
+        cb._load_ops()
+    except Exception as exc:  # noqa: BLE001 -- the compiler's output is the result
+        cause = f"{exc}\n{exc.__cause__}" if exc.__cause__ is not None else str(exc)
+        ctx.add({"case": "JIT build of csrc/", "status": "error", "wall_s": round(time.time() - t0, 1),
+                 "reason": cause[-4000:]})
+        return
+    ctx.add({"case": "JIT build of csrc/", "status": "ok", "wall_s": round(time.time() - t0, 1),
+             "build": dict(cb.BUILD_INFO)})
     step = lambda x: peers.va_opd_with_pixelated_view(x, "cuda")  # noqa: E731
     timed_case(ctx, "va_opd_loss cuda", step, "va_opd", design="cuda")
     timed_case(ctx, "va_opd_loss cuda, head_grad=native",
@@ -328,7 +333,7 @@ def stage_trainer(ctx: Context) -> None:
         env["PYTHONPATH"] = tmp + ":" + env.get("PYTHONPATH", "")
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "vaopd_trainer", "--config", "configs/demo.yaml", "--max_steps", "4",
-               "--save_steps", "0", "--bf16", "true", "--output_dir", str(out)]
+               "--save_steps", "0", "--val_before_train", "false", "--bf16", "true", "--output_dir", str(out)]
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=machine.REPO_ROOT, env=env, capture_output=True, text=True)
         metrics = out / "metrics.jsonl"
