@@ -5,7 +5,7 @@ rows, which it visits grouped by confidence (log of the largest p_s):
 - both backward matmuls skip steps whose 64 x 64 blocks of d KL / d z_s all lie below
   eps x (row's largest p_s), measured after the teacher tile is recomputed;
 - the teacher's recompute itself is skipped for a dlogits tile (64 or 128 rows x 128 columns)
-  whose every p_s is at most ``kl_backward.teacher_skip_threshold`` (a provable bound).
+  whose every p_s is at most ``experimental_filter.teacher_skip_threshold`` (a provable bound).
 Whether either fires depends only on the rows' probabilities, so this script draws synthetic
 reverse-KL rows at the real vocabulary size (Gaussian competitor logits plus a target margin,
 the teacher correlated with the student) and counts, with the package's own threshold, the
@@ -26,8 +26,8 @@ import os
 
 import torch
 
-from vaopd_kernels.backends.triton import kl_backward  # only its threshold: no kernel runs here
-from vaopd_kernels.backends.triton.kl_forward import RowStats
+from vaopd_kernels.backends.triton.experimental_filter import teacher_skip_threshold  # no kernel runs here
+from vaopd_kernels.backends.triton.stats import RowStats, saved_rows
 
 V, DS, DT = 151_936, 2048, 4096
 EPS = 2.0 ** -12
@@ -67,7 +67,7 @@ def reach(z_s, z_t, eps=EPS, ds=DS, dt=DT):
     p_s = logp_s.exp()
     kl = (p_s * (logp_s - logp_t)).sum(1)
     stats = RowStats(lse_s=lse_s, lse_t=lse_t, gap=lse_t - lse_s, max_s=z_s.amax(1), min_t=z_t.amin(1))
-    tau = kl_backward.teacher_skip_threshold(kl_backward.saved_rows(stats, aux=kl), eps)
+    tau = teacher_skip_threshold(saved_rows(stats, aux=kl), eps)
     kept = (p_s * (logp_s - logp_t - kl[:, None])).abs() >= eps * p_s.amax(1, keepdim=True)
     flags = block_any(kept, FLAG, FLAG)
     out = {"p_target_median": float(p_s.amax(1).median()),

@@ -39,7 +39,7 @@ class Shape:
 
 
 def floor_flops(shape: Shape, task: str) -> float:
-    """GEMM FLOPs that even a full-logit implementation cannot avoid (DESIGN.md section 3).
+    """GEMM FLOPs that even a full-logit implementation cannot avoid (docs/benchmarks.md).
 
     va_opd: student logits, d hidden, d weight (3 Ds) + teacher logits of both views (2 Dt).
     kl:     3 Ds + one teacher view (Dt).        va: two teacher views (2 Dt), no backward.

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _cuda_emulation import EmulatedOps
-from vaopd_kernels import KernelOptions, objective
+from vaopd_kernels import KernelOptions, objective, ops
 from vaopd_kernels.backends import cuda as cuda_backend
 from vaopd_kernels.backends import reference
 
@@ -69,25 +69,26 @@ def run_case(impl, name, options, x):
     ko = dict(options=x.get("kernel_options", KernelOptions()))
     outs, scalar = {}, None
     if name == "linear_kl":
-        kl = impl.linear_kl(sh, sw, th, tw, divergence=options["divergence"], beta=options.get("beta", 0.5),
+        kl = ops.linear_kl(impl, sh, sw, th, tw, divergence=options["divergence"], beta=options.get("beta", 0.5),
                             temperature=options["temperature"], vocab_size=vocab, **ko)
         outs["kl"], scalar = kl, (kl * up.to(kl.dtype)).sum()
     elif name == "linear_logprob":
-        lp = impl.linear_logprob(sh, sw, y, temperature=options["temperature"], vocab_size=vocab, **ko)
+        lp = ops.linear_logprob(impl, sh, sw, y, temperature=options["temperature"], vocab_size=vocab, **ko)
         outs["logprob"], scalar = lp, (lp * up.to(lp.dtype)).sum()
     elif name == "teacher_logprobs":
         with torch.no_grad():
-            lp, lpd = impl.teacher_logprobs(th, tw, y, thd, vocab_size=vocab, **ko)
-            lp1, none = impl.teacher_logprobs(th, tw, y, None, vocab_size=vocab, **ko)
+            lp, lpd = ops.teacher_logprobs(impl, th, tw, y, thd, vocab_size=vocab, **ko)
+            lp1, none = ops.teacher_logprobs(impl, th, tw, y, None, vocab_size=vocab, **ko)
         assert none is None
         outs.update(lp=lp, lp_degraded=lpd, lp_single=lp1)
     elif name == "va_kl":
-        r = impl.va_kl(sh, sw, th, tw, y, thd, vocab_size=vocab, **ko)
+        r = ops.va_kl(impl, sh, sw, th, tw, y, thd, vocab_size=vocab, **ko)
         outs.update(kl=r.kl, va=r.visual_advantage, slp=r.student_logprob, tlp=r.teacher_logprob,
                     ent=r.student_entropy)
         scalar = (r.kl * up.to(r.kl.dtype)).sum()
     elif name == "weighted_kl":
-        loss, r = impl.weighted_kl(sh, sw, th, tw, y, thd, lambda va: x["token_weight"], vocab_size=vocab, **ko)
+        weights = objective.TokenWeights(x["token_weight"], None, None, None)
+        loss, r, _ = ops.weighted_kl(impl, sh, sw, th, tw, y, thd, lambda va: weights, vocab_size=vocab, **ko)
         outs.update(loss=loss, kl=r.kl, slp=r.student_logprob, ent=r.student_entropy, tlp=r.teacher_logprob)
         scalar = 2.5 * loss
     grads = {}
@@ -151,8 +152,8 @@ def test_changing_the_teacher_before_backward_raises_emulated(emulated_ops):
     pass makes it raise (as torch's own operations do)."""
     x = make_inputs()
     sh, sw = x["sh"].requires_grad_(), x["sw"].requires_grad_()
-    kl = cuda_backend.linear_kl(sh, sw, x["th"], x["tw"], divergence="reverse", beta=0.5, temperature=1.0,
-                                vocab_size=x["vocab"], options=KernelOptions())
+    kl = ops.linear_kl(cuda_backend, sh, sw, x["th"], x["tw"], divergence="reverse", beta=0.5, temperature=1.0,
+                       vocab_size=x["vocab"], options=KernelOptions())
     x["tw"].mul_(1.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         kl.sum().backward()
@@ -227,8 +228,7 @@ def test_rows_per_chunk_respects_budget():
 
 
 def test_backend_contract_surface():
-    for fn in ("linear_kl", "linear_logprob", "teacher_logprobs", "va_kl", "weighted_kl",
-               "va_opd_weights", "unavailable_reason", "supports_device"):
+    for fn in ("scan", "gradients", "va_opd_weights", "unavailable_reason", "supports_device"):
         assert callable(getattr(cuda_backend, fn))
     assert cuda_backend.supports_device(torch.device("cpu")) is False
     if not torch.cuda.is_available():

@@ -16,6 +16,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import vaopd_kernels as vk  # noqa: E402
+from vaopd_kernels import ops  # noqa: E402
+from vaopd_kernels.objective import TokenWeights  # noqa: E402
 from vaopd_kernels.backends import backend_unavailable_reason  # noqa: E402
 
 _REASON = backend_unavailable_reason("triton")
@@ -23,9 +25,10 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"triton backend un
               pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 if _REASON is None:
-    from vaopd_kernels.backends.triton import _config
+    from vaopd_kernels.backends.triton import _config, experimental_filter, matmul
+    from vaopd_kernels.backends.triton import stats as kernel_stats
 else:  # pragma: no cover
-    _config = None
+    _config = experimental_filter = matmul = kernel_stats = None
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -155,7 +158,7 @@ def test_teacher_logprobs_and_visual_advantage(dtype):
     want = vk.visual_advantage(ref[2], ref[4], ref[3], y, vocab_size=129, clamp=False, backend="reference")
     close(got, want, dtype, "signed VA")
     from vaopd_kernels.backends import triton as tb
-    lp, lp_none = tb.teacher_logprobs(th, tw, y, None, vocab_size=129)
+    lp, lp_none = ops.teacher_logprobs(tb, th, tw, y, None, vocab_size=129, options=vk.KernelOptions())
     assert lp_none is None
     close(lp, vk.linear_logprob(ref[2], ref[3], y, vocab_size=129, backend="reference"), dtype, "teacher lp")
 
@@ -206,8 +209,8 @@ def test_weighted_kl_without_grad():
     from vaopd_kernels.backends import triton as tb
     w = torch.rand(5, device=DEVICE)
     sh, sw = low[0].detach(), low[1].detach()
-    loss, _ = tb.weighted_kl(sh, sw, low[2], low[3], y, None, lambda va: w, vocab_size=40,
-                             options=vk.KernelOptions())
+    loss, _, _ = ops.weighted_kl(tb, sh, sw, low[2], low[3], y, None, lambda va: TokenWeights(w, None, None, None),
+                                 vocab_size=40, options=vk.KernelOptions())
     assert not loss.requires_grad
     close(loss, (w.double().cpu() * vk.linear_kl(*ref[:4], vocab_size=40, backend="reference").detach().cpu()).sum(),
           torch.float32, "loss")
@@ -267,7 +270,6 @@ def test_teacher_skip_threshold_is_sound(splits):
     """Reverse KL's teacher skip: wherever p_s <= tau (from the kernel's row statistics), the exact
     float64 |d KL / d z_s| is at most eps * max p_s, on rows from flat to very peaked, student and
     teacher agreeing or not, for any eps; the teacher's smallest logit matches float64."""
-    from vaopd_kernels.backends.triton import kl_backward, kl_forward
     _config.FORCE_SPLITS = splits
     gen = torch.Generator().manual_seed(21)
     n, dim, vocab = 64, 16, 300
@@ -277,17 +279,17 @@ def test_teacher_skip_threshold_is_sound(splits):
         sharp = [torch.exp(torch.empty(n, 1).uniform_(-3.0, 3.0, generator=gen)) for _ in range(2)]
         sh, th = (torch.randn(n, dim, generator=gen) * s for s in sharp)
         sw, tw = (torch.randn(vocab + 3, dim, generator=gen) / dim ** 0.5 for _ in range(2))
-        stats = kl_forward.row_stats(vocab_size=vocab, student=(sh.to(DEVICE), sw.to(DEVICE)),
-                                     teacher=(th.to(DEVICE), tw.to(DEVICE)), cross=kl_forward.CROSS_REVERSE,
+        stats = kernel_stats.row_stats(vocab_size=vocab, student=(sh.to(DEVICE), sw.to(DEVICE)),
+                                     teacher=(th.to(DEVICE), tw.to(DEVICE)), cross=kernel_stats.CROSS_REVERSE,
                                      teacher_min=True)
         z_s, z_t = sh.double() @ sw.double()[:vocab].T, th.double() @ tw.double()[:vocab].T
         assert torch.allclose(stats.min_t.double().cpu(), z_t.min(1).values, rtol=1e-5, atol=1e-5)
         logp_s, logp_t = z_s.log_softmax(1), z_t.log_softmax(1)
         p_s = logp_s.exp()
         dz = p_s * (logp_s - logp_t - (p_s * (logp_s - logp_t)).sum(1, keepdim=True))
-        rows = kl_backward.saved_rows(stats, aux=stats.kl)
+        rows = kernel_stats.saved_rows(stats, aux=stats.kl)
         for eps in (0.0, 2.0 ** -12, 2.0 ** -4, 0.5, 1e9):
-            tau = kl_backward.teacher_skip_threshold(rows, eps).double().cpu()
+            tau = experimental_filter.teacher_skip_threshold(rows, eps).double().cpu()
             below = p_s <= tau[:, None]
             bound = eps * p_s.max(1, keepdim=True).values * (1 + 1e-4)
             assert (dz.abs() <= bound)[below].all(), f"eps={eps}: an entry the skip drops exceeds the threshold"
@@ -373,8 +375,7 @@ def test_filtered_matmul_runs_exactly_the_flagged_steps(ordered, accumulate):
     """The backward's matmul with a flag map computes c (+)= a @ b over exactly the K steps whose
     [BLOCK_M, BLOCK_K] block of a holds some flag, whole steps at a time (their list is built in the
     kernel: K spans several of its 64-step scans; the map is a transposed view, as for d head)."""
-    from vaopd_kernels.backends.triton import kl_backward
-    tile = kl_backward._matmul_kernel.configs[0].kwargs
+    tile = matmul._matmul_kernel.configs[0].kwargs
     block_m, block_k, fb = tile["BLOCK_M"], tile["BLOCK_K"], _config.FLAG_BLOCK
     m, k, n = 3 * block_m - 5, 130 * block_k + 7, 40
     gen = torch.Generator().manual_seed(21)
@@ -384,8 +385,7 @@ def test_filtered_matmul_runs_exactly_the_flagged_steps(ordered, accumulate):
     order = torch.randperm(max(m, k), generator=gen)[:k if ordered == "b" else m].argsort().to(torch.int32)
     start = torch.randn(m, n, generator=gen)
     c = start.clone() if accumulate else torch.full((m, n), float("nan"))
-    kl_backward.matmul(a, b, c, accumulate=accumulate, precision="ieee", flags=flags.t(), order=order,
-                       ordered=ordered)
+    matmul.matmul(a, b, c, accumulate=accumulate, precision="ieee", flags=flags.t(), order=order, ordered=ordered)
 
     fm, fk = flags.t().shape
     steps = torch.nn.functional.pad(flags.t(), (0, -fk % (block_k // fb), 0, -fm % (block_m // fb)))
@@ -410,8 +410,8 @@ def test_changing_the_teacher_before_backward_raises(call):
     if call == "linear_kl":
         out = vk.linear_kl(*low[:4], vocab_size=50, backend="triton").sum()
     else:
-        out, _ = tb.weighted_kl(*low[:4], y, low[4], lambda va: torch.ones_like(va), vocab_size=50,
-                                options=vk.KernelOptions())
+        ones = lambda va: TokenWeights(torch.ones_like(va), None, None, None)  # noqa: E731
+        out, _, _ = ops.weighted_kl(tb, *low[:4], y, low[4], ones, vocab_size=50, options=vk.KernelOptions())
     with torch.no_grad():
         low[3].mul_(1.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):

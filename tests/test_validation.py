@@ -248,3 +248,78 @@ def test_changing_an_input_before_backward_raises(p, changed, call):
         getattr(p, changed).mul_(1.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.backward()
+
+
+@pytest.mark.parametrize("kwargs,name", [(dict(vocab_size=-3), "vocab_size"), (dict(vocab_size=True), "vocab_size"),
+                                         (dict(vocab_size=2.0), "vocab_size"), (dict(backend="tritn"), "backend"),
+                                         (dict(high_fraction=True), "high_fraction"),
+                                         (dict(high_weight=True), "high_weight"), (dict(temperature=True), "temperature"),
+                                         (dict(eps=False), "eps")])
+def test_vaopd_loss_module_rejects_bad_settings_at_construction(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        vk.VAOPDLoss(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["high_fraction", "high_weight"])
+def test_bools_are_not_numbers(p, name):
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        _loss(p, **{name: True})
+    with pytest.raises(ValueError, match=f"^{name}: expected"):
+        vk.va_opd_objective(torch.rand(6), torch.rand(6), torch.tensor([0, 6]), torch.tensor([0]), **{name: True})
+
+
+def test_bool_beta_is_not_a_number(p):
+    with pytest.raises(ValueError, match="^beta: expected"):
+        vk.linear_kl(*p.kl_args, divergence="jsd", beta=True, vocab_size=p.vocab_size)
+
+
+def _elsewhere(t):
+    """The same tensor on another device (the meta device: no data, so a missed check fails loudly)."""
+    return t.detach().to("meta")
+
+
+@pytest.mark.parametrize("call,name", [
+    ("linear_logprob", "targets"), ("visual_advantage", "targets"), ("va_kl", "targets"),
+    ("va_opd_loss", "targets"), ("va_kl", "teacher_hidden_degraded"), ("va_opd_loss", "teacher_hidden_degraded"),
+    ("va_opd_loss", "cu_seqlens"), ("va_opd_loss", "prompt_ids"), ("va_opd_loss", "teacher_weight"),
+    ("linear_kl", "teacher_hidden"), ("va_opd_objective", "visual_advantage"), ("va_opd_objective", "cu_seqlens"),
+])
+def test_a_tensor_on_another_device_is_named(p, call, name):
+    args = dict(student_hidden=p.student_hidden, student_weight=p.student_weight, teacher_hidden=p.teacher_hidden,
+                teacher_weight=p.teacher_weight, targets=p.targets, teacher_hidden_degraded=p.teacher_hidden_degraded,
+                cu_seqlens=torch.tensor([0, 2, 6]), prompt_ids=torch.tensor([0, 0]), visual_advantage=torch.rand(6))
+    args[name] = _elsewhere(args[name])
+    a = args
+    calls = {
+        "linear_kl": lambda: vk.linear_kl(a["student_hidden"], a["student_weight"], a["teacher_hidden"],
+                                          a["teacher_weight"], vocab_size=p.vocab_size),
+        "linear_logprob": lambda: vk.linear_logprob(a["student_hidden"], a["student_weight"], a["targets"],
+                                                    vocab_size=p.vocab_size),
+        "visual_advantage": lambda: vk.visual_advantage(a["teacher_hidden"], a["teacher_hidden_degraded"],
+                                                        a["teacher_weight"], a["targets"], vocab_size=p.vocab_size),
+        "va_kl": lambda: vk.va_kl(a["student_hidden"], a["student_weight"], a["teacher_hidden"], a["teacher_weight"],
+                                  a["targets"], teacher_hidden_degraded=a["teacher_hidden_degraded"],
+                                  vocab_size=p.vocab_size),
+        "va_opd_loss": lambda: _loss(p, **{name: a[name]}),
+        "va_opd_objective": lambda: vk.va_opd_objective(torch.rand(6), a["visual_advantage"], a["cu_seqlens"],
+                                                        a["prompt_ids"]),
+    }
+    with pytest.raises(ValueError, match=f"^{name}: expected a tensor on cpu"):
+        calls[call]()
+
+
+@pytest.mark.parametrize("backend", [b for b in vk.available_backends() if b != "cuda"])
+def test_no_rows_give_empty_results(backend):
+    """N = 0 (an empty micro-batch): empty outputs, no error, on every backend."""
+    if backend == "triton" and torch.cuda.is_available():
+        pytest.skip("CPU tensors; the GPU run covers triton with its own tests")
+    h, w = torch.randn(0, 4, requires_grad=True), torch.randn(9, 4, requires_grad=True)
+    y = torch.zeros(0, dtype=torch.long)
+    lp = vk.linear_logprob(h, w, y, backend=backend)
+    va = vk.visual_advantage(h.detach(), h.detach(), w, y, backend=backend)
+    kl = vk.linear_kl(h, w, h.detach(), w.detach(), backend=backend)
+    r = vk.va_kl(h, w, h.detach(), w.detach(), y, teacher_hidden_degraded=h.detach(), backend=backend)
+    for out in (lp, va, kl, r.kl, r.visual_advantage, r.student_logprob, r.teacher_logprob, r.student_entropy):
+        assert out.shape == (0,) and out.dtype == torch.float32
+    grads = torch.autograd.grad(lp.sum() + kl.sum(), [h, w], allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)

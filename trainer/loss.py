@@ -72,23 +72,19 @@ class StudentLoss(nn.Module):
 
     def coefficients(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_hidden_degraded: Optional[torch.Tensor],
                      teacher_weight: torch.Tensor, num_prompts: Optional[int], num_rollouts: Optional[int]):
-        """(token_weight [N], visual_advantage or None) for the whole batch, before any student work.
-
-        The coefficients depend on the teacher only (VA, grouping, rollout weights), so a zero KL
-        placeholder yields them; the real KL arrives micro-batch by micro-batch.
-        """
-        placeholder = teacher_hidden.new_zeros(teacher_hidden.shape[0], dtype=torch.float32)
+        """(token_weight [N], visual_advantage or None) for the whole batch, before any student work:
+        the coefficients depend on the teacher only (VA, grouping, rollout weights)."""
         if not self.va:
-            return vaopd_kernels.opd_objective(placeholder, batch.cu_seqlens(), num_rollouts=num_rollouts).token_weight, None
+            return vaopd_kernels.opd_coefficients(batch.cu_seqlens(), num_rollouts=num_rollouts).token_weight, None
         va = vaopd_kernels.visual_advantage(teacher_hidden, teacher_hidden_degraded, teacher_weight, batch.targets(),
                                             vocab_size=self.vocab_size, backend=self.backend)
-        objective = vaopd_kernels.va_opd_objective(placeholder, va, batch.cu_seqlens(), batch.prompt_ids,
-                                                   num_prompts=num_prompts, **self.objective)
-        return objective.token_weight, va
+        coefficients = vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids,
+                                                         num_prompts=num_prompts, backend=self.backend, **self.objective)
+        return coefficients.token_weight, va
 
     def objective_result(self, batch: Batch, kl: torch.Tensor, va: Optional[torch.Tensor], num_prompts, num_rollouts):
         """The whole-batch objective (loss value and metrics) from the micro-batches' detached KL."""
         if not self.va:
             return vaopd_kernels.opd_objective(kl, batch.cu_seqlens(), num_rollouts=num_rollouts)
         return vaopd_kernels.va_opd_objective(kl, va, batch.cu_seqlens(), batch.prompt_ids, num_prompts=num_prompts,
-                                              **self.objective)
+                                              backend=self.backend, **self.objective)

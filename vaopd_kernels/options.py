@@ -30,8 +30,9 @@ class KernelOptions:
       torch 16 MiB on a CPU / 512 MiB on a GPU of live logit tiles, cuda 2 GiB of chunk logits).
     - ``vocab_tile``: torch backend's vocabulary tile (None: 2048 on a CPU, 16384 on a GPU).
     - ``triton_workspace_bytes``: triton backward's only [rows, vocab-chunk] buffer.
-    - ``fused_views``: triton ``va_opd_loss`` scores student and both teacher views in one
-      statistics pass instead of the teacher views first (unmeasured on a GPU).
+    - ``fused_views``: ``va_opd_loss`` on triton or cuda scores student and both teacher views in
+      one statistics pass instead of the teacher views first (unmeasured on a GPU; the torch and
+      reference backends always do).
     - ``backward_gemm``: ``"triton"`` | ``"cublas"``: who runs the triton backward's two matmuls
       (unmeasured).
     - ``head_grad``: ``"fp32"`` | ``"native"``: cuda backend's d(head) summed over row chunks in an

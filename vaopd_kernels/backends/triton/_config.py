@@ -8,7 +8,6 @@
 - ``FORCE_SPLITS``: vocabulary splits per token tile for the forward statistics (None = heuristic);
   tests force > 1 to exercise the logaddexp merge on small shapes.
 - ``AUTOTUNE``: ``VAOPD_TRITON_AUTOTUNE=0`` keeps only the first (default) configuration.
-- ``ALLOW_TF32``: fp32 inputs use IEEE fp32 dots by default (exact); True allows TF32.
 - ``FLAG_BLOCK``: granularity of the gradient filter's block map (``KernelOptions.gradient_filter_eps``);
   divides every tile size of the kernels (the interpreter's are small).
 
@@ -29,7 +28,6 @@ INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
 POISON: bool = os.environ.get("VAOPD_TRITON_POISON", "0") == "1"
 FORCE_SPLITS = None
 AUTOTUNE: bool = os.environ.get("VAOPD_TRITON_AUTOTUNE", "1") != "0"
-ALLOW_TF32: bool = False
 FLAG_BLOCK: int = 16 if INTERPRET else 64
 
 
