@@ -1,6 +1,7 @@
 """Public functions: the one place where user input is checked, then dispatched to a backend."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -131,6 +132,19 @@ def _check_objective_options(high_fraction, high_weight, temperature, eps) -> No
     _check_positive("eps", eps)
 
 
+def _ablation_options(high_selection, rollout_weighting, high_seed) -> dict:
+    """The ablation keywords for ``objective.va_opd_weights``; empty for the paper's recipe."""
+    if high_selection not in objective.HIGH_SELECTIONS:
+        raise ValueError(f"high_selection: expected one of {objective.HIGH_SELECTIONS}, got {high_selection!r}")
+    if rollout_weighting not in objective.ROLLOUT_WEIGHTINGS:
+        raise ValueError(f"rollout_weighting: expected one of {objective.ROLLOUT_WEIGHTINGS}, got {rollout_weighting!r}")
+    if high_selection == "random" and (isinstance(high_seed, bool) or not isinstance(high_seed, int) or high_seed < 0):
+        raise ValueError(f"high_seed: high_selection='random' needs a seed, an int >= 0, got {high_seed!r}")
+    if high_selection == "va" and rollout_weighting == "va":
+        return {}
+    return dict(high_selection=high_selection, rollout_weighting=rollout_weighting, high_seed=high_seed)
+
+
 def _check_count(name: str, value) -> Optional[int]:
     if value is None:
         return None
@@ -249,25 +263,34 @@ def _check_token_values(name, value, num_rows=None) -> None:
         _check_rows(num_rows, **{name: value})
 
 
-def _objective_weights(impl):
-    """A backend's own VA-OPD coefficients (the optional ``va_opd_weights`` hook), else the torch objective."""
+def _objective_weights(impl, ablation=None):
+    """A backend's own VA-OPD coefficients (the optional ``va_opd_weights`` hook), else the torch
+    objective; an ablation (non-empty ``ablation`` options) always uses the torch objective."""
+    if ablation:
+        return functools.partial(objective.va_opd_weights, **ablation)
     return getattr(impl, "va_opd_weights", objective.va_opd_weights)
 
 
 def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
-                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto") -> ObjectiveResult:
-    """VA-OPD loss from per-token KL and VA (DESIGN.md): sibling-softmax rollout weights and a
+                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", high_selection="va",
+                     rollout_weighting="va", high_seed=None) -> ObjectiveResult:
+    """VA-OPD loss from per-token KL and VA: sibling-softmax rollout weights and a
     lambda / (1 - lambda) split between each rollout's top-VA tokens and the rest, over P prompts
     (``num_prompts`` overrides P, e.g. the global count under data parallelism).
     ``backend="cuda"`` computes the coefficients with the CUDA kernels; the others use the
-    vectorised torch objective (same results)."""
+    vectorised torch objective (same results).
+
+    Ablations: ``high_selection="random"`` makes each high group ceil(f T_r) uniformly random
+    tokens drawn from ``high_seed`` (rollout weights still from VA); ``rollout_weighting="uniform"``
+    weights sibling rollouts equally (1/K). Both use the torch objective whatever the backend."""
     _check_token_values("token_kl", token_kl)
     _check_token_values("visual_advantage", visual_advantage, token_kl.shape[0])
     cu, pid = _check_rollouts(cu_seqlens, prompt_ids, token_kl.shape[0], token_kl.device)
     _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
     _check_objective_options(high_fraction, high_weight, temperature, eps)
+    ablation = _ablation_options(high_selection, rollout_weighting, high_seed)
     _finite([token_kl, visual_advantage], token_kl=token_kl, visual_advantage=visual_advantage)
-    weights = _objective_weights(resolve_backend(backend, token_kl.device))(
+    weights = _objective_weights(resolve_backend(backend, token_kl.device), ablation)(
         visual_advantage, cu, pid, high_fraction=float(high_fraction), high_weight=float(high_weight),
         temperature=float(temperature), eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
     return objective.reduce_kl(token_kl, weights)
@@ -284,8 +307,10 @@ def opd_objective(token_kl, cu_seqlens, *, num_rollouts=None) -> ObjectiveResult
 
 def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens, prompt_ids, *,
                 teacher_hidden_degraded=None, vocab_size=None, high_fraction=0.2, high_weight=0.5, temperature=1.0,
-                eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto") -> VAOPDLossResult:
+                eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto", high_selection="va",
+                rollout_weighting="va", high_seed=None) -> VAOPDLossResult:
     """The full VA-OPD loss from hidden states (standard OPD when ``teacher_hidden_degraded`` is None).
+    ``high_selection``, ``rollout_weighting``, ``high_seed``: the ablations of :func:`va_opd_objective`.
 
     The per-token coefficients depend on the teacher only, so the backend hands VA to the
     objective right after its statistics pass and forms the weighted gradients at once:
@@ -297,6 +322,7 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     targets = _check_targets(targets, student_hidden.shape[0], vocab)
     cu, pid = _check_rollouts(cu_seqlens, prompt_ids, student_hidden.shape[0], student_hidden.device)
     _check_objective_options(high_fraction, high_weight, temperature, eps)
+    ablation = _ablation_options(high_selection, rollout_weighting, high_seed)
     num_prompts = _check_count("num_prompts", num_prompts)
     num_rollouts = _check_count("num_rollouts", num_rollouts)
     impl = resolve_backend(backend, student_hidden.device)
@@ -308,7 +334,7 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
         if va is None:
             weights = objective.opd_weights(cu, num_rows, num_rollouts)
         else:  # a non-finite VA is reported after the backend returns (no host sync in between)
-            weights = _objective_weights(impl)(va, cu, pid, high_fraction=float(high_fraction),
+            weights = _objective_weights(impl, ablation)(va, cu, pid, high_fraction=float(high_fraction),
                                                high_weight=float(high_weight), temperature=float(temperature),
                                                eps=float(eps), num_prompts=num_prompts)
         chosen.append(weights)
