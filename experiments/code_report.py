@@ -1,6 +1,6 @@
 """docs/reproduction.md and its plots from the dilution experiment's results JSON (no training here).
 
-    python -m experiments.code_report runs/code/results.json   # rewrite the page from saved results
+    python -m experiments.code_report bench/results/reproduction/results.json   # rewrite the page
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import platform
 from typing import Dict, List
 
+from .code_reproduce import ARMS
 from .code_stats import MAX_OPD_SD, MIN_EFFECT, decide, mean_sd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,8 +136,9 @@ def _results_section(record: dict, img_dir: str, doc_dir: str) -> List[str]:
     plots = _plots(arms, img_dir)
     lines += ["", f"![primary metric per seed]({os.path.relpath(plots['accuracy'], doc_dir)})", "",
               f"![language learning and truncation]({os.path.relpath(plots['curves'], doc_dir)})", ""]
-    if not all(a in arms for a in ("opd", "va_opd", "random_high", "opd_lr2.5")):
-        return lines + ["Not every arm ran: no decision is made on a partial comparison.", ""]
+    if any(len(arms.get(a, [])) != seeds for a, (_, seeds) in ARMS.items()):
+        return lines + ["Not every pre-registered run (arm x seed) is here: no decision is made on a partial "
+                        "comparison.", ""]
     accuracy = {a: [100 * r["final"]["accuracy"] for r in runs] for a, runs in arms.items()}
     decision = decide(accuracy, {a: [slot_speed(r) for r in runs] for a, runs in arms.items()})
     main, c = decision["main"], decision["checks"]
@@ -189,6 +191,8 @@ def write_report(record: dict, doc: str, img_dir: str) -> str:
         lines += _results_section(record, img_dir, doc_dir)
     deviations = record.get("deviations") or ["none"]
     lines += ["## Deviations from the pre-registration", ""] + [f"- {d}" for d in deviations] + [""]
+    if record.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in record["notes"]] + [""]
     text = "\n".join(lines)
     os.makedirs(doc_dir, exist_ok=True)
     with open(doc, "w") as f:

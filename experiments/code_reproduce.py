@@ -1,8 +1,8 @@
 """The pre-registered comparison on the dilution task (docs/preregistration.md): five arms, paired
 seeds, CPU only.
 
-    python -m experiments.code_reproduce             # all arms; writes runs/code/results.json and
-                                                     # docs/reproduction.md (+ docs/img/)
+    python -m experiments.code_reproduce     # all arms; writes bench/results/reproduction/results.json
+                                             # and, from it, docs/reproduction.md (+ docs/img/)
 
 Uses the shipped setup artefacts (``experiments/assets/code_teacher`` and ``code_student``; see
 ``experiments.code_setup``) and refuses to compare unless their gates (``experiments.code_gates``)
@@ -165,7 +165,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(REPO, "runs", "code"))
     parser.add_argument("--doc", default=os.path.join(REPO, "docs", "reproduction.md"))
     parser.add_argument("--img", default=os.path.join(REPO, "docs", "img"))
-    parser.add_argument("--results", default=None, help="results JSON to write (default: <out>/results.json)")
+    parser.add_argument("--results", default=os.path.join(REPO, "bench", "results", "reproduction", "results.json"),
+                        help="results JSON to write (the page is generated from it)")
+    parser.add_argument("--deviation", action="append", default=[], help="a deviation from the pre-registration, "
+                        "stated on the page (repeatable)")
+    parser.add_argument("--note", action="append", default=[], help="a remark for the page's last section (repeatable)")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.gates:
@@ -177,8 +181,8 @@ def main(argv=None) -> int:
         from .code_gates import measure
 
         gates = measure(args.teacher, args.student)
-    results_path = args.results or os.path.join(args.out, "results.json")
-    record = {"args": vars(args), "gates": gates, "runs": []}
+    results_path = args.results
+    record = {"args": vars(args), "gates": gates, "runs": [], "deviations": args.deviation, "notes": args.note}
     if gates is not None and not gates["pass"]:
         record["stopped"] = "a gate failed: no comparison was run"
         failed = [name for name, g in gates["gates"].items() if not g["pass"]]
@@ -191,6 +195,7 @@ def main(argv=None) -> int:
         with ProcessPoolExecutor(args.workers, mp_context=context, max_tasks_per_child=1) as pool:
             record["runs"] = list(pool.map(run_one, jobs(args, data)))
         record["wall_seconds"] = time.perf_counter() - began
+    os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
     with open(results_path, "w") as f:
         json.dump(record, f, indent=1)
     from .code_report import write_report

@@ -30,10 +30,11 @@ def test_gates_are_measured_and_a_failure_stops_the_comparison(toy_assets, tmp_p
     path.write_text(json.dumps(gates))
     doc = tmp_path / "reproduction.md"
     code_reproduce.main(["--gates", str(path), "--teacher", teacher, "--student", student, "--out", str(tmp_path / "runs"),
-                         "--doc", str(doc), "--img", str(tmp_path / "img")])
-    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+                         "--results", str(tmp_path / "results.json"), "--doc", str(doc), "--img", str(tmp_path / "img"),
+                         "--note", "a remark"])
+    results = json.loads((tmp_path / "results.json").read_text())
     assert results["runs"] == [] and "gate failed" in results["stopped"]
-    assert "**FAIL**" in doc.read_text() and "the arms were not run" in doc.read_text()
+    assert "**FAIL**" in doc.read_text() and "the arms were not run" in doc.read_text() and "- a remark" in doc.read_text()
 
 
 def test_every_arm_runs_once(toy_assets, tmp_path):
@@ -42,7 +43,7 @@ def test_every_arm_runs_once(toy_assets, tmp_path):
     code = code_reproduce.main(["--skip_gates", "--teacher", teacher, "--student", student, "--steps", "2",
                                 "--prompts", "2", "--generations", "2", "--max_completion_length", "12",
                                 "--num_train", "8", "--num_test", "3", "--max_seeds", "1", "--out", str(out),
-                                "--doc", str(doc), "--img", str(img)])
+                                "--results", str(out / "results.json"), "--doc", str(doc), "--img", str(img)])
     assert code == 0
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert sorted(r["arm"] for r in runs) == sorted(code_reproduce.ARMS)
@@ -51,7 +52,7 @@ def test_every_arm_runs_once(toy_assets, tmp_path):
         assert 0.0 <= run["final"]["accuracy"] <= 1.0 and run["final"]["digit_logprob"] < 0
         assert ("high_share_slot" in run["history"][0]) == (run["arm"] not in ("opd", "opd_lr2.5"))
     text = doc.read_text()
-    for needle in ("| VA-OPD |", "| random-high |", "reproduction_accuracy.png", "no decision is made"):
+    for needle in ("| VA-OPD |", "| random-high |", "reproduction_accuracy.png", "no decision is made on a partial"):
         assert needle in text, needle  # one seed per arm: no paired test, and the page says so
     assert (img / "reproduction_curves.png").stat().st_size > 0
 
