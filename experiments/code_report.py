@@ -44,7 +44,33 @@ def slot_speed(run: dict) -> float:
     return sum(values) / len(values)
 
 
-def _gates_section(gates: dict) -> List[str]:
+def _percent(measured: dict) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in measured.items() if k != "visual_reliance")
+
+
+def _start_plot(checks: List[list], img_dir: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(img_dir, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([c[0] for c in checks], [100 * c[1] for c in checks], marker=".", color="tab:green", label="student checks")
+    ax.axhspan(45, 70, color="grey", alpha=0.2, label="stop window 45-70%")
+    ax.axhline(100 / 3, color="black", lw=0.8, ls="--", label="chance")
+    ax.set_xlabel("supervised step")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("start student: greedy accuracy at each stop-rule check")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(img_dir, "reproduction_student_start.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _gates_section(gates: dict, img_dir: str, doc_dir: str) -> List[str]:
     lines = ["## Gates (measured before any comparison)", "",
              "| gate | value | rule | |", "|---|---|---|---|"]
     for name, g in gates["gates"].items():
@@ -52,13 +78,21 @@ def _gates_section(gates: dict) -> List[str]:
     shares = gates["rollout_shares"]
     kinds = ", ".join(f"{k[len('opd_loss_share_'):]} {v:.1%}" for k, v in shares.items()
                       if k.startswith("opd_loss_share_") and k[len("opd_loss_share_"):] in ("slot", "digit", "fixed", "eos"))
-    start = gates["student_start"]
-    lines += ["", f"Teacher on {gates['num_val']} validation images: {gates['teacher_val']}; pixelated: "
-              f"{gates['teacher_val_pixelated']}.", f"Start student: {gates['student_val']}; stopped after "
-              f"{start['steps_run']} steps by the rule \"{start['stop_rule']}\" (checks: {start['checks']}).",
+    start, student = gates["student_start"], gates["student_val"]
+    checks = start["checks"] or []
+    accuracies = [c[1] for c in checks]
+    lines += ["", f"Teacher on {gates['num_val']} validation images (greedy): {_percent(gates['teacher_val'])}; "
+              f"on their pixelated copies: {_percent(gates['teacher_val_pixelated'])}.", "",
+              f"Start student on the same images: {_percent(student)}, visual reliance "
+              f"{student['visual_reliance']:.2e} nats/token. Stop rule: \"{start['stop_rule']}\"; it ran "
+              f"{start['steps_run']} steps and {len(checks)} checks (accuracy {100 * min(accuracies, default=0):.0f}-"
+              f"{100 * max(accuracies, default=0):.0f}%, {100 * accuracies[-1] if accuracies else float('nan'):.0f}% at "
+              "the last; the start-accuracy gates read that last check).", "",
               f"OPD's loss on the start student's sampled rollouts ({shares['rollouts']} rollouts) by token kind: {kinds} "
               "(slot = a slot's first character, where the synonym is decided; fixed = the rest of the text, slot "
               "tails included).", ""]
+    if checks:
+        lines += [f"![start student checks]({os.path.relpath(_start_plot(checks, img_dir), doc_dir)})", ""]
     return lines
 
 
@@ -172,8 +206,8 @@ def write_report(record: dict, doc: str, img_dir: str) -> str:
              f"[preregistration.md]({os.path.relpath(os.path.join(REPO, 'docs', 'preregistration.md'), doc_dir)}).", "",
              "Task (`experiments/code_task.py`): the stripe images (how wide, 1-3 px; chance 33%), an 8-bit code "
              "in the question, and a ~80-character response with 8 synonym slots chosen by the code, ending "
-             "\"... w px. \\boxed{w}\". The start student has the code backwards at every slot and partial visual "
-             "skill, so the teacher disagrees with it at ~8 language tokens and at most 2 visual ones per response.",
+             "\"... w px. \\boxed{w}\". The start student is meant to have the code backwards at every slot and partial "
+             "visual skill, so the teacher disagrees with it at ~8 language tokens and at most 2 visual ones per response.",
              "", f"Per run: {args['steps']} optimizer steps x {args['prompts']} prompts x {args['generations']} rollouts, "
              f"lr {args['lr']:g} (OPD lr x 2.5 arm: {2.5 * args['lr']:g}), {args['num_train']} training prompts, "
              f"final accuracy on {args['num_test']} fixed test images; the trainer's defaults otherwise (temperature "
@@ -183,10 +217,10 @@ def write_report(record: dict, doc: str, img_dir: str) -> str:
                   f"in parallel, {args['threads']} torch thread each) on {os.cpu_count()} CPU cores shared with other "
                   f"jobs ({platform.machine()}).", ""]
     if gates is not None:
-        lines += _gates_section(gates)
+        lines += _gates_section(gates, img_dir, doc_dir)
     if record.get("stopped"):
         lines += ["## Outcome", "", f"Stopped: {record['stopped']}. By the pre-registration a failed gate means no "
-                  "comparison; the arms were not run.", ""]
+                  "comparison, so the arms were not run and this page draws no conclusion about VA-OPD vs OPD.", ""]
     elif record["runs"]:
         lines += _results_section(record, img_dir, doc_dir)
     deviations = record.get("deviations") or ["none"]
