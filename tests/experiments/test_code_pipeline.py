@@ -79,3 +79,9 @@ def test_report_applies_the_rules_to_complete_results(tmp_path):
                         str(tmp_path / "img"))
     assert "Outcome: **supports the mechanism**" in text
     assert "| 5 | 52.0 | 64.0 | 52.0 |  |  |" in text  # seed 5: the 3-seed arms are blank
+
+
+def test_start_student_stops_at_the_first_check_that_reaches_the_threshold(tmp_path):
+    report = code_setup.build("student", steps=5, batch=2, lr=1e-3, seed=1, out=str(tmp_path / "s"), check_every=2,
+                              stop_accuracy=0.0, num_val=2)
+    assert report["steps_run"] == 2 and [c[0] for c in report["checks"]] == [2]  # stopped at the first check
