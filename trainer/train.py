@@ -13,6 +13,7 @@ import time
 from contextlib import nullcontext
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
@@ -76,7 +77,8 @@ class Trainer:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         module = StudentLoss(student, vocab_size=len(self.tokenizer), method=cfg.method,
                              high_fraction=cfg.high_fraction, high_weight=cfg.high_weight,
-                             va_temperature=cfg.va_temperature, backend=cfg.kernel_backend)
+                             va_temperature=cfg.va_temperature, backend=cfg.kernel_backend,
+                             high_selection=cfg.high_selection, rollout_weighting=cfg.rollout_weighting)
         optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                       weight_decay=cfg.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * self.total_steps),
@@ -108,10 +110,16 @@ class Trainer:
             return generate(self.student, batch, self.tokenizer, max_new_tokens=cfg.max_completion_length,
                             temperature=cfg.temperature, top_p=cfg.top_p)
 
-    def loss_and_backward(self, batch, teacher_hidden, teacher_degraded):
+    def high_seed(self, step: int) -> int:
+        """Seed of the step's random high groups (``high_selection="random"``): a function of
+        (seed, step) only, so a resumed run draws the same groups; equal on every rank."""
+        return int(np.random.SeedSequence([self.cfg.seed, step]).generate_state(1)[0])
+
+    def loss_and_backward(self, batch, teacher_hidden, teacher_degraded, step: int = 0):
         """Backward of the step's loss; returns (whole-batch objective result, visual advantage or None)."""
         cfg, acc = self.cfg, self.acc
-        counts = dict(num_prompts=self.global_prompts, num_rollouts=self.global_prompts * cfg.num_generations)
+        counts = dict(num_prompts=self.global_prompts, num_rollouts=self.global_prompts * cfg.num_generations,
+                      high_seed=self.high_seed(step))
         teacher_weight = lm_head_weight(self.teacher)
         # DDP/FSDP average gradients over ranks; our loss is already a global sum, so undo the mean
         scale = acc.num_processes
@@ -147,7 +155,7 @@ class Trainer:
             teacher_degraded = (backbone_hidden(self.teacher, batch, degraded=True, chunk=cfg.micro_batch_size)
                                 if cfg.method == "va_opd" else None)
         with self.memory.phase("student"):
-            result, va = self.loss_and_backward(batch, teacher_hidden, teacher_degraded)
+            result, va = self.loss_and_backward(batch, teacher_hidden, teacher_degraded, step)
         with self.memory.phase("optimizer"):
             grad_norm = acc.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
             self.optimizer.step()

@@ -1,6 +1,7 @@
 """Public functions: the one place where user input is checked, then dispatched to a backend."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -137,6 +138,19 @@ def _check_objective_options(high_fraction, high_weight, temperature, eps) -> No
     _check_positive("eps", eps)
 
 
+def _ablation_options(high_selection, rollout_weighting, high_seed) -> dict:
+    """The ablation keywords for ``objective.va_opd_weights``; empty for the paper's recipe."""
+    if high_selection not in objective.HIGH_SELECTIONS:
+        raise ValueError(f"high_selection: expected one of {objective.HIGH_SELECTIONS}, got {high_selection!r}")
+    if rollout_weighting not in objective.ROLLOUT_WEIGHTINGS:
+        raise ValueError(f"rollout_weighting: expected one of {objective.ROLLOUT_WEIGHTINGS}, got {rollout_weighting!r}")
+    if high_selection == "random" and (isinstance(high_seed, bool) or not isinstance(high_seed, int) or high_seed < 0):
+        raise ValueError(f"high_seed: high_selection='random' needs a seed, an int >= 0, got {high_seed!r}")
+    if high_selection == "va" and rollout_weighting == "va":
+        return {}
+    return dict(high_selection=high_selection, rollout_weighting=rollout_weighting, high_seed=high_seed)
+
+
 def _check_count(name: str, value) -> Optional[int]:
     if value is None:
         return None
@@ -261,19 +275,22 @@ def _check_token_values(name, value, num_rows=None) -> None:
         _check_rows(num_rows, **{name: value})
 
 
-def _objective_weights(impl):
-    """A backend's own VA-OPD coefficients (the optional ``va_opd_weights`` hook), else the torch objective."""
+def _objective_weights(impl, ablation=None):
+    """A backend's own VA-OPD coefficients (the optional ``va_opd_weights`` hook), else the torch
+    objective; an ablation (non-empty ``ablation`` options) always uses the torch objective."""
+    if ablation:
+        return functools.partial(objective.va_opd_weights, **ablation)
     return getattr(impl, "va_opd_weights", objective.va_opd_weights)
 
 
 def _va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature, eps,
-                    num_prompts, backend, options, num_rows) -> objective.TokenWeights:
+                    num_prompts, backend, options, num_rows, ablation=None) -> objective.TokenWeights:
     _check_token_values("visual_advantage", visual_advantage, num_rows)
     cu, pid = _check_rollouts(cu_seqlens, prompt_ids, visual_advantage.shape[0], visual_advantage.device)
     _check_objective_options(high_fraction, high_weight, temperature, eps)
     resolve_options(options)  # checked; the objective has no kernel options
     _finite([visual_advantage], visual_advantage=visual_advantage)
-    return _objective_weights(resolve_backend(backend, visual_advantage.device))(
+    return _objective_weights(resolve_backend(backend, visual_advantage.device), ablation)(
         visual_advantage, cu, pid, high_fraction=float(high_fraction), high_weight=float(high_weight),
         temperature=float(temperature), eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
 
@@ -283,15 +300,21 @@ def _coefficients(weights: objective.TokenWeights) -> Coefficients:
 
 
 def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
-                        temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None) -> Coefficients:
+                        temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None, high_selection="va",
+                        rollout_weighting="va", high_seed=None) -> Coefficients:
     """The VA-OPD objective's detached per-token coefficients from VA alone (they never depend on
     the KL): sibling-softmax rollout weights and a lambda / (1 - lambda) split between each
     rollout's top-VA tokens and the rest, over P prompts (``num_prompts`` overrides P, e.g. the
     global count under data parallelism). ``backend="cuda"`` computes them with the CUDA kernels;
     the others with the vectorised torch objective (same results). Micro-batching: the loss of a
-    micro-batch is ``sum(token_weight[rows] * KL)``, and the micro-batches sum to the whole loss."""
+    micro-batch is ``sum(token_weight[rows] * KL)``, and the micro-batches sum to the whole loss.
+
+    Ablations: ``high_selection="random"`` makes each high group ceil(f T_r) uniformly random
+    tokens drawn from ``high_seed`` (rollout weights still from VA); ``rollout_weighting="uniform"``
+    weights sibling rollouts equally (1/K). Both use the torch objective whatever the backend."""
     return _coefficients(_va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight,
-                                         temperature, eps, num_prompts, backend, options, None))
+                                         temperature, eps, num_prompts, backend, options, None,
+                                         _ablation_options(high_selection, rollout_weighting, high_seed)))
 
 
 def opd_coefficients(cu_seqlens, *, num_rollouts=None) -> Coefficients:
@@ -303,15 +326,17 @@ def opd_coefficients(cu_seqlens, *, num_rollouts=None) -> Coefficients:
 
 
 def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
-                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None) -> ObjectiveResult:
+                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None, high_selection="va",
+                     rollout_weighting="va", high_seed=None) -> ObjectiveResult:
     """VA-OPD loss from per-token KL and VA: ``sum(va_opd_coefficients(...).token_weight * token_kl)``,
-    with the objective's metrics."""
+    with the objective's metrics (ablation keywords as in :func:`va_opd_coefficients`)."""
     _check_token_values("token_kl", token_kl)
     _check_token_values("visual_advantage", visual_advantage, token_kl.shape[0])
     _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
     _finite([token_kl], token_kl=token_kl)
     weights = _va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature,
-                              eps, num_prompts, backend, options, token_kl.shape[0])
+                              eps, num_prompts, backend, options, token_kl.shape[0],
+                              _ablation_options(high_selection, rollout_weighting, high_seed))
     return objective.reduce_kl(token_kl, weights)
 
 
@@ -326,8 +351,10 @@ def opd_objective(token_kl, cu_seqlens, *, num_rollouts=None) -> ObjectiveResult
 
 def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens, prompt_ids, *,
                 teacher_hidden_degraded=None, vocab_size=None, high_fraction=0.2, high_weight=0.5, temperature=1.0,
-                eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto", options=None) -> VAOPDLossResult:
+                eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto", options=None, high_selection="va",
+                rollout_weighting="va", high_seed=None) -> VAOPDLossResult:
     """The full VA-OPD loss from hidden states (standard OPD when ``teacher_hidden_degraded`` is None).
+    ``high_selection``, ``rollout_weighting``, ``high_seed``: the ablations of :func:`va_opd_objective`.
 
     The per-token coefficients depend on the teacher only, so the backend hands VA to the
     objective right after its statistics pass and forms the weighted gradients at once:
@@ -339,6 +366,7 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     targets = _check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
     cu, pid = _check_rollouts(cu_seqlens, prompt_ids, student_hidden.shape[0], student_hidden.device)
     _check_objective_options(high_fraction, high_weight, temperature, eps)
+    ablation = _ablation_options(high_selection, rollout_weighting, high_seed)
     num_prompts = _check_count("num_prompts", num_prompts)
     num_rollouts = _check_count("num_rollouts", num_rollouts)
     options = resolve_options(options)
@@ -350,7 +378,7 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
         if va is None:
             return objective.opd_weights(cu, num_rows, num_rollouts)
         # a non-finite VA is reported after the scan returns (no host sync in between)
-        return _objective_weights(impl)(va, cu, pid, high_fraction=float(high_fraction),
+        return _objective_weights(impl, ablation)(va, cu, pid, high_fraction=float(high_fraction),
                                         high_weight=float(high_weight), temperature=float(temperature),
                                         eps=float(eps), num_prompts=num_prompts)
 
