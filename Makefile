@@ -33,4 +33,4 @@ bench: install
 
 # OPD vs VA-OPD on the fine-detail task, 3 seeds, on the CPU (~15 min): writes docs/reproduction.md.
 reproduce: install
-	$(PYTHON) -m experiments.reproduce
+	$(PYTHON) -m experiments.code_reproduce

@@ -12,4 +12,6 @@ Modules, one job each:
 - ``worker``   the subprocess that runs jobs for one implementation
 - ``report``   JSON, markdown table and PNG plots
 - ``compare``  the command line that ties them together
+- ``floors``   each design's expected floor (GEMM work, HBM bytes, time bounds)
+- ``gpu_run``  the one GPU script: stages in their own processes (``gpu_stages``), compact table last
 """

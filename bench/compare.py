@@ -21,13 +21,14 @@ from typing import Dict, List
 import torch
 
 from bench import machine, report
-from bench.peers import build_impls
+from bench.peers import TOKEN_KL_SUFFIX, build_impls
 from bench.presets import PRESETS, get_preset
 from bench.problem import TASKS
 from bench.worker import PREFIX
 
-DEFAULT_EXCLUDED = ("vaopd-reference",)
-EXEC_PRIORITY = ("vaopd-triton", "vaopd-cuda", "naive", "liger", "liger-triton", "trl", "cce", "authors", "vaopd-torch")  # the test oracle; "naive" already covers full logits
+# the test oracle; "naive" already covers full logits
+DEFAULT_EXCLUDED = ("vaopd-reference", "vaopd-reference" + TOKEN_KL_SUFFIX)
+EXEC_PRIORITY = ("vaopd-triton", "vaopd-cuda", "naive", "liger", "liger-triton", "trl", "cce", "authors", "vaopd-torch")
 
 
 def _log(msg: str) -> None:
@@ -55,6 +56,12 @@ def _run_worker(impl: str, device: str, jobs: List[Dict], timeout_s: float) -> L
     for job in jobs[len(records):]:
         records.append({"impl": impl, "task": job["task"], "shape": job["shape"], "status": status, "reason": reason})
     return records
+
+
+def planned_jobs(impl, shapes, tasks, reps: int, warmup: int, check: bool) -> List[Dict]:
+    """One job per (shape, task); a variant row (e.g. ``vaopd-torch-token-kl``) only where it offers the task."""
+    return [{"task": task, "shape": shape.as_dict(), "reps": reps, "warmup": warmup, "check": check}
+            for shape in shapes for task in tasks if task in impl.tasks or not impl.variant]
 
 
 def _select(names: str | None, tasks: str | None):
@@ -114,8 +121,9 @@ def main(argv=None) -> int:
     exec_order = sorted(names, key=lambda n: EXEC_PRIORITY.index(n) if n in EXEC_PRIORITY else len(EXEC_PRIORITY))
     for name in exec_order:
         impl = impls[name]
-        jobs = [{"task": task, "shape": shape.as_dict(), "reps": reps, "warmup": warmup, "check": not args.no_check}
-                for shape in preset.shapes for task in tasks]
+        jobs = planned_jobs(impl, preset.shapes, tasks, reps, warmup, check=not args.no_check)
+        if not jobs:
+            continue
         reason = impl.unavailable(device.type)
         if reason is not None:  # no process needed to say so
             records += [{"impl": name, "task": j["task"], "shape": j["shape"], "status": "unavailable",

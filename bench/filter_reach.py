@@ -1,11 +1,11 @@
 """How much backward work the Triton gradient filter can skip, by row distribution (no GPU needed).
 
-The filter (``VAOPD_TRITON_FILTER_EPS``) saves work in two places, both decided per block of
+The filter (``KernelOptions.gradient_filter_eps``) saves work in two places, both decided per block of
 rows, which it visits grouped by confidence (log of the largest p_s):
 - both backward matmuls skip steps whose 64 x 64 blocks of d KL / d z_s all lie below
   eps x (row's largest p_s), measured after the teacher tile is recomputed;
 - the teacher's recompute itself is skipped for a dlogits tile (64 or 128 rows x 128 columns)
-  whose every p_s is at most ``kl_backward.teacher_skip_threshold`` (a provable bound).
+  whose every p_s is at most ``experimental_filter.teacher_skip_threshold`` (a provable bound).
 Whether either fires depends only on the rows' probabilities, so this script draws synthetic
 reverse-KL rows at the real vocabulary size (Gaussian competitor logits plus a target margin,
 the teacher correlated with the student) and counts, with the package's own threshold, the
@@ -15,7 +15,7 @@ for the rows in their given order (what the grouping buys).
 
     python -m bench.filter_reach [--rows 512] [--out bench/results/filter-reach]
 
-Block timing is for a GPU run (bench/gpu_check.py); this measures reach, not speed.
+Block timing is for a GPU run (``python -m bench.gpu_run``, its filter stage); this measures reach, not speed.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import os
 
 import torch
 
-from vaopd_kernels.backends.triton import kl_backward  # only its threshold: no kernel runs here
-from vaopd_kernels.backends.triton.kl_forward import RowStats
+from vaopd_kernels.backends.triton.experimental_filter import teacher_skip_threshold  # no kernel runs here
+from vaopd_kernels.backends.triton.stats import RowStats, saved_rows
 
 V, DS, DT = 151_936, 2048, 4096
 EPS = 2.0 ** -12
@@ -61,14 +61,14 @@ def block_any(mask, rows, cols):
     return mask[:, :v].reshape(n // rows, rows, v // cols, cols).any(3).any(1)
 
 
-def reach(z_s, z_t):
+def reach(z_s, z_t, eps=EPS, ds=DS, dt=DT):
     lse_s, lse_t = z_s.logsumexp(1), z_t.logsumexp(1)
     logp_s, logp_t = z_s - lse_s[:, None], z_t - lse_t[:, None]
     p_s = logp_s.exp()
     kl = (p_s * (logp_s - logp_t)).sum(1)
     stats = RowStats(lse_s=lse_s, lse_t=lse_t, gap=lse_t - lse_s, max_s=z_s.amax(1), min_t=z_t.amin(1))
-    tau = kl_backward.teacher_skip_threshold(kl_backward.saved_rows(stats, aux=kl), EPS)
-    kept = (p_s * (logp_s - logp_t - kl[:, None])).abs() >= EPS * p_s.amax(1, keepdim=True)
+    tau = teacher_skip_threshold(saved_rows(stats, aux=kl), eps)
+    kept = (p_s * (logp_s - logp_t - kl[:, None])).abs() >= eps * p_s.amax(1, keepdim=True)
     flags = block_any(kept, FLAG, FLAG)
     out = {"p_target_median": float(p_s.amax(1).median()),
            "filter_blocks_dropped": 1.0 - float(flags.float().mean()),
@@ -79,7 +79,7 @@ def reach(z_s, z_t):
                                                                   .float().mean())
     # backward GEMM work left, relative to no filter: (Ds + Dt live + 2 Ds kept) / (3 Ds + Dt)
     live_t = 1.0 - out["teacher_tiles_skipped_128x128"]
-    out["backward_work_left"] = (DS + DT * live_t + 2 * DS * (1.0 - out["matmul_steps_dropped"])) / (3 * DS + DT)
+    out["backward_work_left"] = (ds + dt * live_t + 2 * ds * (1.0 - out["matmul_steps_dropped"])) / (3 * ds + dt)
     return out
 
 

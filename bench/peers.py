@@ -5,7 +5,8 @@ tasks it also calls ``backward()``, leaving the gradients on ``inputs.student_hi
 ``inputs.student_weight.grad``. Tasks (problem.TASKS):
 
 - ``va_opd``: VA-OPD loss with the pixelated pass, forward + backward.
-- ``kl``: mean per-token reverse KL, forward + backward.
+- ``kl``: mean per-token reverse KL, forward + backward (ours through the scalar OPD loss;
+  ``vaopd-<backend>-token-kl`` rows time the per-token ``linear_kl(...).mean()`` instead).
 - ``va``: visual advantage (target log-probs of both teacher views), forward only.
 - ``jsd``: mean per-token generalized JSD (beta = ``problem.JSD_BETA``, TRL's convention), forward + backward.
 
@@ -43,6 +44,8 @@ class Impl:
     # () -> None when it can run on the device type, else a reason
     unavailable: Callable[[str], Optional[str]] = lambda device_type: None
     gpu_only: bool = False
+    # a variant row of another implementation: tables show it only for the tasks it offers
+    variant: bool = False
 
 
 def _va_opd_from_token_values(x: Inputs, kl: torch.Tensor, va: torch.Tensor) -> torch.Tensor:
@@ -257,7 +260,7 @@ def _add_jsd_tasks(impls: List[Impl]) -> None:
     for impl in impls:
         if impl.name == "naive":
             impl.tasks["jsd"] = naive_jsd
-        elif impl.name.startswith("vaopd-"):
+        elif impl.name.startswith("vaopd-") and not impl.variant:
             impl.tasks["jsd"] = _ours_jsd(impl.name[len("vaopd-"):])
         elif impl.name == "authors":
             impl.not_offered["jsd"] = "the paper's recipe is reverse KL only"
@@ -266,20 +269,51 @@ def _add_jsd_tasks(impls: List[Impl]) -> None:
 
 
 # ----------------------------------------------------------------------------- our backends
+def _options(options) -> Dict:
+    """``options=`` (a ``vaopd_kernels.KernelOptions``) only when a caller chose one: the default
+    call stays the plain call users make."""
+    return {} if options is None else {"options": options}
+
+
+def va_opd_with_pixelated_view(x: Inputs, backend: str, options=None) -> Outputs:
+    """The va_opd task: ``va_opd_loss`` with the pixelated teacher view, forward + backward."""
+    res = vaopd_kernels.va_opd_loss(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
+                                    x.targets, x.cu_seqlens, x.prompt_ids,
+                                    teacher_hidden_degraded=x.teacher_hidden_degraded, backend=backend,
+                                    **_options(options))
+    res.loss.backward()
+    return Outputs(res.loss.detach(), res.kl.detach(), res.visual_advantage)
+
+
+def opd_mean_kl(x: Inputs, backend: str, options=None) -> Outputs:
+    """The KL-only task through the scalar entry point users call for OPD: ``va_opd_loss`` without
+    the pixelated view (standard OPD, reverse KL) over the batch as ONE rollout, so the loss is
+    mean_n KL_n, the value Liger-Kernel returns. Knowing the token weights up front, the chunked
+    backends form the gradient inside the forward (GEMM work 2NV(3Ds + Dt), as Liger)."""
+    whole_batch = torch.tensor([0, x.student_hidden.shape[0]], device=x.targets.device)
+    res = vaopd_kernels.va_opd_loss(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
+                                    x.targets, whole_batch, whole_batch[:1], backend=backend, **_options(options))
+    res.loss.backward()
+    return Outputs(res.loss.detach(), res.kl.detach())
+
+
+def token_mean_kl(x: Inputs, backend: str, options=None) -> Outputs:
+    """The KL-only task through the per-token ``linear_kl(...).mean()``: the per-token output leaves
+    the row weights unknown until backward, so every backend recomputes logits there
+    (2NV(4Ds + 2Dt)). Kept as a second row to show what the scalar path saves."""
+    token_kl = vaopd_kernels.linear_kl(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
+                                       backend=backend, **_options(options))
+    loss = token_kl.mean()
+    loss.backward()
+    return Outputs(loss.detach(), token_kl.detach())
+
+
 def _ours(backend: str) -> Dict[str, Callable[[Inputs], Outputs]]:
     def va_opd(x: Inputs) -> Outputs:
-        res = vaopd_kernels.va_opd_loss(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
-                                        x.targets, x.cu_seqlens, x.prompt_ids,
-                                        teacher_hidden_degraded=x.teacher_hidden_degraded, backend=backend)
-        res.loss.backward()
-        return Outputs(res.loss.detach(), res.kl.detach(), res.visual_advantage)
+        return va_opd_with_pixelated_view(x, backend)
 
     def kl(x: Inputs) -> Outputs:
-        token_kl = vaopd_kernels.linear_kl(x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight,
-                                           backend=backend)
-        loss = token_kl.mean()
-        loss.backward()
-        return Outputs(loss.detach(), token_kl.detach())
+        return opd_mean_kl(x, backend)
 
     def va(x: Inputs) -> Outputs:
         return Outputs(va=vaopd_kernels.visual_advantage(x.teacher_hidden, x.teacher_hidden_degraded,
@@ -316,6 +350,9 @@ GPU_BACKENDS = ("triton", "cuda")
 # Backend names we know of even when this checkout/machine lacks them, so they get a row.
 KNOWN_BACKENDS = ("torch", "triton", "cuda")
 
+# Our per-token KL row: same backends, the kl task through linear_kl(...).mean() (see token_mean_kl).
+TOKEN_KL_SUFFIX = "-token-kl"
+_TOKEN_KL_ONLY = "the per-token KL row of the kl task; the backend's own row has this task"
 _NO_KL = "cross-entropy only: no teacher distribution, so no KL"
 _LIGER_NO = {"va_opd": "returns a mean KL only: no per-token weights, no visual advantage",
              "va": "computes no target log-probs"}
@@ -340,9 +377,14 @@ def build_impls() -> Dict[str, Impl]:
     names = list(KNOWN_BACKENDS)
     names += [b for b in vaopd_kernels.available_backends() if b not in names]
     for backend in names:
-        impls.append(Impl(f"vaopd-{backend}", f"vaopd_kernels backend={backend!r}", _ours(backend),
-                          unavailable=_backend_reason(backend), gpu_only=backend in GPU_BACKENDS))
-    impls.insert(len(impls) - len(names), _trl_impl())  # a peer: listed before our backends
+        impls.append(Impl(f"vaopd-{backend}", f"vaopd_kernels backend={backend!r} (kl: the scalar OPD loss)",
+                          _ours(backend), unavailable=_backend_reason(backend), gpu_only=backend in GPU_BACKENDS))
+        impls.append(Impl(f"vaopd-{backend}{TOKEN_KL_SUFFIX}",
+                          f"vaopd_kernels backend={backend!r}, kl as linear_kl(...).mean() (per-token output)",
+                          {"kl": lambda x, backend=backend: token_mean_kl(x, backend)},
+                          {t: _TOKEN_KL_ONLY for t in ("va_opd", "va", "jsd")},
+                          unavailable=_backend_reason(backend), gpu_only=backend in GPU_BACKENDS, variant=True))
+    impls.insert(len(impls) - 2 * len(names), _trl_impl())  # a peer: listed before our backends
     _add_jsd_tasks(impls)
     return {impl.name: impl for impl in impls}
 

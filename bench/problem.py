@@ -41,7 +41,7 @@ class Shape:
 
 
 def floor_flops(shape: Shape, task: str) -> float:
-    """GEMM FLOPs that even a full-logit implementation cannot avoid (DESIGN.md section 3).
+    """GEMM FLOPs that even a full-logit implementation cannot avoid (docs/benchmarks.md).
 
     va_opd: student logits, d hidden, d weight (3 Ds) + teacher logits of both views (2 Dt).
     kl, jsd: 3 Ds + one teacher view (Dt).   va: two teacher views (2 Dt), no backward.
@@ -121,3 +121,27 @@ def make_inputs(shape: Shape, device: str | torch.device = "cpu", logit_std: flo
     targets = torch.randint(0, v, (n,), generator=gen, device=device)
     cu, pid = rollout_layout(n, seed=shape.seed)
     return Inputs(sh.requires_grad_(), sw.requires_grad_(), th, tw, thd, targets, cu.to(device), pid.to(device))
+
+
+def peaked(inputs: Inputs, margin: float = 16.0, uncertain_share: float = 0.0, uncertain_margin: float = 16.0,
+           seed: int = 5) -> Inputs:
+    """The same problem with confident rows: every hidden state moved toward its target's head row
+    so that the target's logit rises by ``margin`` (16: p_target ~ 0.95 against the random inputs'
+    near-uniform rows; 24: near certain). ``uncertain_share`` of the rows, spread at random, get
+    ``uncertain_margin`` instead (rollouts mix certain and uncertain tokens). New tensors; the
+    given inputs are untouched."""
+    device = inputs.targets.device
+    n = inputs.targets.shape[0]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    uncertain = torch.rand(n, 1, generator=gen, device=device) < uncertain_share
+    margins = torch.where(uncertain, uncertain_margin, margin)
+
+    def point(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        w = weight.detach()[inputs.targets].float()
+        return (hidden.detach().float() + margins * w / (w * w).sum(1, keepdim=True)).to(hidden.dtype)
+
+    return Inputs(point(inputs.student_hidden, inputs.student_weight).requires_grad_(),
+                  inputs.student_weight.detach().clone().requires_grad_(),
+                  point(inputs.teacher_hidden, inputs.teacher_weight), inputs.teacher_weight,
+                  point(inputs.teacher_hidden_degraded, inputs.teacher_weight), inputs.targets,
+                  inputs.cu_seqlens, inputs.prompt_ids)

@@ -52,3 +52,38 @@ def test_wrong_answer_is_flagged():
     x.student_hidden.grad.mul_(1.01)
     bad = check.check(Outputs(out.loss, out.kl * 1.01, out.va), x, "va_opd", "float32")
     assert not bad["ok"] and set(bad["failed"]) == {"kl", "grad_hidden"}
+
+
+def test_kl_task_times_our_scalar_opd_loss_and_keeps_the_per_token_row(monkeypatch):
+    """Ours answer the kl task through va_opd_loss (gradient formed in the forward), the
+    ``-token-kl`` variant through linear_kl(...).mean(); both give the same loss and pass the check;
+    the variant only appears in the kl table."""
+    import vaopd_kernels
+    from bench import check
+    from bench.compare import planned_jobs
+    from bench.peers import TOKEN_KL_SUFFIX
+    from bench.problem import make_inputs
+
+    shape = get_preset("smoke", "cpu").shapes[0]
+    impls = build_impls()
+    scalar, per_token = impls["vaopd-torch"], impls["vaopd-torch" + TOKEN_KL_SUFFIX]
+    real_linear_kl, real_va_opd_loss = vaopd_kernels.linear_kl, vaopd_kernels.va_opd_loss
+    results = {}
+    for name, impl, banned, real in (("scalar", scalar, "linear_kl", real_linear_kl),
+                                     ("token", per_token, "va_opd_loss", real_va_opd_loss)):
+        x = make_inputs(shape)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{name} row must not call {banned}")
+        monkeypatch.setattr(vaopd_kernels, banned, refuse)
+        out = impl.tasks["kl"](x)
+        monkeypatch.setattr(vaopd_kernels, banned, real)
+        verdict = check.check(out, x, "kl", shape.dtype)
+        assert verdict["ok"], verdict
+        results[name] = (float(out.loss), x.student_weight.grad.clone())
+    assert abs(results["scalar"][0] - results["token"][0]) < 1e-5 * abs(results["token"][0])
+    torch.testing.assert_close(results["scalar"][1], results["token"][1], rtol=1e-4, atol=1e-7)
+
+    tasks = ("va_opd", "kl", "va")
+    assert [j["task"] for j in planned_jobs(per_token, [shape], tasks, 1, 1, True)] == ["kl"]
+    assert [j["task"] for j in planned_jobs(scalar, [shape], tasks, 1, 1, True)] == list(tasks)

@@ -29,41 +29,42 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from vaopd_kernels.backends.triton import _config, kl_backward, kl_forward
+from vaopd_kernels import KernelOptions
+from vaopd_kernels.backends.triton import _config, backward, dlogits, matmul, stats
 
 # The launches the backend makes at the headline shape (bf16, N = 8192, Ds = 2048, Dt = 4096,
 # V = 151,936): kernel, constexpr flags, and the integer arguments it sees there. Integers are
 # specialised as Triton's JIT does (1 becomes a constant, multiples of 16 carry divisibility 16),
 # so the compiler sees the same contiguity it sees on a GPU.
 N, V, DS, DT = 8192, 151_936, 2048, 4096
-COLS = kl_backward._chunk_columns(N, V, 2)  # the backward's vocabulary chunk (bf16 workspace)
+COLS = backward._chunk_columns(N, V, 2, KernelOptions().triton_workspace_bytes)  # backward vocab chunk (bf16)
 _SHAPE = dict(N=N, V=V, Ds=DS, Dt=DT, stride_sh=DS, stride_sw=DS, stride_th=DT, stride_tw=DT)
-_STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=kl_forward.CROSS_NONE, MIN_T=False)
+_STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=stats.CROSS_NONE, MIN_T=False)
 _MATMUL = dict(stride_bk=DS, stride_bn=1, stride_cm=DS)
 LAUNCHES = {
-    "stats: teacher + pixelated (VA)": (kl_forward._stats_kernel, {**_STATS, "HAS_T": True, "HAS_D": True,
+    "stats: teacher + pixelated (VA)": (stats._stats_kernel, {**_STATS, "HAS_T": True, "HAS_D": True,
                                                                      "HAS_Y": True}, _SHAPE, {}),
-    "stats: student + teacher, reverse KL": (kl_forward._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
+    "stats: student + teacher, reverse KL": (stats._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
                                                                           "HAS_Y": True, "CROSS": 1}, _SHAPE, {}),
-    "stats: three views (va_kl)": (kl_forward._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
+    "stats: three views (va_kl)": (stats._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
                                                                "HAS_D": True, "HAS_Y": True, "CROSS": 1}, _SHAPE, {}),
     # with the gradient filter on, the forward also keeps the teacher's smallest logit
-    "stats: student + teacher, reverse KL, filtered": (kl_forward._stats_kernel, {
+    "stats: student + teacher, reverse KL, filtered": (stats._stats_kernel, {
         **_STATS, "HAS_S": True, "HAS_T": True, "HAS_Y": True, "CROSS": 1, "MIN_T": True}, _SHAPE, {}),
 }
 _FLAG_COLS = COLS // 64
-_MM_FLAGS = dict(LIST_STAGES=kl_backward._LIST_STAGES)
+_MM_FLAGS = dict(LIST_STAGES=matmul._LIST_STAGES)
 for _filter in (False, True):
     _tag, _flags = (", filtered" if _filter else ""), dict(FILTER=_filter, FLAG_BLOCK=64)
     LAUNCHES.update({
-        f"dlogits: reverse KL{_tag}": (kl_backward._dlogits_kernel, dict(MODE=kl_backward.MODE_REVERSE, **_flags),
+        f"dlogits: reverse KL{_tag}": (dlogits.dlogits_kernel, dict(MODE=dlogits.MODE_REVERSE.value, **_flags),
                                        {**_SHAPE, "v_begin": 0, "v_end": COLS, "Vc": COLS, "stride_dz": COLS,
                                         "flag_cols": _FLAG_COLS}, {}),
-        f"matmul: d head = dz^T h{_tag}": (kl_backward._matmul_kernel, dict(ACCUMULATE=False, ORDER_B=_filter,
+        f"matmul: d head = dz^T h{_tag}": (matmul._matmul_kernel, dict(ACCUMULATE=False, ORDER_B=_filter,
                                                                             ORDER_C=False, **_flags, **_MM_FLAGS),
                                            {**_MATMUL, "M": COLS, "N": DS, "K": N, "stride_am": 1, "stride_ak": COLS,
                                             "stride_fm": 1, "stride_fk": _FLAG_COLS}, {"c_ptr": "*bf16"}),
-        f"matmul: d hidden += dz W{_tag}": (kl_backward._matmul_kernel, dict(ACCUMULATE=True, ORDER_B=False,
+        f"matmul: d hidden += dz W{_tag}": (matmul._matmul_kernel, dict(ACCUMULATE=True, ORDER_B=False,
                                                                              ORDER_C=_filter, **_flags, **_MM_FLAGS),
                                             {**_MATMUL, "M": N, "N": DS, "K": COLS, "stride_am": COLS, "stride_ak": 1,
                                              "stride_fm": _FLAG_COLS, "stride_fk": 1}, {"c_ptr": "*fp32"}),

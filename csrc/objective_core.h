@@ -1,4 +1,4 @@
-// The VA-OPD objective's per-rollout and per-sibling-group work (DESIGN.md section 2), written once
+// The VA-OPD objective's per-rollout and per-sibling-group work (docs/math.md), written once
 // for both a CUDA thread block (objective.cu) and a single host thread (tests/native/objective_host.cpp),
 // so the exact code the GPU runs is also tested on machines without one.
 //

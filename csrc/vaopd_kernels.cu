@@ -1,4 +1,4 @@
-// Row-statistics kernels over logit chunks; see vaopd_kernels.cuh for the API and DESIGN.md for the math.
+// Row-statistics kernels over logit chunks; see vaopd_kernels.cuh for the API and docs/math.md for the math.
 //
 // One thread block per row (kThreads threads). Each thread keeps online (max, sum) accumulators over a
 // strided subset of the row, loaded 16 bytes at a time when the rows are 16-byte aligned; a block
@@ -18,7 +18,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 // Below this |lse_t - lse_s| the log-normaliser gap is taken as log1p(sum(e^{z_to - lse_from} - p_from))
-// (same rule as the torch backend's _chunk_math._SMALL_GAP).
+// (same rule as the triton backend's stats.SMALL_GAP).
 constexpr double kSmallGap = 0.5;
 
 thread_local const char* g_argument_error = "";

@@ -6,7 +6,7 @@
 // (cudaSuccess on success; invalid arguments give cudaErrorInvalidValue before any launch).
 //
 // Logit chunks hold z = W h (NOT divided by the temperature); the kernels scale by inv_temperature.
-// Math (DESIGN.md section 1): lse, reverse/forward KL with the accurate log-normaliser gap,
+// Math (docs/math.md): lse, reverse/forward KL with the accurate log-normaliser gap,
 // generalized JSD, target log-probs, student entropy, and d(row_grad[n] * D_n)/d(W h) written in
 // place over the student logits.
 #pragma once
@@ -86,7 +86,7 @@ cudaError_t view_stats(const ViewStatsArgs& args, cudaStream_t stream);
 cudaError_t divergence_stats(const DivergenceArgs& args, cudaStream_t stream);
 cudaError_t logprob_grad(const LogprobGradArgs& args, cudaStream_t stream);
 
-// The VA-OPD objective's token coefficients (DESIGN.md section 2; objective.cu, objective_core.h):
+// The VA-OPD objective's token coefficients (docs/math.md; objective.cu, objective_core.h):
 // per rollout the top ceil(f T) tokens by VA (ties to the earlier token), the lambda / (1 - lambda)
 // group split and the sibling-softmax rollout weight, over P prompts. Float64 throughout, so the
 // results match the torch objective's float64 arithmetic to rounding.

@@ -72,11 +72,14 @@ def _lr_factor(step: int, steps: int) -> float:
 
 
 def train(model, tokenizer, processor, batches: Callable[[int], tuple], *, steps: int, lr: float,
-          log: Callable[[str], None] = print, log_every: int = 50) -> List[float]:
+          log: Callable[[str], None] = print, log_every: int = 50,
+          stop: Optional[Callable[[int], bool]] = None) -> List[float]:
     """AdamW + cosine decay over ``steps``; ``batches(step)`` returns (samples, responses).
 
-    Returns the loss per step. Only real vocabulary rows can be predicted (the padded head rows are
-    masked out of the softmax, as in the distillation loss).
+    ``stop(done_steps)``, when given, is asked after every update and ends training early when it
+    returns True (the model is left in eval mode either way). Returns the loss per step. Only real
+    vocabulary rows can be predicted (the padded head rows are masked out of the softmax, as in the
+    distillation loss).
     """
     vocab = len(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
@@ -97,5 +100,10 @@ def train(model, tokenizer, processor, batches: Callable[[int], tuple], *, steps
         if (step + 1) % log_every == 0 or step + 1 == steps:
             recent = losses[-log_every:]
             log(f"step {step + 1}/{steps} loss {sum(recent) / len(recent):.4f} ({time.perf_counter() - began:.0f}s)")
+        if stop is not None:
+            model.eval()
+            if stop(step + 1):
+                break
+            model.train()
     model.eval()
     return losses

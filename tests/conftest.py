@@ -1,7 +1,7 @@
 """Minimal shared setup: without a GPU, Triton kernels run under the CPU interpreter.
 
 TRITON_INTERPRET is read when a kernel is defined, so it must be set before any test module
-imports a Triton backend (DESIGN.md section 4).
+imports a Triton backend.
 """
 import os
 

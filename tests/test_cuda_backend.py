@@ -1,4 +1,4 @@
-"""Correctness matrix of the "cuda" backend against the reference backend in float64.
+"""The "cuda" backend's own checks (its contract matrix runs in tests/test_contract.py).
 
 * ``*_gpu`` tests run the real CUDA kernels (skipped without a CUDA device / buildable extension).
 * ``*_emulated`` tests run the backend's orchestration (chunking, GEMM routes, packed half
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from _cuda_emulation import EmulatedOps
-from vaopd_kernels import objective
+from contract import CASES, compare, make_inputs, oracle, run_case
+from vaopd_kernels import KernelOptions, objective, ops
 from vaopd_kernels.backends import cuda as cuda_backend
-from vaopd_kernels.backends import reference
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -28,111 +28,6 @@ _GPU_REASON = _gpu_skip_reason()
 needs_gpu = pytest.mark.skipif(_GPU_REASON is not None, reason=f"cuda backend unavailable: {_GPU_REASON}")
 
 
-def make_inputs(n=12, ds=16, dt=24, vocab=37, pad=3, dtype=torch.float32, device="cpu", seed=0, close=False):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    sh, sw = r(n, ds), r(vocab + pad, ds) * (2.0 / ds ** 0.5)
-    th, tw = r(n, dt), r(vocab + pad + 2, dt) * (2.0 / dt ** 0.5)
-    if close:  # student ~ teacher: exercises the accurate lse-gap branch
-        dt = ds
-        th, tw = sh + 1e-3 * r(n, ds), sw.clone()
-        tw = torch.cat([tw + 1e-3 * r(*tw.shape), r(2, ds)])
-    thd = th + 0.7 * r(*th.shape)
-    targets = torch.randint(0, vocab, (n,), generator=g)
-    token_weight = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
-    upstream = torch.randn(n, generator=g, dtype=torch.float64)
-    cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-    return dict(sh=cast(sh), sw=cast(sw), th=cast(th), tw=cast(tw), thd=cast(thd), y=targets.to(device),
-                token_weight=token_weight.to(device=device, dtype=torch.float32), upstream=upstream.to(device),
-                vocab=vocab)
-
-
-CASES = [
-    ("linear_kl", dict(divergence="reverse", temperature=1.0)),
-    ("linear_kl", dict(divergence="reverse", temperature=0.7)),
-    ("linear_kl", dict(divergence="forward", temperature=1.3)),
-    ("linear_kl", dict(divergence="jsd", beta=0.3, temperature=1.0)),
-    ("linear_logprob", dict(temperature=1.0)),
-    ("linear_logprob", dict(temperature=0.5)),
-    ("teacher_logprobs", {}),
-    ("va_kl", {}),
-    ("weighted_kl", {}),
-]
-
-
-def run_case(impl, name, options, x):
-    """Run one contract function; returns ({output name: tensor}, {grad name: tensor})."""
-    sh = x["sh"].detach().clone().requires_grad_(True)
-    sw = x["sw"].detach().clone().requires_grad_(True)
-    th, tw, thd, y, vocab = x["th"], x["tw"], x["thd"], x["y"], x["vocab"]
-    up = x["upstream"]
-    outs, scalar = {}, None
-    if name == "linear_kl":
-        kl = impl.linear_kl(sh, sw, th, tw, divergence=options["divergence"], beta=options.get("beta", 0.5),
-                            temperature=options["temperature"], vocab_size=vocab)
-        outs["kl"], scalar = kl, (kl * up.to(kl.dtype)).sum()
-    elif name == "linear_logprob":
-        lp = impl.linear_logprob(sh, sw, y, temperature=options["temperature"], vocab_size=vocab)
-        outs["logprob"], scalar = lp, (lp * up.to(lp.dtype)).sum()
-    elif name == "teacher_logprobs":
-        with torch.no_grad():
-            lp, lpd = impl.teacher_logprobs(th, tw, y, thd, vocab_size=vocab)
-            lp1, none = impl.teacher_logprobs(th, tw, y, None, vocab_size=vocab)
-        assert none is None
-        outs.update(lp=lp, lp_degraded=lpd, lp_single=lp1)
-    elif name == "va_kl":
-        r = impl.va_kl(sh, sw, th, tw, y, thd, vocab_size=vocab)
-        outs.update(kl=r.kl, va=r.visual_advantage, slp=r.student_logprob, tlp=r.teacher_logprob,
-                    ent=r.student_entropy)
-        scalar = (r.kl * up.to(r.kl.dtype)).sum()
-    elif name == "weighted_kl":
-        loss, r = impl.weighted_kl(sh, sw, th, tw, y, thd, lambda va: x["token_weight"], vocab_size=vocab)
-        outs.update(loss=loss, kl=r.kl, slp=r.student_logprob, ent=r.student_entropy, tlp=r.teacher_logprob)
-        scalar = 2.5 * loss
-    grads = {}
-    if scalar is not None:
-        scalar.backward()
-        grads = {"d_sh": sh.grad, "d_sw": sw.grad}
-    return {k: v.detach() for k, v in outs.items()}, grads
-
-
-def oracle(name, options, x):
-    x64 = {k: (v.detach().double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in x.items()}
-    return run_case(reference, name, options, x64)
-
-
-_TOL = {  # (values atol, values rtol, gradient relative-norm tolerance)
-    torch.float64: (1e-9, 1e-9, 1e-9),
-    torch.float32: (2e-5, 2e-5, 2e-4),
-    torch.bfloat16: (2e-4, 2e-4, 2e-2),
-    torch.float16: (2e-4, 2e-4, 2e-2),
-}
-
-
-def compare(got, want, dtype, label=""):
-    atol, rtol, gtol = _TOL[dtype]
-    outs, grads = got
-    w_outs, w_grads = want
-    assert outs.keys() == w_outs.keys()
-    for k in outs:
-        expected_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        assert outs[k].dtype == expected_dtype, f"{label}{k}: dtype {outs[k].dtype}"
-        torch.testing.assert_close(outs[k].double(), w_outs[k].double(), atol=atol, rtol=rtol,
-                                   msg=lambda m, k=k: f"{label}{k}: {m}")
-    assert grads.keys() == w_grads.keys()
-    for k in grads:
-        assert grads[k] is not None, f"{label}{k} missing"
-        err = (grads[k].double() - w_grads[k].double()).norm() / w_grads[k].double().norm().clamp_min(1e-30)
-        assert err <= gtol, f"{label}{k}: relative gradient error {float(err):.3g} > {gtol}"
-
-
-@pytest.fixture
-def chunk_budget():
-    saved = cuda_backend.get_chunk_budget()
-    yield cuda_backend.set_chunk_budget
-    cuda_backend.set_chunk_budget(saved)
-
-
 # ----------------------------------------------------------------------------- emulated (CPU)
 @pytest.fixture
 def emulated_ops():
@@ -142,23 +37,13 @@ def emulated_ops():
     cuda_backend._ops, cuda_backend._load_error = saved
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
-@pytest.mark.parametrize("chunks", ["one", "many"])
-def test_matches_reference_emulated(emulated_ops, chunk_budget, name, options, dtype, chunks):
-    x = make_inputs(dtype=dtype)
-    if chunks == "many":
-        chunk_budget(5 * x["vocab"] * 8)  # a handful of rows per chunk, ragged last chunk
-    compare(run_case(cuda_backend, name, options, x), oracle(name, options, x), dtype)
-
-
 def test_changing_the_teacher_before_backward_raises_emulated(emulated_ops):
     """The backward recomputes teacher logits: a teacher head changed in place after the forward
     pass makes it raise (as torch's own operations do)."""
     x = make_inputs()
     sh, sw = x["sh"].requires_grad_(), x["sw"].requires_grad_()
-    kl = cuda_backend.linear_kl(sh, sw, x["th"], x["tw"], divergence="reverse", beta=0.5, temperature=1.0,
-                                vocab_size=x["vocab"])
+    kl = ops.linear_kl(cuda_backend, sh, sw, x["th"], x["tw"], divergence="reverse", beta=0.5, temperature=1.0,
+                       vocab_size=x["vocab"], options=KernelOptions())
     x["tw"].mul_(1.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         kl.sum().backward()
@@ -180,15 +65,15 @@ def test_objective_weights_emulated(emulated_ops):
         torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-8, atol=0)
 
 
-def test_native_head_grad_accumulation_emulated(emulated_ops, chunk_budget, monkeypatch):
-    """VAOPD_CUDA_HEAD_GRAD=native sums d(head) over row chunks in bf16: the same gradient up to
+def test_native_head_grad_accumulation_emulated(emulated_ops):
+    """KernelOptions(head_grad="native") sums d(head) over row chunks in bf16: the same gradient up to
     one bf16 rounding per chunk, and no fp32 [V, Ds] buffer."""
     x = make_inputs(n=96, ds=32, dt=48, vocab=160, dtype=torch.bfloat16, seed=5)
-    chunk_budget(12 * x["vocab"] * 4 * 2)  # 12 rows per chunk: 8 chunks
+    budget = 12 * x["vocab"] * 4 * 2  # 12 rows per chunk: 8 chunks
     want = oracle("weighted_kl", {}, x)[1]["d_sw"].double()
     errors = {}
     for mode in ("fp32", "native"):
-        monkeypatch.setattr(cuda_backend, "HEAD_GRAD_ACCUMULATION", mode)
+        x["kernel_options"] = KernelOptions(chunk_budget_bytes=budget, head_grad=mode)
         got = run_case(cuda_backend, "weighted_kl", {}, x)[1]["d_sw"].double()
         errors[mode] = float((got - want).norm() / want.norm())
     # Measured: fp32 2.2e-3 (bf16 dlogits and one final rounding), native 3.8e-3 (8 chunk roundings);
@@ -196,18 +81,44 @@ def test_native_head_grad_accumulation_emulated(emulated_ops, chunk_budget, monk
     assert errors["fp32"] < 4e-3 and errors["native"] < 8e-3, errors
 
 
-def test_rows_per_chunk_respects_budget(chunk_budget):
-    chunk_budget(1 << 30)
-    rows = cuda_backend._rows_per_chunk(8192, 151936, 2, torch.float32)
+def test_chunk_buffer_precision_on_the_emulated_row_kernels():
+    """bench/chunk_precision.py: bf16 chunk buffers against fp32 ones, on the row kernels' emulation,
+    at a small vocabulary. Target shifting must help where the high-probability entries sit near
+    the target (peaked rows), and the fp32 student buffer must carry the gradient on flat rows,
+    as docs/backends.md ("Chunk buffer precision") says from the full-size run."""
+    from bench import chunk_precision as cp
+
+    gen = torch.Generator().manual_seed(0)
+    n, vocab = 32, 4096
+    z_s = torch.randn(n, vocab, generator=gen, dtype=torch.float64) * 2.0
+    z_t = 0.7 * z_s + 0.7 * torch.randn(n, vocab, generator=gen, dtype=torch.float64) * 2.0
+    flat = cp.errors(EmulatedOps(), z_s, z_t, torch.randint(0, vocab, (n,), generator=gen))
+    y = torch.randint(0, vocab, (n,), generator=gen)
+    rows = torch.arange(n)
+    z_s[rows, y] += 16.0
+    z_t[rows, y] += 16.0
+    peaked = cp.errors(EmulatedOps(), z_s, z_t, y)
+    fp32, bf16, shifted, mixed = (f"{s} / {t}" for s, t in cp.PAIRS)
+    for e in (flat, peaked):
+        assert e[fp32]["grad_logits"] < 1e-5 and e[fp32]["teacher_logprob_abs"] < 1e-5, e[fp32]
+        assert e[bf16]["grad_logits"] > 3e-3, e[bf16]           # bf16 rounding is visible
+        assert e[shifted]["teacher_logprob_abs"] < e[bf16]["teacher_logprob_abs"], e
+    assert peaked[shifted]["teacher_logprob_abs"] * 10 < peaked[bf16]["teacher_logprob_abs"], peaked
+    assert peaked[shifted]["grad_logits"] * 5 < peaked[bf16]["grad_logits"], peaked
+    # flat rows: the shift does not rescue the gradient; an fp32 student buffer does
+    assert flat[shifted]["grad_logits"] > 0.5 * flat[bf16]["grad_logits"], flat
+    assert flat[mixed]["grad_logits"] * 2 < flat[shifted]["grad_logits"], flat
+
+
+def test_rows_per_chunk_respects_budget():
+    rows = cuda_backend._rows_per_chunk(8192, 151936, 2, torch.float32, 1 << 30)
     assert rows % 128 == 0 and rows * 151936 * 4 * 2 <= 1 << 30
-    assert cuda_backend._rows_per_chunk(3, 151936, 2, torch.float32) == 3
-    chunk_budget(1)
-    assert cuda_backend._rows_per_chunk(100, 10, 3, torch.float32) == 1
+    assert cuda_backend._rows_per_chunk(3, 151936, 2, torch.float32, 1 << 30) == 3
+    assert cuda_backend._rows_per_chunk(100, 10, 3, torch.float32, 1) == 1
 
 
 def test_backend_contract_surface():
-    for fn in ("linear_kl", "linear_logprob", "teacher_logprobs", "va_kl", "weighted_kl",
-               "va_opd_weights", "unavailable_reason", "supports_device"):
+    for fn in ("scan", "gradients", "va_opd_weights", "unavailable_reason", "supports_device"):
         assert callable(getattr(cuda_backend, fn))
     assert cuda_backend.supports_device(torch.device("cpu")) is False
     if not torch.cuda.is_available():
@@ -215,23 +126,6 @@ def test_backend_contract_surface():
 
 
 # ----------------------------------------------------------------------------- real kernels (GPU)
-_GPU_DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-
-
-@needs_gpu
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", _GPU_DTYPES)
-@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
-@pytest.mark.parametrize("shape", ["unaligned", "aligned-chunked"])
-def test_matches_reference_gpu(chunk_budget, name, options, dtype, shape):
-    if shape == "unaligned":  # V = 37: scalar (non-vectorised) path, one chunk
-        x = make_inputs(dtype=dtype, device="cuda")
-    else:  # V = 1024: 16-byte vector path, several chunks
-        x = make_inputs(n=40, ds=64, dt=96, vocab=1024, pad=8, dtype=dtype, device="cuda", seed=1)
-        chunk_budget(16 * 1024 * 8)
-    compare(run_case(cuda_backend, name, options, x), oracle(name, options, x), dtype)
-
-
 @needs_gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

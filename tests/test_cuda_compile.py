@@ -4,7 +4,7 @@
   sm_80 and sm_90a with warnings as errors: a compile error fails CI on CPU-only machines.
 * ``csrc/bindings.cpp`` (torch headers) gets a best-effort ``-fsyntax-only`` check with the host
   compiler when torch's headers are usable here; a CPU build of torch lacks some CUDA headers
-  (DESIGN.md section 4), so that check is skipped with a reason when they cannot be stubbed.
+  (cusparse.h, cuda_cmake_macros.h), so that check is skipped with a reason when they cannot be stubbed.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(f"""
     import vaopd_kernels as vk
     torch.set_num_threads(1)
     backend = sys.argv[1]
-    vk.set_chunk_budget(16 << 20)
+    options = vk.KernelOptions(chunk_budget_bytes=16 << 20)
     g = torch.Generator().manual_seed(0)
     sh = torch.randn({N}, {D}, generator=g).requires_grad_()
     sw = (torch.randn({V}, {D}, generator=g) / 6).requires_grad_()
@@ -27,12 +27,12 @@ SCRIPT = textwrap.dedent(f"""
     pid = torch.arange(cu.numel() - 1) // 4
     # Warm up allocator and kernels on a small slice, then take the baseline.
     vk.va_opd_loss(sh[:64], sw, th[:64], tw, y[:64], torch.tensor([0, 64]), torch.tensor([0]),
-                   teacher_hidden_degraded=thd[:64], backend=backend).loss.backward()
+                   teacher_hidden_degraded=thd[:64], backend=backend, options=options).loss.backward()
     sh.grad = sw.grad = None
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    r = vk.va_opd_loss(sh, sw, th, tw, y, cu, pid, teacher_hidden_degraded=thd, backend=backend)
+    r = vk.va_opd_loss(sh, sw, th, tw, y, cu, pid, teacher_hidden_degraded=thd, backend=backend, options=options)
     r.loss.backward()
-    kl = vk.linear_kl(sh, sw, th, tw, backend=backend)
+    kl = vk.linear_kl(sh, sw, th, tw, backend=backend, options=options)
     kl.sum().backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({{"growth_mb": (peak - base) / 1024}}))

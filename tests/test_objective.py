@@ -137,3 +137,28 @@ def test_objective_matches_loop_oracle(batch):
     assert res.high_mask.tolist() == high
     # Weights of each prompt's siblings sum to one; the token weights sum to 1 per prompt / P.
     assert float(res.token_weight.double().sum()) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_coefficients_are_the_objectives_weights():
+    """va_opd_coefficients / opd_coefficients need no KL, and any KL's objective is their weighted sum."""
+    gen = torch.Generator().manual_seed(4)
+    cu, pid = torch.tensor([0, 3, 4, 9, 15, 16]), torch.tensor([7, 7, 2, 2, 2])
+    va, kl = torch.rand(16, generator=gen), torch.rand(16, generator=gen)
+    va[5] = va[6]  # a tie inside a rollout
+    coef = vk.va_opd_coefficients(va, cu, pid, high_fraction=0.3, high_weight=0.6, temperature=0.7, num_prompts=3)
+    full = vk.va_opd_objective(kl, va, cu, pid, high_fraction=0.3, high_weight=0.6, temperature=0.7, num_prompts=3)
+    assert torch.equal(coef.token_weight, full.token_weight) and torch.equal(coef.high_mask, full.high_mask)
+    assert torch.equal(coef.rollout_weight, full.rollout_weight)
+    torch.testing.assert_close((coef.token_weight.double() * kl.double()).sum(), full.loss.double(), rtol=1e-6, atol=0)
+    opd = vk.opd_coefficients(cu, num_rollouts=8)
+    assert torch.equal(opd.token_weight, vk.opd_objective(kl, cu, num_rollouts=8).token_weight)
+    assert not opd.high_mask.any()
+
+
+def test_coefficients_check_their_inputs():
+    with pytest.raises(ValueError, match="^cu_seqlens: expected"):
+        vk.va_opd_coefficients(torch.rand(4), torch.tensor([0, 2, 3]), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="^high_fraction: expected"):
+        vk.va_opd_coefficients(torch.rand(4), torch.tensor([0, 4]), torch.tensor([0]), high_fraction=True)
+    with pytest.raises(ValueError, match="^cu_seqlens: expected"):
+        vk.opd_coefficients(torch.tensor([1, 4]))

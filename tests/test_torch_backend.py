@@ -18,12 +18,11 @@ GRAD_TOL = {torch.float32: 2e-4, torch.bfloat16: 2e-2}
 
 @pytest.fixture(params=["tiny-tiles", "default-tiles"])
 def chunking(request):
-    """Run every test with 1-row blocks x 7-wide vocab tiles (many tiles, ragged last one) and with
-    the defaults (one tile at these sizes)."""
+    """Options that run a test with 1-row blocks x 7-wide vocab tiles (many tiles, ragged last one)
+    and with the defaults (one tile at these sizes)."""
     if request.param == "tiny-tiles":
-        vk.set_chunk_budget(1, vocab_tile=7)
-    yield
-    vk.set_chunk_budget(None)
+        return vk.KernelOptions(chunk_budget_bytes=1, vocab_tile=7)
+    return vk.KernelOptions()
 
 
 def _grads(value, problem):
@@ -74,26 +73,26 @@ def test_logprob_va_and_va_kl_match_reference(chunking, dtype, shape):
     V = base.vocab_size
 
     lp_ref = vk.linear_logprob(ref_p.student_hidden, ref_p.student_weight, base.targets, temperature=0.8,
-                               vocab_size=V, backend="reference")
+                               vocab_size=V, backend="reference", options=chunking)
     lp_out = vk.linear_logprob(out_p.student_hidden, out_p.student_weight, base.targets, temperature=0.8,
-                               vocab_size=V, backend="torch")
+                               vocab_size=V, backend="torch", options=chunking)
     assert rel_err(lp_out, lp_ref) <= TOL[dtype]
     for a, b in zip(_grads(_weighted_sum(lp_out), out_p), _grads(_weighted_sum(lp_ref), ref_p)):
         assert rel_err(a, b) <= GRAD_TOL[dtype]
 
     for clamp in (True, False):
         va_ref = vk.visual_advantage(ref_p.teacher_hidden, ref_p.teacher_hidden_degraded, ref_p.teacher_weight,
-                                     base.targets, vocab_size=V, clamp=clamp, backend="reference")
+                                     base.targets, vocab_size=V, clamp=clamp, backend="reference", options=chunking)
         va_out = vk.visual_advantage(out_p.teacher_hidden, out_p.teacher_hidden_degraded, out_p.teacher_weight,
-                                     base.targets, vocab_size=V, clamp=clamp, backend="torch")
+                                     base.targets, vocab_size=V, clamp=clamp, backend="torch", options=chunking)
         assert (va_out - va_ref).abs().max() <= TOL[dtype] * (1 + va_ref.abs().max())
         assert not va_out.requires_grad
     assert bool((va_out.clamp_min(0) - va_ref.clamp_min(0)).abs().max() <= TOL[dtype] * (1 + va_ref.abs().max()))
 
     ref = vk.va_kl(*ref_p.kl_args, base.targets, teacher_hidden_degraded=ref_p.teacher_hidden_degraded,
-                   vocab_size=V, backend="reference")
+                   vocab_size=V, backend="reference", options=chunking)
     out = vk.va_kl(*out_p.kl_args, base.targets, teacher_hidden_degraded=out_p.teacher_hidden_degraded,
-                   vocab_size=V, backend="torch")
+                   vocab_size=V, backend="torch", options=chunking)
     for field in ("kl", "visual_advantage", "student_logprob", "teacher_logprob", "student_entropy"):
         got, want = getattr(out, field), getattr(ref, field)
         assert got.dtype == torch.float32, field
@@ -101,7 +100,7 @@ def test_logprob_va_and_va_kl_match_reference(chunking, dtype, shape):
     assert (out.visual_advantage >= 0).all()
     for a, b in zip(_grads(_weighted_sum(out.kl), out_p), _grads(_weighted_sum(ref.kl), ref_p)):
         assert rel_err(a, b) <= GRAD_TOL[dtype]
-    no_va = vk.va_kl(*out_p.kl_args, base.targets, vocab_size=V, backend="torch")
+    no_va = vk.va_kl(*out_p.kl_args, base.targets, vocab_size=V, backend="torch", options=chunking)
     assert no_va.visual_advantage is None
 
 
@@ -114,7 +113,8 @@ def test_va_opd_loss_matches_reference(chunking, dtype, with_va):
     results = {}
     for backend, p in (("reference", base.to(torch.float64)), ("torch", base.to(dtype))):
         r = vk.va_opd_loss(*p.kl_args, base.targets, cu, prompts, vocab_size=base.vocab_size,
-                           teacher_hidden_degraded=p.teacher_hidden_degraded if with_va else None, backend=backend)
+                           teacher_hidden_degraded=p.teacher_hidden_degraded if with_va else None, backend=backend,
+                           options=chunking)
         results[backend] = (r, _grads(r.loss * 3.0, p))
     (ref, ref_g), (out, out_g) = results["reference"], results["torch"]
     assert rel_err(out.loss, ref.loss) <= TOL[dtype]
@@ -130,19 +130,20 @@ def test_va_opd_loss_matches_reference(chunking, dtype, with_va):
 def test_gradcheck_linear_kl(chunking, divergence):
     p = make_problem(4, 3, 5, 7, 2, dtype=torch.float64, logit_scale=2.0)
     fn = lambda h, w: vk.linear_kl(h, w, p.teacher_hidden, p.teacher_weight, divergence=divergence,  # noqa: E731
-                                   beta=0.4, temperature=0.9, vocab_size=p.vocab_size, backend="torch")
+                                   beta=0.4, temperature=0.9, vocab_size=p.vocab_size, backend="torch",
+                                   options=chunking)
     assert torch.autograd.gradcheck(fn, (p.student_hidden, p.student_weight))
 
 
 def test_gradcheck_logprob_and_loss(chunking):
     p = make_problem(5, 3, 4, 6, 1, dtype=torch.float64, logit_scale=2.0)
     lp = lambda h, w: vk.linear_logprob(h, w, p.targets, temperature=1.5, vocab_size=p.vocab_size,  # noqa: E731
-                                        backend="torch")
+                                        backend="torch", options=chunking)
     assert torch.autograd.gradcheck(lp, (p.student_hidden, p.student_weight))
     cu, prompts = torch.tensor([0, 2, 5]), torch.tensor([0, 0])
     loss = lambda h, w: vk.va_opd_loss(h, w, p.teacher_hidden, p.teacher_weight, p.targets, cu, prompts,  # noqa: E731
                                        teacher_hidden_degraded=p.teacher_hidden_degraded,
-                                       vocab_size=p.vocab_size, backend="torch").loss
+                                       vocab_size=p.vocab_size, backend="torch", options=chunking).loss
     assert torch.autograd.gradcheck(loss, (p.student_hidden, p.student_weight))
 
 
@@ -188,14 +189,14 @@ def test_kl_accurate_when_student_matches_teacher():
 @pytest.mark.parametrize("divergence", ["reverse", "forward", "jsd"])
 def test_huge_logits_stay_finite(chunking, divergence):
     p = make_problem(6, 4, 4, 19, logit_scale=1e4)
-    kl = vk.linear_kl(*p.kl_args, divergence=divergence, backend="torch")
-    ref = vk.linear_kl(*p.to(torch.float64).kl_args, divergence=divergence, backend="reference")
+    kl = vk.linear_kl(*p.kl_args, divergence=divergence, backend="torch", options=chunking)
+    ref = vk.linear_kl(*p.to(torch.float64).kl_args, divergence=divergence, backend="reference", options=chunking)
     assert torch.isfinite(kl).all()
     assert rel_err(kl, ref) <= 1e-4
     g = _grads(kl.sum(), p)
     assert all(torch.isfinite(x).all() for x in g)
     r = vk.va_opd_loss(*p.kl_args, p.targets, torch.tensor([0, 6]), torch.tensor([0]),
-                       teacher_hidden_degraded=p.teacher_hidden_degraded, backend="torch")
+                       teacher_hidden_degraded=p.teacher_hidden_degraded, backend="torch", options=chunking)
     assert torch.isfinite(r.loss) and torch.isfinite(r.visual_advantage).all()
 
 

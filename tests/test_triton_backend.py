@@ -16,6 +16,8 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 import vaopd_kernels as vk  # noqa: E402
+from vaopd_kernels import ops  # noqa: E402
+from vaopd_kernels.objective import TokenWeights  # noqa: E402
 from vaopd_kernels.backends import backend_unavailable_reason  # noqa: E402
 
 _REASON = backend_unavailable_reason("triton")
@@ -23,9 +25,10 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"triton backend un
               pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 if _REASON is None:
-    from vaopd_kernels.backends.triton import _config
+    from vaopd_kernels.backends.triton import _config, experimental_filter, matmul
+    from vaopd_kernels.backends.triton import stats as kernel_stats
 else:  # pragma: no cover
-    _config = None
+    _config = experimental_filter = matmul = kernel_stats = None
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -155,7 +158,7 @@ def test_teacher_logprobs_and_visual_advantage(dtype):
     want = vk.visual_advantage(ref[2], ref[4], ref[3], y, vocab_size=129, clamp=False, backend="reference")
     close(got, want, dtype, "signed VA")
     from vaopd_kernels.backends import triton as tb
-    lp, lp_none = tb.teacher_logprobs(th, tw, y, None, vocab_size=129)
+    lp, lp_none = ops.teacher_logprobs(tb, th, tw, y, None, vocab_size=129, options=vk.KernelOptions())
     assert lp_none is None
     close(lp, vk.linear_logprob(ref[2], ref[3], y, vocab_size=129, backend="reference"), dtype, "teacher lp")
 
@@ -184,13 +187,13 @@ def test_va_kl(dtype, degraded):
 @pytest.mark.parametrize("backward_gemm", ["triton", "cublas"])
 @pytest.mark.parametrize("fused_views", [False, True], ids=["teacher-first", "fused-views"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
-def test_va_opd_loss_weighted_kl(dtype, fused_views, backward_gemm, monkeypatch):
-    monkeypatch.setattr(_config, "FUSED_VIEWS", fused_views)
-    monkeypatch.setattr(_config, "BACKWARD_GEMM", backward_gemm)
+def test_va_opd_loss_weighted_kl(dtype, fused_views, backward_gemm):
+    options = vk.KernelOptions(fused_views=fused_views, backward_gemm=backward_gemm)
     low, ref, y = make(23, 32, 40, 190, dtype, seed=10)
     cu = torch.tensor([0, 4, 9, 10, 17, 23], device=DEVICE)
     pid = torch.tensor([0, 0, 1, 1, 1], device=DEVICE)
-    got = vk.va_opd_loss(*low[:4], y, cu, pid, teacher_hidden_degraded=low[4], vocab_size=190, backend="triton")
+    got = vk.va_opd_loss(*low[:4], y, cu, pid, teacher_hidden_degraded=low[4], vocab_size=190, backend="triton",
+                         options=options)
     want = vk.va_opd_loss(*ref[:4], y, cu, pid, teacher_hidden_degraded=ref[4], vocab_size=190,
                           backend="reference")
     for name in ("loss", "kl", "visual_advantage", "student_logprob", "teacher_logprob", "student_entropy",
@@ -206,7 +209,8 @@ def test_weighted_kl_without_grad():
     from vaopd_kernels.backends import triton as tb
     w = torch.rand(5, device=DEVICE)
     sh, sw = low[0].detach(), low[1].detach()
-    loss, _ = tb.weighted_kl(sh, sw, low[2], low[3], y, None, lambda va: w, vocab_size=40)
+    loss, _, _ = ops.weighted_kl(tb, sh, sw, low[2], low[3], y, None, lambda va: TokenWeights(w, None, None, None),
+                                 vocab_size=40, options=vk.KernelOptions())
     assert not loss.requires_grad
     close(loss, (w.double().cpu() * vk.linear_kl(*ref[:4], vocab_size=40, backend="reference").detach().cpu()).sum(),
           torch.float32, "loss")
@@ -222,7 +226,7 @@ def same_as_unfiltered(filtered, unfiltered):
 
 
 @pytest.mark.parametrize("mode", ["reverse", "logprob"])
-def test_gradient_filtering(mode, monkeypatch):
+def test_gradient_filtering(mode):
     """eps = 0 keeps every block (the unfiltered gradients exactly); a huge eps drops all of them
     (zero gradients: the skip path really skips); near-uniform rows lose nothing (the threshold is
     relative to the row's largest probability); peaked rows drop blocks at 2^-12, and each
@@ -231,11 +235,11 @@ def test_gradient_filtering(mode, monkeypatch):
     low, _, y = make(n, 32, 32, vocab, torch.float32, seed=12)
 
     def run(eps):
-        monkeypatch.setattr(_config, "FILTER_EPS", eps)
+        options = vk.KernelOptions(gradient_filter_eps=eps)
         if mode == "logprob":
-            value = vk.linear_logprob(low[0], low[1], y, vocab_size=vocab, backend="triton")
+            value = vk.linear_logprob(low[0], low[1], y, vocab_size=vocab, backend="triton", options=options)
         else:
-            value = vk.linear_kl(*low[:4], vocab_size=vocab, backend="triton")
+            value = vk.linear_kl(*low[:4], vocab_size=vocab, backend="triton", options=options)
         return [g.double() for g in torch.autograd.grad((value * upstream.float()).sum(), low[:2])]
 
     upstream = torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -266,7 +270,6 @@ def test_teacher_skip_threshold_is_sound(splits):
     """Reverse KL's teacher skip: wherever p_s <= tau (from the kernel's row statistics), the exact
     float64 |d KL / d z_s| is at most eps * max p_s, on rows from flat to very peaked, student and
     teacher agreeing or not, for any eps; the teacher's smallest logit matches float64."""
-    from vaopd_kernels.backends.triton import kl_backward, kl_forward
     _config.FORCE_SPLITS = splits
     gen = torch.Generator().manual_seed(21)
     n, dim, vocab = 64, 16, 300
@@ -276,17 +279,17 @@ def test_teacher_skip_threshold_is_sound(splits):
         sharp = [torch.exp(torch.empty(n, 1).uniform_(-3.0, 3.0, generator=gen)) for _ in range(2)]
         sh, th = (torch.randn(n, dim, generator=gen) * s for s in sharp)
         sw, tw = (torch.randn(vocab + 3, dim, generator=gen) / dim ** 0.5 for _ in range(2))
-        stats = kl_forward.row_stats(vocab_size=vocab, student=(sh.to(DEVICE), sw.to(DEVICE)),
-                                     teacher=(th.to(DEVICE), tw.to(DEVICE)), cross=kl_forward.CROSS_REVERSE,
+        stats = kernel_stats.row_stats(vocab_size=vocab, student=(sh.to(DEVICE), sw.to(DEVICE)),
+                                     teacher=(th.to(DEVICE), tw.to(DEVICE)), cross=kernel_stats.CROSS_REVERSE,
                                      teacher_min=True)
         z_s, z_t = sh.double() @ sw.double()[:vocab].T, th.double() @ tw.double()[:vocab].T
         assert torch.allclose(stats.min_t.double().cpu(), z_t.min(1).values, rtol=1e-5, atol=1e-5)
         logp_s, logp_t = z_s.log_softmax(1), z_t.log_softmax(1)
         p_s = logp_s.exp()
         dz = p_s * (logp_s - logp_t - (p_s * (logp_s - logp_t)).sum(1, keepdim=True))
-        rows = kl_backward.saved_rows(stats, aux=stats.kl)
+        rows = kernel_stats.saved_rows(stats, aux=stats.kl)
         for eps in (0.0, 2.0 ** -12, 2.0 ** -4, 0.5, 1e9):
-            tau = kl_backward.teacher_skip_threshold(rows, eps).double().cpu()
+            tau = experimental_filter.teacher_skip_threshold(rows, eps).double().cpu()
             below = p_s <= tau[:, None]
             bound = eps * p_s.max(1, keepdim=True).values * (1 + 1e-4)
             assert (dz.abs() <= bound)[below].all(), f"eps={eps}: an entry the skip drops exceeds the threshold"
@@ -309,19 +312,19 @@ def point_at_targets(low, y):
         low[1][32:] *= 0.1
 
 
-def kl_grads(low, vocab, eps, poison, monkeypatch):
+def kl_grads(low, vocab, eps, poison):
     """d sum(reverse KL) / d (student hidden, head) from the triton backend with filter ``eps``;
     with ``poison``, the teacher head's rows from 128 on (outside any tile of up to 128 columns
     that holds a target) hold POISON from the end of the forward pass."""
-    monkeypatch.setattr(_config, "FILTER_EPS", eps)
     tw = low[3].detach().clone()
-    kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton")
+    kl = vk.linear_kl(low[0], low[1], low[2], tw, vocab_size=vocab, backend="triton",
+                      options=vk.KernelOptions(gradient_filter_eps=eps))
     if poison:
         tw.data[128:] = POISON  # .data: behind autograd's version check, to see what backward reads
     return torch.autograd.grad(kl.sum(), low[:2])
 
 
-def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
+def test_gradient_filter_skips_dead_teacher_tiles():
     """With the filter on, reverse KL never reads teacher columns where no row's student has any
     non-negligible probability: huge values written there after the forward pass leave the
     gradients exactly as they were (without the filter, they reach them). The teacher's logits
@@ -335,7 +338,7 @@ def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
         low[2][:, -1], low[3][:, -1] = 1e4, 1.0
 
     def run(eps, poison):
-        return kl_grads(low, vocab, eps, poison, monkeypatch)
+        return kl_grads(low, vocab, eps, poison)
 
     eps = 2.0 ** -12
     clean, exact = run(eps, poison=False), run(None, poison=False)
@@ -347,7 +350,7 @@ def test_gradient_filter_skips_dead_teacher_tiles(monkeypatch):
     assert ((clean[1] - exact[1]).abs() <= n * eps * h_max * 1.01 + 1e-6).all()
 
 
-def test_gradient_filter_groups_rows_by_confidence(monkeypatch):
+def test_gradient_filter_groups_rows_by_confidence():
     """Certain and uncertain rows interleaved: the filter visits rows grouped by confidence, so the
     certain rows' tiles still skip the teacher where only the uncertain rows need it. Huge values
     written into those teacher columns after the forward pass reach the uncertain rows' d hidden, but
@@ -361,7 +364,7 @@ def test_gradient_filter_groups_rows_by_confidence(monkeypatch):
     with torch.no_grad():
         low[0][~certain] = 0.3 * torch.randn(n // 2, dim, generator=gen).to(DEVICE)  # near-uniform rows
 
-    clean, poisoned = (kl_grads(low, vocab, 2.0 ** -12, poison, monkeypatch)[0] for poison in (False, True))
+    clean, poisoned = (kl_grads(low, vocab, 2.0 ** -12, poison)[0] for poison in (False, True))
     assert torch.equal(poisoned[certain], clean[certain])
     assert (poisoned[~certain] != clean[~certain]).all(dim=1).all(), "the uncertain rows never read the poison"
 
@@ -372,8 +375,7 @@ def test_filtered_matmul_runs_exactly_the_flagged_steps(ordered, accumulate):
     """The backward's matmul with a flag map computes c (+)= a @ b over exactly the K steps whose
     [BLOCK_M, BLOCK_K] block of a holds some flag, whole steps at a time (their list is built in the
     kernel: K spans several of its 64-step scans; the map is a transposed view, as for d head)."""
-    from vaopd_kernels.backends.triton import kl_backward
-    tile = kl_backward._matmul_kernel.configs[0].kwargs
+    tile = matmul._matmul_kernel.configs[0].kwargs
     block_m, block_k, fb = tile["BLOCK_M"], tile["BLOCK_K"], _config.FLAG_BLOCK
     m, k, n = 3 * block_m - 5, 130 * block_k + 7, 40
     gen = torch.Generator().manual_seed(21)
@@ -383,8 +385,7 @@ def test_filtered_matmul_runs_exactly_the_flagged_steps(ordered, accumulate):
     order = torch.randperm(max(m, k), generator=gen)[:k if ordered == "b" else m].argsort().to(torch.int32)
     start = torch.randn(m, n, generator=gen)
     c = start.clone() if accumulate else torch.full((m, n), float("nan"))
-    kl_backward.matmul(a, b, c, accumulate=accumulate, precision="ieee", flags=flags.t(), order=order,
-                       ordered=ordered)
+    matmul.matmul(a, b, c, accumulate=accumulate, precision="ieee", flags=flags.t(), order=order, ordered=ordered)
 
     fm, fk = flags.t().shape
     steps = torch.nn.functional.pad(flags.t(), (0, -fk % (block_k // fb), 0, -fm % (block_m // fb)))
@@ -409,7 +410,8 @@ def test_changing_the_teacher_before_backward_raises(call):
     if call == "linear_kl":
         out = vk.linear_kl(*low[:4], vocab_size=50, backend="triton").sum()
     else:
-        out, _ = tb.weighted_kl(*low[:4], y, low[4], lambda va: torch.ones_like(va), vocab_size=50)
+        ones = lambda va: TokenWeights(torch.ones_like(va), None, None, None)  # noqa: E731
+        out, _, _ = ops.weighted_kl(tb, *low[:4], y, low[4], ones, vocab_size=50, options=vk.KernelOptions())
     with torch.no_grad():
         low[3].mul_(1.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):

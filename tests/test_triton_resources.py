@@ -41,7 +41,7 @@ def test_offline_register_report(tmp_path):
 def test_ampere_only_configs_are_pruned_on_hopper():
     """The statistics kernel's extra sm_80 candidates are autotuned on Ampere only."""
     code = ("import torch\n"
-            "from vaopd_kernels.backends.triton import kl_forward as f\n"
+            "from vaopd_kernels.backends.triton import stats as f\n"
             "k = f._stats_kernel\n"
             "for major in (8, 9, 10):\n"
             "    torch.cuda.get_device_capability = lambda *a, m=major: (m, 0)\n"

@@ -18,6 +18,8 @@ DATASETS = ("synthetic", "geometry3k", "virl39k", "prepared")
 METHODS = ("va_opd", "opd")
 # vaopd_kernels' backend names (its backends registry); kept here so the config is checked without importing torch
 KERNEL_BACKENDS = ("auto", "reference", "torch", "triton", "cuda")
+HIGH_SELECTIONS = ("va", "random")
+ROLLOUT_WEIGHTINGS = ("va", "uniform")
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,8 @@ class TrainConfig:
     high_weight: float = 0.5
     pixelate_ratio: float = 0.1
     va_temperature: float = 1.0  # tau of the softmax over sibling rollouts' VA z-scores
+    high_selection: str = "va"  # ablation "random": ceil(f T) random tokens per rollout (seeded by seed, step)
+    rollout_weighting: str = "va"  # ablation "uniform": sibling rollouts weighted 1/K
     kernel_backend: str = "auto"
     # rollouts
     per_device_train_batch_size: int = 16  # prompts per device per step
@@ -188,6 +192,13 @@ def _check_model(name: str, value: str) -> None:
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError naming the first bad field. Touches only the filesystem."""
     _check(cfg.method in METHODS, "method", f"must be one of {METHODS}, got {cfg.method!r}")
+    _check(cfg.high_selection in HIGH_SELECTIONS, "high_selection",
+           f"must be one of {HIGH_SELECTIONS}, got {cfg.high_selection!r}")
+    _check(cfg.rollout_weighting in ROLLOUT_WEIGHTINGS, "rollout_weighting",
+           f"must be one of {ROLLOUT_WEIGHTINGS}, got {cfg.rollout_weighting!r}")
+    for name in ("high_selection", "rollout_weighting"):
+        _check(cfg.method == "va_opd" or getattr(cfg, name) == "va", name,
+               f"is a VA-OPD ablation; method={cfg.method!r} needs the default 'va'")
     _check(cfg.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {cfg.dataset!r}")
     _check(cfg.report_to in ("auto", "tensorboard", "none"), "report_to", "must be auto, tensorboard or none")
     _check(cfg.kernel_backend in KERNEL_BACKENDS, "kernel_backend",

@@ -40,23 +40,26 @@ class StudentLoss(nn.Module):
     """Wraps the student so that accelerate/DDP/FSDP wrap *this* module and the loss is its forward."""
 
     def __init__(self, model: nn.Module, *, vocab_size: int, method: str, high_fraction: float, high_weight: float,
-                 va_temperature: float, backend: str):
+                 va_temperature: float, backend: str, high_selection: str = "va", rollout_weighting: str = "va"):
         super().__init__()
         self.model = model
         self.vocab_size = vocab_size
         self.va = method == "va_opd"
         # temperature here is tau of the sibling softmax over rollout z-scores, not a logit temperature
-        self.objective = dict(high_fraction=high_fraction, high_weight=high_weight, temperature=va_temperature)
+        self.objective = dict(high_fraction=high_fraction, high_weight=high_weight, temperature=va_temperature,
+                              high_selection=high_selection, rollout_weighting=rollout_weighting)
         self.backend = backend
 
     def forward(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor, *,
                 teacher_hidden_degraded: Optional[torch.Tensor] = None, num_prompts: Optional[int] = None,
-                num_rollouts: Optional[int] = None, token_weight: Optional[torch.Tensor] = None):
+                num_rollouts: Optional[int] = None, token_weight: Optional[torch.Tensor] = None,
+                high_seed: Optional[int] = None):
         """Whole batch (``token_weight`` None): ``va_opd_loss`` -> (loss, result).
 
         Micro-batch: the caller computed the detached per-token coefficients for the whole batch;
         loss = sum(token_weight * KL) over this micro-batch's rows -> (loss, per-token KL).
         Summing these over micro-batches gives exactly the full-batch loss, hence its gradient.
+        ``high_seed`` draws the random high groups of ``high_selection="random"``.
         """
         hidden = self.model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
         student_hidden = batch.response_hidden(hidden)
@@ -66,7 +69,7 @@ class StudentLoss(nn.Module):
                 student_hidden, weight, teacher_hidden, teacher_weight, batch.targets(), batch.cu_seqlens(),
                 batch.prompt_ids, teacher_hidden_degraded=teacher_hidden_degraded if self.va else None,
                 vocab_size=self.vocab_size, num_prompts=num_prompts, num_rollouts=num_rollouts,
-                backend=self.backend, **self.objective)
+                backend=self.backend, high_seed=high_seed, **self.objective)
             return result.loss, result
         kl = vaopd_kernels.linear_kl(student_hidden, weight, teacher_hidden, teacher_weight,
                                      vocab_size=self.vocab_size, backend=self.backend)
@@ -82,24 +85,23 @@ class StudentLoss(nn.Module):
         return fn(self.model, *args, **kwargs)
 
     def coefficients(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_hidden_degraded: Optional[torch.Tensor],
-                     teacher_weight: torch.Tensor, num_prompts: Optional[int], num_rollouts: Optional[int]):
-        """(token_weight [N], visual_advantage or None) for the whole batch, before any student work.
-
-        The coefficients depend on the teacher only (VA, grouping, rollout weights), so a zero KL
-        placeholder yields them; the real KL arrives micro-batch by micro-batch.
-        """
-        placeholder = teacher_hidden.new_zeros(teacher_hidden.shape[0], dtype=torch.float32)
+                     teacher_weight: torch.Tensor, num_prompts: Optional[int], num_rollouts: Optional[int],
+                     high_seed: Optional[int] = None):
+        """(token_weight [N], visual_advantage or None) for the whole batch, before any student work:
+        the coefficients depend on the teacher only (VA, grouping, rollout weights)."""
         if not self.va:
-            return vaopd_kernels.opd_objective(placeholder, batch.cu_seqlens(), num_rollouts=num_rollouts).token_weight, None
+            return vaopd_kernels.opd_coefficients(batch.cu_seqlens(), num_rollouts=num_rollouts).token_weight, None
         va = vaopd_kernels.visual_advantage(teacher_hidden, teacher_hidden_degraded, teacher_weight, batch.targets(),
                                             vocab_size=self.vocab_size, backend=self.backend)
-        objective = vaopd_kernels.va_opd_objective(placeholder, va, batch.cu_seqlens(), batch.prompt_ids,
-                                                   num_prompts=num_prompts, **self.objective)
-        return objective.token_weight, va
+        coefficients = vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids,
+                                                         num_prompts=num_prompts, backend=self.backend,
+                                                         high_seed=high_seed, **self.objective)
+        return coefficients.token_weight, va
 
-    def objective_result(self, batch: Batch, kl: torch.Tensor, va: Optional[torch.Tensor], num_prompts, num_rollouts):
+    def objective_result(self, batch: Batch, kl: torch.Tensor, va: Optional[torch.Tensor], num_prompts, num_rollouts,
+                         high_seed: Optional[int] = None):
         """The whole-batch objective (loss value and metrics) from the micro-batches' detached KL."""
         if not self.va:
             return vaopd_kernels.opd_objective(kl, batch.cu_seqlens(), num_rollouts=num_rollouts)
         return vaopd_kernels.va_opd_objective(kl, va, batch.cu_seqlens(), batch.prompt_ids, num_prompts=num_prompts,
-                                              **self.objective)
+                                              backend=self.backend, high_seed=high_seed, **self.objective)

@@ -100,7 +100,8 @@ class Trainer:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         module = StudentLoss(student, vocab_size=len(self.tokenizer), method=cfg.method,
                              high_fraction=cfg.high_fraction, high_weight=cfg.high_weight,
-                             va_temperature=cfg.va_temperature, backend=cfg.kernel_backend)
+                             va_temperature=cfg.va_temperature, backend=cfg.kernel_backend,
+                             high_selection=cfg.high_selection, rollout_weighting=cfg.rollout_weighting)
         if fsdp_plugin is not None:
             module = engines.shard_fsdp2(module, fsdp_plugin)  # before the optimizer: it holds the shards
         optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
@@ -180,10 +181,16 @@ class Trainer:
         total = self.acc.reduce(torch.tensor([correct, len(answers)], device=self.acc.device, dtype=torch.float64), "sum")
         return float(total[0] / total[1])
 
-    def loss_and_backward(self, batch, teacher_hidden, teacher_degraded):
+    def high_seed(self, step: int) -> int:
+        """Seed of the step's random high groups (``high_selection="random"``): a function of
+        (seed, step) only, so a resumed run draws the same groups; equal on every rank."""
+        return int(np.random.SeedSequence([self.cfg.seed, step]).generate_state(1)[0])
+
+    def loss_and_backward(self, batch, teacher_hidden, teacher_degraded, step: int = 0):
         """Backward of the step's loss; returns (whole-batch objective result, visual advantage or None)."""
         cfg, acc = self.cfg, self.acc
-        counts = dict(num_prompts=self.global_prompts, num_rollouts=self.global_prompts * cfg.num_generations)
+        counts = dict(num_prompts=self.global_prompts, num_rollouts=self.global_prompts * cfg.num_generations,
+                      high_seed=self.high_seed(step))
         teacher_weight = lm_head_weight(self.teacher)
         # DDP/FSDP/DeepSpeed average gradients over ranks; our loss is already a global sum, so undo the mean
         scale = acc.num_processes
@@ -219,7 +226,7 @@ class Trainer:
             teacher_degraded = (backbone_hidden(self.teacher, batch, degraded=True, chunk=cfg.micro_batch_size)
                                 if cfg.method == "va_opd" else None)
         with self.memory.phase("student"):
-            result, va = self.loss_and_backward(batch, teacher_hidden, teacher_degraded)
+            result, va = self.loss_and_backward(batch, teacher_hidden, teacher_degraded, step)
         with self.memory.phase("optimizer"):
             grad_norm = acc.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm or math.inf)
             # a non-finite loss or gradient never reaches the optimizer (same decision on every rank)

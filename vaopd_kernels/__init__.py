@@ -6,28 +6,32 @@ from vaopd_kernels.api import (
     VAOPDLoss,
     linear_kl,
     linear_logprob,
+    opd_coefficients,
     opd_objective,
     va_kl,
+    va_opd_coefficients,
     va_opd_loss,
     va_opd_objective,
     visual_advantage,
 )
 from vaopd_kernels.backends import available_backends
-from vaopd_kernels.backends.torch_chunked import get_chunk_budget, set_chunk_budget
-from vaopd_kernels.results import ObjectiveResult, VAKLResult, VAOPDLossResult
+from vaopd_kernels.options import KernelOptions
+from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult
 
 __all__ = [
     "linear_kl",
     "linear_logprob",
     "visual_advantage",
     "va_kl",
+    "va_opd_coefficients",
+    "opd_coefficients",
     "va_opd_objective",
     "opd_objective",
     "va_opd_loss",
     "VAOPDLoss",
     "available_backends",
-    "set_chunk_budget",
-    "get_chunk_budget",
+    "KernelOptions",
+    "Coefficients",
     "VAKLResult",
     "ObjectiveResult",
     "VAOPDLossResult",

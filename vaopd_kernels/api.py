@@ -1,15 +1,17 @@
 """Public functions: the one place where user input is checked, then dispatched to a backend."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
 import torch
 
-from vaopd_kernels import objective
-from vaopd_kernels.backends import resolve_backend
+from vaopd_kernels import objective, ops
+from vaopd_kernels.backends import check_backend_name, resolve_backend
 from vaopd_kernels.backends._autograd import no_autocast
-from vaopd_kernels.results import ObjectiveResult, VAKLResult, VAOPDLossResult
+from vaopd_kernels.options import resolve_options
+from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -67,25 +69,30 @@ def _resolve_vocab(vocab_size: Optional[int], **weights) -> int:
             raise ValueError(f"vocab_size: required when LM heads differ in rows ({rows}); "
                              "pass the tokenizer's vocabulary size")
         return next(iter(rows.values()))
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
+    _check_count("vocab_size", vocab_size)
     for name, n in rows.items():
         if vocab_size > n:
             raise ValueError(f"vocab_size: {vocab_size} exceeds the {n} rows of {name}")
     return vocab_size
 
 
-def _check_targets(targets, num_rows: int, vocab_size: int) -> torch.Tensor:
+def _check_targets(targets, num_rows: int, vocab_size: int, device: torch.device) -> torch.Tensor:
     _check_int("targets", targets, 1)
+    _check_same_device(device, targets=targets)
     _check_rows(num_rows, targets=targets)
     if targets.numel() and bool(torch.stack([targets.min() < 0, targets.max() >= vocab_size]).any()):  # one sync
         raise ValueError(f"targets: expected token ids in [0, {vocab_size}), got range "
                          f"[{int(targets.min())}, {int(targets.max())}]")
-    return targets.long()
+    return targets.long().contiguous()  # the fused kernels index it as a packed array; no copy if it is one
+
+
+def _is_number(value) -> bool:
+    """A real int or float; bools are not numbers here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not _is_number(value) or value <= 0:
         raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
     return float(value)
 
@@ -93,7 +100,7 @@ def _check_positive(name: str, value) -> float:
 def _check_divergence(divergence: str, beta) -> None:
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence: expected one of {DIVERGENCES}, got {divergence!r}")
-    if divergence == "jsd" and not (isinstance(beta, (int, float)) and 0.0 < beta < 1.0):
+    if divergence == "jsd" and not (_is_number(beta) and 0.0 < beta < 1.0):
         raise ValueError(f"beta: expected 0 < beta < 1 for divergence='jsd', got {beta!r}")
 
 
@@ -123,12 +130,25 @@ def _check_rollouts(cu_seqlens, prompt_ids, num_rows: int, device: torch.device)
 
 
 def _check_objective_options(high_fraction, high_weight, temperature, eps) -> None:
-    if not isinstance(high_fraction, (int, float)) or not 0.0 < high_fraction <= 1.0:
+    if not _is_number(high_fraction) or not 0.0 < high_fraction <= 1.0:
         raise ValueError(f"high_fraction: expected 0 < high_fraction <= 1, got {high_fraction!r}")
-    if not isinstance(high_weight, (int, float)) or not 0.0 <= high_weight <= 1.0:
+    if not _is_number(high_weight) or not 0.0 <= high_weight <= 1.0:
         raise ValueError(f"high_weight: expected 0 <= high_weight <= 1, got {high_weight!r}")
     _check_positive("temperature", temperature)
     _check_positive("eps", eps)
+
+
+def _ablation_options(high_selection, rollout_weighting, high_seed) -> dict:
+    """The ablation keywords for ``objective.va_opd_weights``; empty for the paper's recipe."""
+    if high_selection not in objective.HIGH_SELECTIONS:
+        raise ValueError(f"high_selection: expected one of {objective.HIGH_SELECTIONS}, got {high_selection!r}")
+    if rollout_weighting not in objective.ROLLOUT_WEIGHTINGS:
+        raise ValueError(f"rollout_weighting: expected one of {objective.ROLLOUT_WEIGHTINGS}, got {rollout_weighting!r}")
+    if high_selection == "random" and (isinstance(high_seed, bool) or not isinstance(high_seed, int) or high_seed < 0):
+        raise ValueError(f"high_seed: high_selection='random' needs a seed, an int >= 0, got {high_seed!r}")
+    if high_selection == "va" and rollout_weighting == "va":
+        return {}
+    return dict(high_selection=high_selection, rollout_weighting=rollout_weighting, high_seed=high_seed)
 
 
 def _check_count(name: str, value) -> Optional[int]:
@@ -170,7 +190,7 @@ def _check_degraded(th_degraded, th) -> None:
 
 # ----------------------------------------------------------------------------- kernels
 def linear_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *, divergence="reverse",
-              beta=0.5, temperature=1.0, vocab_size=None, backend="auto") -> torch.Tensor:
+              beta=0.5, temperature=1.0, vocab_size=None, backend="auto", options=None) -> torch.Tensor:
     """Per-token divergence between student and teacher next-token distributions, [N] float32.
 
     Computed from hidden states and LM heads without materialising [N, V] logits (backend
@@ -179,29 +199,34 @@ def linear_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *,
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size)
     _check_divergence(divergence, beta)
     temperature = _check_positive("temperature", temperature)
+    options = resolve_options(options)
     impl = resolve_backend(backend, student_hidden.device)
     with no_autocast(student_hidden.device):
-        kl = impl.linear_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                            divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab)
+        kl = ops.linear_kl(impl, student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+                           divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab,
+                           options=options)
     return _finite([kl], student_hidden=student_hidden, student_weight=student_weight,
                    teacher_hidden=teacher_hidden, teacher_weight=teacher_weight)[0]
 
 
-def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None, backend="auto") -> torch.Tensor:
+def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None, backend="auto",
+                   options=None) -> torch.Tensor:
     """log softmax(weight[:V] @ hidden / T)[targets], [N] float32, differentiable."""
     _check_pair("hidden", hidden, "weight", weight)
     vocab = _resolve_vocab(vocab_size, weight=weight)
-    _check_same_device(hidden=hidden, weight=weight, targets=targets if isinstance(targets, torch.Tensor) else None)
-    targets = _check_targets(targets, hidden.shape[0], vocab)
+    _check_same_device(hidden=hidden, weight=weight)
+    targets = _check_targets(targets, hidden.shape[0], vocab, hidden.device)
     temperature = _check_positive("temperature", temperature)
+    options = resolve_options(options)
     impl = resolve_backend(backend, hidden.device)
     with no_autocast(hidden.device):
-        lp = impl.linear_logprob(hidden, weight, targets, temperature=temperature, vocab_size=vocab)
+        lp = ops.linear_logprob(impl, hidden, weight, targets, temperature=temperature, vocab_size=vocab,
+                                options=options)
     return _finite([lp], hidden=hidden, weight=weight)[0]
 
 
 def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_size=None, clamp=True,
-                     backend="auto") -> torch.Tensor:
+                     backend="auto", options=None) -> torch.Tensor:
     """Teacher log-prob gap of ``targets`` between the original and degraded image, [N], detached.
 
     ``max(lp_full - lp_degraded, 0)``, or the signed gap with ``clamp=False``.
@@ -212,30 +237,31 @@ def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_siz
         raise ValueError(f"hidden_degraded: expected shape {tuple(hidden_full.shape)} like hidden_full, "
                          f"got {tuple(hidden_degraded.shape)}")
     vocab = _resolve_vocab(vocab_size, weight=weight)
-    _check_same_device(hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight,
-                       targets=targets if isinstance(targets, torch.Tensor) else None)
-    targets = _check_targets(targets, hidden_full.shape[0], vocab)
+    _check_same_device(hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight)
+    targets = _check_targets(targets, hidden_full.shape[0], vocab, hidden_full.device)
+    options = resolve_options(options)
     impl = resolve_backend(backend, hidden_full.device)
     with no_autocast(hidden_full.device):
-        lp_full, lp_degraded = impl.teacher_logprobs(hidden_full.detach(), weight.detach(), targets,
-                                                     hidden_degraded.detach(), vocab_size=vocab)
+        lp_full, lp_degraded = ops.teacher_logprobs(impl, hidden_full.detach(), weight.detach(), targets,
+                                                     hidden_degraded.detach(), vocab_size=vocab, options=options)
     gap = _finite([lp_full - lp_degraded], hidden_full=hidden_full, hidden_degraded=hidden_degraded,
                   weight=weight)[0]
     return gap.clamp_min(0.0) if clamp else gap
 
 
 def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, *,
-          teacher_hidden_degraded=None, vocab_size=None, backend="auto") -> VAKLResult:
+          teacher_hidden_degraded=None, vocab_size=None, backend="auto", options=None) -> VAKLResult:
     """Reverse KL (differentiable) plus VA and the per-token statistics, sharing the teacher pass."""
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    extra_rows={"teacher_hidden_degraded": teacher_hidden_degraded})
     _check_degraded(teacher_hidden_degraded, teacher_hidden)
-    targets = _check_targets(targets, student_hidden.shape[0], vocab)
+    targets = _check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
+    options = resolve_options(options)
     impl = resolve_backend(backend, student_hidden.device)
     degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
     with no_autocast(student_hidden.device):
-        result = impl.va_kl(student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                            targets, degraded, vocab_size=vocab)
+        result = ops.va_kl(impl, student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
+                            targets, degraded, vocab_size=vocab, options=options)
     _finite([result.kl, result.visual_advantage, result.student_logprob, result.teacher_logprob],
             student_hidden=student_hidden, student_weight=student_weight, teacher_hidden=teacher_hidden,
             teacher_weight=teacher_weight, teacher_hidden_degraded=teacher_hidden_degraded)
@@ -249,27 +275,68 @@ def _check_token_values(name, value, num_rows=None) -> None:
         _check_rows(num_rows, **{name: value})
 
 
-def _objective_weights(impl):
-    """A backend's own VA-OPD coefficients (the optional ``va_opd_weights`` hook), else the torch objective."""
+def _objective_weights(impl, ablation=None):
+    """A backend's own VA-OPD coefficients (the optional ``va_opd_weights`` hook), else the torch
+    objective; an ablation (non-empty ``ablation`` options) always uses the torch objective."""
+    if ablation:
+        return functools.partial(objective.va_opd_weights, **ablation)
     return getattr(impl, "va_opd_weights", objective.va_opd_weights)
 
 
-def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
-                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto") -> ObjectiveResult:
-    """VA-OPD loss from per-token KL and VA (DESIGN.md): sibling-softmax rollout weights and a
-    lambda / (1 - lambda) split between each rollout's top-VA tokens and the rest, over P prompts
-    (``num_prompts`` overrides P, e.g. the global count under data parallelism).
-    ``backend="cuda"`` computes the coefficients with the CUDA kernels; the others use the
-    vectorised torch objective (same results)."""
-    _check_token_values("token_kl", token_kl)
-    _check_token_values("visual_advantage", visual_advantage, token_kl.shape[0])
-    cu, pid = _check_rollouts(cu_seqlens, prompt_ids, token_kl.shape[0], token_kl.device)
-    _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
+def _va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature, eps,
+                    num_prompts, backend, options, num_rows, ablation=None) -> objective.TokenWeights:
+    _check_token_values("visual_advantage", visual_advantage, num_rows)
+    cu, pid = _check_rollouts(cu_seqlens, prompt_ids, visual_advantage.shape[0], visual_advantage.device)
     _check_objective_options(high_fraction, high_weight, temperature, eps)
-    _finite([token_kl, visual_advantage], token_kl=token_kl, visual_advantage=visual_advantage)
-    weights = _objective_weights(resolve_backend(backend, token_kl.device))(
+    resolve_options(options)  # checked; the objective has no kernel options
+    _finite([visual_advantage], visual_advantage=visual_advantage)
+    return _objective_weights(resolve_backend(backend, visual_advantage.device), ablation)(
         visual_advantage, cu, pid, high_fraction=float(high_fraction), high_weight=float(high_weight),
         temperature=float(temperature), eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
+
+
+def _coefficients(weights: objective.TokenWeights) -> Coefficients:
+    return Coefficients(weights.token_weight.float(), weights.rollout_weight.float(), weights.high_mask)
+
+
+def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
+                        temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None, high_selection="va",
+                        rollout_weighting="va", high_seed=None) -> Coefficients:
+    """The VA-OPD objective's detached per-token coefficients from VA alone (they never depend on
+    the KL): sibling-softmax rollout weights and a lambda / (1 - lambda) split between each
+    rollout's top-VA tokens and the rest, over P prompts (``num_prompts`` overrides P, e.g. the
+    global count under data parallelism). ``backend="cuda"`` computes them with the CUDA kernels;
+    the others with the vectorised torch objective (same results). Micro-batching: the loss of a
+    micro-batch is ``sum(token_weight[rows] * KL)``, and the micro-batches sum to the whole loss.
+
+    Ablations: ``high_selection="random"`` makes each high group ceil(f T_r) uniformly random
+    tokens drawn from ``high_seed`` (rollout weights still from VA); ``rollout_weighting="uniform"``
+    weights sibling rollouts equally (1/K). Both use the torch objective whatever the backend."""
+    return _coefficients(_va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight,
+                                         temperature, eps, num_prompts, backend, options, None,
+                                         _ablation_options(high_selection, rollout_weighting, high_seed)))
+
+
+def opd_coefficients(cu_seqlens, *, num_rollouts=None) -> Coefficients:
+    """Standard OPD's per-token coefficients: 1 / (R * T_r) (``num_rollouts`` overrides R)."""
+    _check_int("cu_seqlens", cu_seqlens, 1)
+    num_rows = int(cu_seqlens[-1]) if cu_seqlens.numel() else 0
+    cu = _check_cu_seqlens(cu_seqlens, num_rows, cu_seqlens.device)
+    return _coefficients(objective.opd_weights(cu, num_rows, _check_count("num_rollouts", num_rollouts)))
+
+
+def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
+                     temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None, high_selection="va",
+                     rollout_weighting="va", high_seed=None) -> ObjectiveResult:
+    """VA-OPD loss from per-token KL and VA: ``sum(va_opd_coefficients(...).token_weight * token_kl)``,
+    with the objective's metrics (ablation keywords as in :func:`va_opd_coefficients`)."""
+    _check_token_values("token_kl", token_kl)
+    _check_token_values("visual_advantage", visual_advantage, token_kl.shape[0])
+    _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
+    _finite([token_kl], token_kl=token_kl)
+    weights = _va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature,
+                              eps, num_prompts, backend, options, token_kl.shape[0],
+                              _ablation_options(high_selection, rollout_weighting, high_seed))
     return objective.reduce_kl(token_kl, weights)
 
 
@@ -284,8 +351,10 @@ def opd_objective(token_kl, cu_seqlens, *, num_rollouts=None) -> ObjectiveResult
 
 def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens, prompt_ids, *,
                 teacher_hidden_degraded=None, vocab_size=None, high_fraction=0.2, high_weight=0.5, temperature=1.0,
-                eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto") -> VAOPDLossResult:
+                eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto", options=None, high_selection="va",
+                rollout_weighting="va", high_seed=None) -> VAOPDLossResult:
     """The full VA-OPD loss from hidden states (standard OPD when ``teacher_hidden_degraded`` is None).
+    ``high_selection``, ``rollout_weighting``, ``high_seed``: the ablations of :func:`va_opd_objective`.
 
     The per-token coefficients depend on the teacher only, so the backend hands VA to the
     objective right after its statistics pass and forms the weighted gradients at once:
@@ -294,34 +363,34 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    extra_rows={"teacher_hidden_degraded": teacher_hidden_degraded})
     _check_degraded(teacher_hidden_degraded, teacher_hidden)
-    targets = _check_targets(targets, student_hidden.shape[0], vocab)
+    targets = _check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
     cu, pid = _check_rollouts(cu_seqlens, prompt_ids, student_hidden.shape[0], student_hidden.device)
     _check_objective_options(high_fraction, high_weight, temperature, eps)
+    ablation = _ablation_options(high_selection, rollout_weighting, high_seed)
     num_prompts = _check_count("num_prompts", num_prompts)
     num_rollouts = _check_count("num_rollouts", num_rollouts)
+    options = resolve_options(options)
     impl = resolve_backend(backend, student_hidden.device)
     num_rows = student_hidden.shape[0]
-    chosen = []
 
     def token_weights(va):
-        """Called by the backend once VA is known (None for OPD), before any gradient work."""
+        """Asked for by ops.weighted_kl once VA is known (None for OPD), before any gradient work."""
         if va is None:
-            weights = objective.opd_weights(cu, num_rows, num_rollouts)
-        else:  # a non-finite VA is reported after the backend returns (no host sync in between)
-            weights = _objective_weights(impl)(va, cu, pid, high_fraction=float(high_fraction),
-                                               high_weight=float(high_weight), temperature=float(temperature),
-                                               eps=float(eps), num_prompts=num_prompts)
-        chosen.append(weights)
-        return weights.token_weight
+            return objective.opd_weights(cu, num_rows, num_rollouts)
+        # a non-finite VA is reported after the scan returns (no host sync in between)
+        return _objective_weights(impl, ablation)(va, cu, pid, high_fraction=float(high_fraction),
+                                        high_weight=float(high_weight), temperature=float(temperature),
+                                        eps=float(eps), num_prompts=num_prompts)
 
     degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
     with no_autocast(student_hidden.device):
-        loss, stats = impl.weighted_kl(student_hidden, student_weight, teacher_hidden.detach(),
-                                       teacher_weight.detach(), targets, degraded, token_weights, vocab_size=vocab)
+        loss, stats, weights = ops.weighted_kl(impl, student_hidden, student_weight, teacher_hidden.detach(),
+                                               teacher_weight.detach(), targets, degraded, token_weights,
+                                               vocab_size=vocab, options=options)
     _finite([loss, stats.kl, stats.visual_advantage, stats.student_logprob], student_hidden=student_hidden,
             student_weight=student_weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
             teacher_hidden_degraded=teacher_hidden_degraded)
-    result = objective.reduce_kl(stats.kl, chosen[0], loss=loss, extra_metrics={
+    result = objective.reduce_kl(stats.kl, weights, loss=loss, extra_metrics={
         "entropy_mean": stats.student_entropy.double().mean(),
         "student_logprob_mean": stats.student_logprob.double().mean()})
     return VAOPDLossResult(loss=result.loss, kl=stats.kl, visual_advantage=stats.visual_advantage,
@@ -336,17 +405,19 @@ class VAOPDLoss(torch.nn.Module):
     hidden states are passed to ``forward``)."""
 
     def __init__(self, *, vocab_size=None, high_fraction=0.2, high_weight=0.5, temperature=1.0, eps=1e-6,
-                 backend="auto"):
+                 backend="auto", options=None):
         super().__init__()
         _check_objective_options(high_fraction, high_weight, temperature, eps)
-        self.options = dict(vocab_size=vocab_size, high_fraction=high_fraction, high_weight=high_weight,
-                            temperature=temperature, eps=eps, backend=backend)
+        _check_count("vocab_size", vocab_size)
+        check_backend_name(backend)
+        self.settings = dict(vocab_size=vocab_size, high_fraction=high_fraction, high_weight=high_weight,
+                             temperature=temperature, eps=eps, backend=backend, options=resolve_options(options))
 
     def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens,
                 prompt_ids, teacher_hidden_degraded=None, num_prompts=None, num_rollouts=None) -> VAOPDLossResult:
         return va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens,
                            prompt_ids, teacher_hidden_degraded=teacher_hidden_degraded, num_prompts=num_prompts,
-                           num_rollouts=num_rollouts, **self.options)
+                           num_rollouts=num_rollouts, **self.settings)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return ", ".join(f"{k}={v!r}" for k, v in self.settings.items())

@@ -71,6 +71,24 @@ def top_fraction_mask(values: torch.Tensor, rollout: torch.Tensor, lengths: torc
     return rank < k[rollout]
 
 
+HIGH_SELECTIONS = ("va", "random")  # how each rollout's high group is chosen
+ROLLOUT_WEIGHTINGS = ("va", "uniform")  # how sibling rollouts are weighted
+
+
+def random_high_mask(rollout: torch.Tensor, lengths: torch.Tensor, high_fraction: float, seed: int) -> torch.Tensor:
+    """[N] bool: ceil(f * T_r) tokens of each rollout drawn uniformly without replacement, a pure
+    function of ``seed`` (the random-high ablation: the group's size without VA's choice)."""
+    generator = torch.Generator(device=rollout.device).manual_seed(seed)
+    keys = torch.rand(rollout.numel(), generator=generator, device=rollout.device, dtype=torch.float64)
+    return top_fraction_mask(keys, rollout, lengths, high_fraction)
+
+
+def uniform_sibling_weights(group: torch.Tensor) -> torch.Tensor:
+    """w_r = 1 / (number of rollouts of r's prompt): VA-OPD without rollout reweighting."""
+    count = _segment_sum(torch.ones_like(group, dtype=torch.float64), group, group.numel())
+    return 1.0 / count[group]
+
+
 @dataclass
 class TokenWeights:
     """Detached per-token coefficients: the loss is sum(token_weight * KL)."""
@@ -83,8 +101,13 @@ class TokenWeights:
 
 def va_opd_weights(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, prompt_ids: torch.Tensor, *,
                    high_fraction: float, high_weight: float, temperature: float, eps: float,
-                   num_prompts: Optional[int]) -> TokenWeights:
-    """The paper's coefficients: (1/P) w_r [lambda/|H_r| on H_r, (1-lambda)/|L_r| on L_r]."""
+                   num_prompts: Optional[int], high_selection: str = "va", rollout_weighting: str = "va",
+                   high_seed: Optional[int] = None) -> TokenWeights:
+    """The paper's coefficients: (1/P) w_r [lambda/|H_r| on H_r, (1-lambda)/|L_r| on L_r].
+
+    Ablations (the paper's recipe is "va" for both): ``high_selection="random"`` draws H_r as
+    ceil(f T_r) uniformly random tokens (seeded by ``high_seed``) while w_r still comes from VA;
+    ``rollout_weighting="uniform"`` sets w_r = 1/K (siblings weighted equally)."""
     num_rows = visual_advantage.shape[0]
     num_rollouts = prompt_ids.numel()
     va = visual_advantage.detach().to(torch.float64)
@@ -92,9 +115,15 @@ def va_opd_weights(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, pro
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     rollout_mean_va = _segment_sum(va, rollout, num_rollouts) / lengths
     group, distinct_prompts = prompt_groups(prompt_ids)
-    rollout_weight = sibling_softmax_weights(rollout_mean_va, group, temperature, eps)
+    if rollout_weighting == "uniform":
+        rollout_weight = uniform_sibling_weights(group)
+    else:
+        rollout_weight = sibling_softmax_weights(rollout_mean_va, group, temperature, eps)
 
-    high = top_fraction_mask(va, rollout, lengths, high_fraction)
+    if high_selection == "random":
+        high = random_high_mask(rollout, lengths, high_fraction, high_seed)
+    else:
+        high = top_fraction_mask(va, rollout, lengths, high_fraction)
     high_count = _segment_sum(high.double(), rollout, num_rollouts)
     low_count = lengths.double() - high_count
     # A one-token rollout has no low group: its high group takes the whole rollout weight.

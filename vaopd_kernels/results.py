@@ -23,6 +23,19 @@ class VAKLResult:
 
 
 @dataclass
+class Coefficients:
+    """An objective's detached per-token coefficients: its loss is ``sum(token_weight * KL)``.
+
+    ``token_weight`` [N] and ``rollout_weight`` [R] float32; ``high_mask`` [N] marks each rollout's
+    top-VA group (all False for OPD).
+    """
+
+    token_weight: torch.Tensor
+    rollout_weight: torch.Tensor
+    high_mask: torch.Tensor
+
+
+@dataclass
 class ObjectiveResult:
     """The reduction of per-token KL to the (VA-)OPD loss.
 

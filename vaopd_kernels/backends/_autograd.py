@@ -1,11 +1,8 @@
-"""Autograd plumbing shared by the backends (no math): gradients a backend forms itself.
+"""Autograd plumbing (no math): outputs whose backward is a backend's gradient pass.
 
-Backends compute values without autograd and attach their own backward. Both wrappers run that
-backward with autocast off, so a caller's ``torch.autocast`` region never changes the
-backends' precisions (fp32 accumulation) or mixes dtypes inside their GEMMs. Both save the
-tensors their backward recomputes from (``save_for_backward``), so that changing one in place
-between forward and backward raises, as it does for torch's own operations, instead of
-yielding gradients of other values.
+Both wrappers run that backward with autocast off (a caller's ``torch.autocast`` never changes
+the backends' fp32 accumulation) and save the tensors it reads, so that changing one in place
+between forward and backward raises, as for torch's own operations.
 """
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-Grads = Tuple[torch.Tensor, torch.Tensor]  # (d hidden [N, D], d weight [V or V_head, D])
+from vaopd_kernels.backends.base import Grads
 
 
 def no_autocast(device: torch.device):
@@ -24,37 +21,19 @@ def no_autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _as_grad(grad: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
-    """Cast to the input's dtype; zero rows for LM-head padding rows >= V (they never enter a softmax)."""
-    if grad.shape[0] == rows:
-        return grad.to(dtype)
-    full = grad.new_zeros(rows, grad.shape[1], dtype=dtype)
-    full[: grad.shape[0]] = grad
-    return full
-
-
-class _Inputs:
-    """What backward needs to know of (hidden, weight): dtypes, head rows and device, not the tensors."""
-
-    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor):
-        self.hidden_dtype, self.weight_dtype = hidden.dtype, weight.dtype
-        self.head_rows, self.device = weight.shape[0], hidden.device
-
-    def grads(self, grad_hidden: torch.Tensor, grad_weight: torch.Tensor):
-        return grad_hidden.to(self.hidden_dtype), _as_grad(grad_weight, self.head_rows, self.weight_dtype)
-
-
-def _remember(ctx, hidden, weight, recomputed_from) -> None:
+def _save(ctx, hidden, weight, recomputed_from) -> None:
     """Keep what backward needs to know of (hidden, weight) and save the tensors it reads."""
-    ctx.inputs = _Inputs(hidden, weight)
+    ctx.dtypes, ctx.head_rows, ctx.device = (hidden.dtype, weight.dtype), weight.shape[0], hidden.device
     ctx.save_for_backward(hidden, weight, *recomputed_from)
 
 
-def _recall(ctx) -> _Inputs:
-    """``ctx.inputs``, once the saved tensors are checked: unpacking them raises if one was
-    changed in place since forward."""
-    ctx.saved_tensors  # noqa: B018
-    return ctx.inputs
+def _grads(ctx, grad_hidden: torch.Tensor, grad_weight: torch.Tensor):
+    """In the inputs' dtypes; zero rows for LM-head padding rows >= V (they never enter a softmax)."""
+    if grad_weight.shape[0] != ctx.head_rows:
+        full = grad_weight.new_zeros(ctx.head_rows, grad_weight.shape[1], dtype=ctx.dtypes[1])
+        full[: grad_weight.shape[0]] = grad_weight
+        grad_weight = full
+    return grad_hidden.to(ctx.dtypes[0]), grad_weight.to(ctx.dtypes[1])
 
 
 class _RowGrad(torch.autograd.Function):
@@ -63,15 +42,15 @@ class _RowGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, value, hidden, weight, backward_fn, recomputed_from):
         ctx.backward_fn = backward_fn
-        _remember(ctx, hidden, weight, recomputed_from)
+        _save(ctx, hidden, weight, recomputed_from)
         return value.clone()
 
     @staticmethod
     def backward(ctx, row_grad):
-        inputs = _recall(ctx)
-        with no_autocast(inputs.device):
+        ctx.saved_tensors  # noqa: B018  (raises if an input was changed in place since forward)
+        with no_autocast(ctx.device):
             grads = ctx.backward_fn(row_grad)
-        return None, *inputs.grads(*grads), None, None
+        return None, *_grads(ctx, *grads), None, None
 
 
 class _PrecomputedGradLoss(torch.autograd.Function):
@@ -85,19 +64,18 @@ class _PrecomputedGradLoss(torch.autograd.Function):
     def forward(ctx, loss, hidden, weight, grad_hidden, grad_weight, recompute, recomputed_from):
         ctx.grads = (grad_hidden, grad_weight)
         ctx.recompute = recompute
-        _remember(ctx, hidden, weight, recomputed_from)
+        _save(ctx, hidden, weight, recomputed_from)
         return loss.clone()
 
     @staticmethod
     def backward(ctx, grad_loss):
-        inputs = _recall(ctx)
+        ctx.saved_tensors  # noqa: B018  (raises if an input was changed in place since forward)
         if ctx.grads is None:
-            with no_autocast(inputs.device):
+            with no_autocast(ctx.device):
                 ctx.grads = ctx.recompute()
         grad_hidden, grad_weight = ctx.grads
         ctx.grads = None
-        return (None, *inputs.grads(grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss)),
-                None, None, None, None)
+        return None, *_grads(ctx, grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss)), None, None, None, None
 
 
 def wants_grad(hidden: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -1,21 +1,15 @@
 """The "cuda" backend: chunked cuBLAS GEMMs + hand-written CUDA row-statistics kernels (``csrc/``).
 
-Per chunk of token rows, each view's logits ``z = W[:V] h`` come from cuBLAS (torch matmul; bf16/fp16
-operands with fp32 output via ``out_dtype`` where torch has it) into ONE reusable fp32 (fp64 for
-float64 inputs) buffer per view, sized by a memory budget (``set_chunk_budget`` or
-``VAOPD_CUDA_CHUNK_MB``, default 2048 MiB for all views together). The CUDA kernels then make one
-pass over the chunk for the statistics (online lse of every view, reverse/forward KL or JSD,
-target log-probs, student entropy) and, when a gradient is wanted, write ``row_grad / T * dD/dz``
-in place over the student logits (bf16/fp16 packed at the start of each row for half-precision
-heads, so the next GEMMs read it directly). The GEMMs for d(hidden) and d(weight) follow.
+``scan``, per chunk of token rows: each view's logits ``z = W[:V] h`` from cuBLAS (fp32 output for
+bf16/fp16 operands) into one reusable fp32 (fp64 for float64 inputs) buffer per view, sized by
+``KernelOptions.chunk_budget_bytes`` (2 GiB for all views by default); one kernel pass for the
+statistics that, given row weights, writes ``row_grad / T * dD/dz`` in place over the student
+logits (packed bf16/fp16 for half-precision heads); then the GEMMs for d(hidden) and d(head).
+``gradients`` runs it again for other row weights.
 
-Gradients: ``weighted_kl`` knows its row weights up front and forms d(hidden)/d(weight) during
-forward; ``linear_kl``/``va_kl``/``linear_logprob`` recompute chunk by chunk in backward.
-
-Loading: an installed ``vaopd_kernels._cuda_ext`` (built by setup.py), else a JIT build of the
-``csrc/`` sources with ``torch.utils.cpp_extension.load`` under ``~/.cache/vaopd`` (override
-with ``VAOPD_CUDA_BUILD_DIR``), done lazily the first time the backend runs on a CUDA device.
-``VAOPD_CUDA_ARCH`` (e.g. ``"90a"`` or ``"80;90a"``) overrides the JIT target architectures.
+Loading: an installed ``vaopd_kernels._cuda_ext`` (built by setup.py), else a JIT build of
+``csrc/`` under ``~/.cache/vaopd`` (``VAOPD_CUDA_BUILD_DIR``; architectures ``VAOPD_CUDA_ARCH``,
+e.g. ``"80;90a"``), done the first time the backend runs on a CUDA device.
 """
 from __future__ import annotations
 
@@ -29,23 +23,19 @@ from typing import Dict, Optional
 
 import torch
 
-from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
-from vaopd_kernels.backends._common import (compute_dtype, env_choice, env_number, visual_advantage,
-                                            visual_advantage_from)
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
+from vaopd_kernels.backends.base import RowStats, compute_dtype
 from vaopd_kernels.objective import TokenWeights
-from vaopd_kernels.results import VAKLResult
 
-_MIB = 1 << 20
-_chunk_budget_bytes = int(env_number("VAOPD_CUDA_CHUNK_MB", 2048) * _MIB)
-# d(head) sums over row chunks. "fp32" (default): in one fp32 [V, Ds] buffer, exact (1.2 GiB at
-# V = 151,936, Ds = 2048). "native": in the head's own bf16/fp16, each chunk's GEMM accumulating
-# in fp32 inside cuBLAS and rounding once into the sum: no buffer beyond the chunks, one half-
-# precision rounding per chunk (error measured in tests/test_cuda_backend.py).
-HEAD_GRAD_ACCUMULATION = env_choice("VAOPD_CUDA_HEAD_GRAD", "fp32", ("fp32", "native"))
+DEFAULT_CHUNK_BUDGET_BYTES = 2 << 30
+_GEMM_ROW_TILE = 128
+# d(head) sums over row chunks. KernelOptions.head_grad "fp32" (default): in one fp32 [V, Ds]
+# buffer, exact (1.2 GiB at V = 151,936, Ds = 2048). "native": in the head's own bf16/fp16, each
+# chunk's GEMM accumulating in fp32 inside cuBLAS and rounding once into the sum: no buffer beyond
+# the chunks, one half-precision rounding per chunk (error measured in tests/test_cuda_backend.py).
 _HALF = (torch.bfloat16, torch.float16)
 _GRAD_FORMAT = {None: 0, torch.bfloat16: 1, torch.float16: 2}
-_DIVERGENCE = {"reverse": 0, "forward": 1, "jsd": 2}
+FUSES_VIEWS = False
 
 _CSRC = Path(__file__).resolve().parents[2] / "csrc"
 _SOURCES = ("vaopd_kernels.cu", "objective.cu", "bindings.cpp")
@@ -57,24 +47,12 @@ _load_error: Optional[str] = None
 BUILD_INFO: Dict[str, object] = {}   # how the extension was loaded (for benchmarks/reports)
 
 
-# ----------------------------------------------------------------------------- budget
-def set_chunk_budget(num_bytes: int) -> None:
-    """Cap the bytes of the per-view [rows, V] chunk buffers the cuda backend keeps alive at once."""
-    global _chunk_budget_bytes
-    if int(num_bytes) < 1:
-        raise ValueError(f"num_bytes: expected a positive byte count, got {num_bytes}")
-    _chunk_budget_bytes = int(num_bytes)
-
-
-def get_chunk_budget() -> int:
-    return _chunk_budget_bytes
-
-
-def _rows_per_chunk(num_rows: int, vocab_size: int, num_views: int, dtype: torch.dtype) -> int:
+def _rows_per_chunk(num_rows: int, vocab_size: int, num_views: int, dtype: torch.dtype,
+                    budget_bytes: Optional[int] = None) -> int:
     per_row = vocab_size * torch.finfo(dtype).bits // 8 * max(1, num_views)
-    rows = max(1, _chunk_budget_bytes // per_row)
-    if rows >= 256:
-        rows -= rows % 128  # GEMM-friendly tile multiples
+    rows = max(1, (budget_bytes or DEFAULT_CHUNK_BUDGET_BYTES) // per_row)
+    if rows >= 2 * _GEMM_ROW_TILE:
+        rows -= rows % _GEMM_ROW_TILE  # whole GEMM tiles where that costs little of the budget
     return max(1, min(num_rows, rows))
 
 
@@ -233,17 +211,10 @@ class _Head:
 
 
 # ----------------------------------------------------------------------------- the scan
-class _ScanOut:
-    def __init__(self):
-        self.kl = self.student_logprob = self.teacher_logprob = self.degraded_logprob = None
-        self.student_entropy = self.grad_hidden = self.grad_weight = None
-
-
-def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, targets=None,
-          temperature: float = 1.0, divergence: str = "reverse", beta: float = 0.5,
-          row_grad: Optional[torch.Tensor] = None, want_kl: bool = False,
-          want_logprob_grad: bool = False) -> _ScanOut:
-    """One pass over row chunks (same contract as the torch backend's scan)."""
+def _scan(*, vocab_size: int, options, student=None, teacher=None, degraded_hidden=None, targets=None,
+          temperature: float = 1.0, divergence=None, beta: float = 0.5,
+          row_grad: Optional[torch.Tensor] = None) -> RowStats:
+    """One pass over row chunks: statistics, and the gradients of sum(row_grad * q) when given."""
     ops = _load_ops()
     tensors = [t for pair in (student, teacher) if pair for t in pair]
     if degraded_hidden is not None:
@@ -256,7 +227,8 @@ def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, 
     device = (student or teacher)[0].device
     inv_t = 1.0 / float(temperature)
 
-    out = _ScanOut()
+    want_kl = divergence is not None
+    out = RowStats()
     new = lambda: torch.empty(num_rows, dtype=cdtype, device=device)  # noqa: E731
     if want_kl:
         out.kl = new()
@@ -270,15 +242,14 @@ def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, 
     grad_half = None
     if row_grad is not None:
         grad_half = s_head.op_dtype if s_head.op_dtype in _HALF else None
-        out.grad_hidden = torch.empty(num_rows, student[0].shape[1], dtype=cdtype, device=device)
-        native = HEAD_GRAD_ACCUMULATION == "native" and grad_half is not None
-        out.grad_weight = torch.zeros(vocab_size, student[1].shape[1], dtype=grad_half if native else cdtype,
-                                      device=device)
+        native = options.head_grad == "native" and grad_half is not None
+        out.grads = (torch.empty(num_rows, student[0].shape[1], dtype=cdtype, device=device),
+                     torch.zeros(vocab_size, student[1].shape[1], dtype=grad_half if native else cdtype, device=device))
         row_grad = row_grad.detach().to(device=device, dtype=cdtype).contiguous()
     grad_format = _GRAD_FORMAT[grad_half]
 
     heads = [h for h in (s_head, t_head, d_head) if h is not None]
-    step = _rows_per_chunk(num_rows, vocab_size, len(heads), cdtype)
+    step = _rows_per_chunk(num_rows, vocab_size, len(heads), cdtype, options.chunk_budget_bytes)
     bufs = {id(h): torch.empty(step, vocab_size, dtype=cdtype, device=device) for h in heads}
 
     for start in range(0, num_rows, step):
@@ -294,8 +265,8 @@ def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, 
         z_t = z[id(t_head)] if t_head else None
 
         if want_kl:
-            kl, _, lp_s, ent, lp_t = ops.divergence(z_s, z_t, y, rg if not want_logprob_grad else None,
-                                                    _DIVERGENCE[divergence], float(beta), inv_t, grad_format)
+            kl, _, lp_s, ent, lp_t = ops.divergence(z_s, z_t, y, rg, int(divergence), float(beta), inv_t,
+                                                    grad_format)
             out.kl[rows] = kl
             if y is not None:
                 out.student_logprob[rows], out.student_entropy[rows] = lp_s, ent
@@ -320,66 +291,24 @@ def _scan(*, vocab_size: int, student=None, teacher=None, degraded_hidden=None, 
         if rg is not None:
             # z_s now holds row_grad / T * dD/dz (in place); chain rule through z = W h.
             grad_z = z_s if grad_half is None else z_s.view(grad_half)[:, :vocab_size]
-            mm_into(out.grad_hidden[rows], grad_z, s_head.weight)
-            addmm_into(out.grad_weight, grad_z.T, s_head.rows(rows))
+            mm_into(out.grads[0][rows], grad_z, s_head.weight)
+            addmm_into(out.grads[1], grad_z.T, s_head.rows(rows))
     return out
 
 
-def _with_grad(value, hidden, weight, **scan_options):
-    def recompute(row_grad):
-        out = _scan(row_grad=row_grad, **scan_options)
-        return out.grad_hidden, out.grad_weight
-    return attach(value, hidden, weight, recompute, recomputed_from=scan_options.get("teacher", ()))
-
-
-# ----------------------------------------------------------------------------- the contract
-def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
-    options = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, divergence=divergence,
-                   beta=beta, temperature=temperature, vocab_size=vocab_size)
+def scan(views, *, divergence, beta, row_weight, options):
+    common = dict(vocab_size=views.vocab_size, options=options, student=views.student, teacher=views.teacher,
+                  temperature=views.temperature, divergence=divergence, beta=beta)
     with torch.no_grad():
-        kl = _scan(**options).kl
-    return _with_grad(kl, sh, sw, **options)
-
-
-def linear_logprob(h, w, targets, *, temperature, vocab_size):
-    options = dict(student=(h, w), targets=targets, temperature=temperature, vocab_size=vocab_size)
-    with torch.no_grad():
-        lp = _scan(**options).student_logprob
-    return _with_grad(lp, h, w, want_logprob_grad=True, **options)
+        out = _scan(degraded_hidden=views.degraded, targets=views.targets, row_grad=row_weight, **common)
+    # the gradient pass needs the targets for the log-prob only
+    out.saved = dict(common, targets=views.targets if divergence is None else None)
+    return out
 
 
 @torch.no_grad()
-def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size):
-    out = _scan(teacher=(th, tw), degraded_hidden=th_degraded, targets=targets, vocab_size=vocab_size)
-    return out.teacher_logprob, out.degraded_logprob
-
-
-def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
-    options = dict(student=(sh, sw), teacher=(th, tw), want_kl=True, vocab_size=vocab_size)
-    with torch.no_grad():
-        stats = _scan(degraded_hidden=th_degraded, targets=targets, **options)
-    va = None
-    if stats.degraded_logprob is not None:
-        va = visual_advantage(stats.teacher_logprob, stats.degraded_logprob)
-    kl = _with_grad(stats.kl, sh, sw, **options)
-    return VAKLResult(kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)
-
-
-def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
-    va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size)
-    token_weight = token_weights(va)  # VA first: the token weights depend on it
-    grad = wants_grad(sh, sw)
-    options = dict(student=(sh, sw), teacher=(th, tw), vocab_size=vocab_size, want_kl=True)
-    with torch.no_grad():
-        out = _scan(targets=targets, row_grad=token_weight if grad else None, **options)
-        loss = (token_weight.to(out.kl.dtype) * out.kl).sum()
-
-    def recompute():
-        again = _scan(row_grad=token_weight, **options)
-        return again.grad_hidden, again.grad_weight
-    loss = precomputed_loss(loss, sh, sw, (out.grad_hidden, out.grad_weight) if grad else None, recompute,
-                            recomputed_from=(th, tw))
-    return loss, VAKLResult(out.kl, va, out.student_logprob, out.teacher_logprob, out.student_entropy)
+def gradients(saved, row_weight, *, options):
+    return _scan(row_grad=row_weight, **saved).grads
 
 
 def va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction, high_weight, temperature, eps,

@@ -1,6 +1,8 @@
 """The reference backend: full [N, V] logits and plain autograd.
 
-It is the test oracle, so it is written for obviousness, not speed or memory.
+It is the test oracle, so it is written for obviousness, not speed or memory (and takes no
+options): the scan keeps the autograd graph of its divergence (or log-prob), and the gradient pass
+differentiates it.
 """
 from __future__ import annotations
 
@@ -9,8 +11,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vaopd_kernels.backends._common import compute_dtype
-from vaopd_kernels.results import VAKLResult
+from vaopd_kernels.backends.base import Divergence, RowStats, compute_dtype
+
+FUSES_VIEWS = True
+
+
+def unavailable_reason():
+    return None
+
+
+def supports_device(device) -> bool:
+    return True
 
 
 def _log_softmax(hidden, weight, vocab_size, temperature, dtype):
@@ -20,66 +31,49 @@ def _log_softmax(hidden, weight, vocab_size, temperature, dtype):
 
 def _divergence(logp_s, logp_t, divergence, beta):
     p_s, p_t = logp_s.exp(), logp_t.exp()
-    if divergence == "reverse":
+    if divergence == Divergence.REVERSE:
         return (p_s * (logp_s - logp_t)).sum(-1)
-    if divergence == "forward":
+    if divergence == Divergence.FORWARD:
         return (p_t * (logp_t - logp_s)).sum(-1)
     # generalized JSD (TRL's convention): m = beta p_t + (1 - beta) p_s
-    logm = torch.logsumexp(
-        torch.stack([logp_t + math.log(beta), logp_s + math.log(1.0 - beta)]), dim=0
-    )
-    kl_t = (p_t * (logp_t - logm)).sum(-1)
-    kl_s = (p_s * (logp_s - logm)).sum(-1)
-    return beta * kl_t + (1.0 - beta) * kl_s
+    logm = torch.logsumexp(torch.stack([logp_t + math.log(beta), logp_s + math.log(1.0 - beta)]), dim=0)
+    return beta * (p_t * (logp_t - logm)).sum(-1) + (1.0 - beta) * (p_s * (logp_s - logm)).sum(-1)
 
 
-def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
-    dtype = compute_dtype(sh, sw, th, tw)
-    logp_s = _log_softmax(sh, sw, vocab_size, temperature, dtype)
-    logp_t = _log_softmax(th.detach(), tw.detach(), vocab_size, temperature, dtype)
-    return _divergence(logp_s, logp_t, divergence, beta)
+def _pick(logp, targets):
+    return logp.gather(-1, targets[:, None]).squeeze(-1) if targets is not None else None
 
 
-def linear_logprob(h, w, targets, *, temperature, vocab_size):
-    logp = _log_softmax(h, w, vocab_size, temperature, compute_dtype(h, w))
-    return logp.gather(-1, targets[:, None]).squeeze(-1)
-
-
-@torch.no_grad()
-def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size):
-    lp = linear_logprob(th, tw, targets, temperature=1.0, vocab_size=vocab_size)
-    if th_degraded is None:
-        return lp, None
-    return lp, linear_logprob(th_degraded, tw, targets, temperature=1.0, vocab_size=vocab_size)
-
-
-def _student_teacher_stats(sh, sw, th, tw, targets, vocab_size):
-    dtype = compute_dtype(sh, sw, th, tw)
-    logp_s = _log_softmax(sh, sw, vocab_size, 1.0, dtype)
-    logp_t = _log_softmax(th.detach(), tw.detach(), vocab_size, 1.0, dtype)
-    kl = _divergence(logp_s, logp_t, "reverse", None)
+def scan(views, *, divergence, beta, row_weight, options):
+    dtype = compute_dtype(*views.floats)
+    out = RowStats()
     with torch.no_grad():
-        student_logprob = logp_s.gather(-1, targets[:, None]).squeeze(-1)
-        teacher_logprob = logp_t.gather(-1, targets[:, None]).squeeze(-1)
-        entropy = -(logp_s.exp() * logp_s).sum(-1)
-    return kl, student_logprob, teacher_logprob, entropy
+        if views.teacher is not None:
+            logp_t = _log_softmax(*views.teacher, views.vocab_size, views.temperature, dtype)
+            out.teacher_logprob = _pick(logp_t, views.targets)
+        if views.degraded is not None:
+            logp_d = _log_softmax(views.degraded, views.teacher[1], views.vocab_size, views.temperature, dtype)
+            out.degraded_logprob = _pick(logp_d, views.targets)
+    if views.student is None:
+        return out
+    with torch.enable_grad():  # fresh leaves: the graph reaches them whatever the caller's flags
+        hidden, weight = (t.detach().requires_grad_() for t in views.student)
+        logp_s = _log_softmax(hidden, weight, views.vocab_size, views.temperature, dtype)
+        if divergence is not None:
+            value = _divergence(logp_s, logp_t, divergence, beta)
+        else:
+            value = _pick(logp_s, views.targets)
+    with torch.no_grad():
+        out.student_logprob = _pick(logp_s, views.targets)
+        out.student_entropy = -(logp_s.exp() * logp_s).sum(-1)
+    out.kl = value.detach() if divergence is not None else None
+    out.student_logprob = out.student_logprob if divergence is not None else value.detach()
+    out.saved = (value, hidden, weight)
+    if row_weight is not None:
+        out.grads = gradients(out.saved, row_weight, options=options)
+    return out
 
 
-def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
-    kl, student_lp, teacher_lp, entropy = _student_teacher_stats(sh, sw, th, tw, targets, vocab_size)
-    va = None
-    if th_degraded is not None:
-        with torch.no_grad():
-            degraded_lp = linear_logprob(
-                th_degraded.detach(), tw.detach(), targets, temperature=1.0, vocab_size=vocab_size
-            )
-            va = (teacher_lp - degraded_lp).clamp_min(0.0)
-    return VAKLResult(kl, va, student_lp, teacher_lp, entropy)
-
-
-def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
-    result = va_kl(sh, sw, th, tw, targets, th_degraded, vocab_size=vocab_size)
-    token_weight = token_weights(result.visual_advantage)
-    loss = (token_weight.to(result.kl.dtype) * result.kl).sum()
-    result.kl = result.kl.detach()
-    return loss, result
+def gradients(saved, row_weight, *, options):
+    value, hidden, weight = saved
+    return torch.autograd.grad(value, (hidden, weight), row_weight.to(value.dtype), retain_graph=True)

@@ -2,16 +2,16 @@
 
 Logits exist one tile at a time (``row_block x vocab_tile`` per view); per-row statistics are
 accumulated online across vocabulary tiles, as the fused GPU kernels do. The tile sizes come
-from a memory budget (``set_chunk_budget`` or ``VAOPD_CHUNK_MB``; vocab tile ``VAOPD_VOCAB_TILE``;
-device-dependent defaults).
+from a memory budget (``KernelOptions.chunk_budget_bytes`` and ``vocab_tile``; device-dependent
+defaults).
 
-Two passes, each over all tiles:
-1. statistics (no grad): log-normalisers, KL, entropy, target log-probs of every view;
-2. gradients: recompute the student (and teacher) tiles, form dlogits from the row statistics,
+The two primitives (``backends/base.py``), each a sweep over all tiles:
+1. ``scan``: log-normalisers, the divergence, entropy and target log-probs of every view (then
+   pass 2 when given row weights);
+2. ``gradients``: recompute the student (and teacher) tiles, form dlogits from the row statistics,
    accumulate d(hidden) and d(weight).
-``linear_kl``/``va_kl``/``linear_logprob`` run pass 2 in backward with the upstream gradient.
-``weighted_kl`` (the ``va_opd_loss`` path) gets its token weights right after pass 1 (they depend
-on the teacher's VA only), runs pass 2 at once, and backward only rescales the result.
+The loss scores all three views in one scan (``FUSES_VIEWS``): on a CPU a separate teacher pass
+would cost a GEMM sweep.
 """
 from __future__ import annotations
 
@@ -21,42 +21,23 @@ from typing import Optional
 
 import torch
 
-from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
-from vaopd_kernels.backends._common import compute_dtype, env_number, visual_advantage
+from vaopd_kernels.backends.base import Divergence, RowStats, compute_dtype
 from vaopd_kernels.backends.torch_tiled import Head, OnlineSoftmax, pick_targets, row_dot, tiles
-from vaopd_kernels.results import VAKLResult
 
 _MIB = 1 << 20
 # Small tiles win on CPUs: the elementwise passes then run from cache, and 256 x 2048 GEMMs are
 # still efficient (measured: 16 MiB / 2048 beat 64 MiB / 8192 by ~20% on a 2-core Xeon). GPUs
 # want large tiles to amortise launches.
 _DEFAULTS = {"cpu": (16 * _MIB, 2048), "gpu": (512 * _MIB, 16384)}
-_override_budget = int(env_number("VAOPD_CHUNK_MB", 0) * _MIB) or None
-_override_tile = env_number("VAOPD_VOCAB_TILE", None, integer=True)
 # Live [row_block, vocab_tile] arrays at once: the views' logits plus exp/product temporaries.
 _LIVE_TILE_ARRAYS = 8
+FUSES_VIEWS = True
 
 
-def set_chunk_budget(num_bytes: Optional[int], vocab_tile: Optional[int] = None) -> None:
-    """Cap the bytes of logit tiles the torch backend keeps alive at once, and optionally the
-    vocabulary tile width. None restores the device defaults (CPU 16 MiB x 2048, GPU 512 MiB x 16384)."""
-    global _override_budget, _override_tile
-    for name, value in (("num_bytes", num_bytes), ("vocab_tile", vocab_tile)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
-    _override_budget = num_bytes
-    _override_tile = vocab_tile
-
-
-def get_chunk_budget() -> Optional[int]:
-    """The budget set by ``set_chunk_budget``/``VAOPD_CHUNK_MB`` (None: device defaults)."""
-    return _override_budget
-
-
-def _tiling(num_rows: int, vocab_size: int, dtype: torch.dtype, device: torch.device):
+def _tiling(num_rows: int, vocab_size: int, dtype: torch.dtype, device: torch.device, options):
     default_budget, default_tile = _DEFAULTS["cpu" if device.type == "cpu" else "gpu"]
-    budget = _override_budget or default_budget
-    tile = min(vocab_size, _override_tile or default_tile)
+    budget = options.chunk_budget_bytes or default_budget
+    tile = min(vocab_size, options.vocab_tile or default_tile)
     per_row = tile * torch.finfo(dtype).bits // 8 * _LIVE_TILE_ARRAYS
     return tiles(num_rows, vocab_size, max(1, min(num_rows, budget // per_row)), tile)
 
@@ -76,17 +57,9 @@ class _RowStats:
     student_entropy: Optional[torch.Tensor] = None
 
 
-def _heads(sh=None, sw=None, th=None, tw=None, thd=None):
-    present = [t for t in (sh, sw, th, tw, thd) if t is not None]
-    dtype = compute_dtype(*present)
-    student = Head(sh.detach(), sw.detach(), dtype) if sh is not None else None
-    teacher = Head(th.detach(), tw.detach(), dtype) if th is not None else None
-    degraded = Head(thd.detach(), tw.detach(), dtype) if thd is not None else None
-    return student, teacher, degraded
-
-
 @torch.no_grad()
-def _statistics(student, teacher, degraded, targets, *, vocab_size, temperature=1.0, divergence=None, beta=0.5):
+def _statistics(student, teacher, degraded, targets, *, vocab_size, options, temperature=1.0, divergence=None,
+                beta=0.5):
     """Pass 1: one sweep over the tiles of every view present."""
     any_head = student or teacher
     num_rows, dtype, device = any_head.hidden.shape[0], any_head.dtype, any_head.hidden.device
@@ -96,12 +69,13 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, temperature=
         out.lse_s, out.student_entropy = new(), new()
     if teacher:
         out.lse_t = new()
-    if divergence:
+    if divergence is not None:
         out.kl, out.gap = new(), new()
-    reverse, forward = divergence == "reverse", divergence == "forward"
+    reverse, forward = divergence == Divergence.REVERSE, divergence == Divergence.FORWARD
     like = torch.empty(0, dtype=dtype, device=device)
-    target_logit = {}
-    for rows, col_tiles in _tiling(num_rows, vocab_size, dtype, device):
+    views = {"s": student, "t": teacher, "d": degraded}
+    target_logit = {name: new() for name, view in views.items() if view and targets is not None}  # N = 0 too
+    for rows, col_tiles in _tiling(num_rows, vocab_size, dtype, device, options):
         n = rows.stop - rows.start
         # student extras: [sum e z_s, (reverse) sum e (z_s - z_t), gap sum]; teacher (forward): [sum e (z_t - z_s), gap]
         acc_s = OnlineSoftmax(n, 3 if reverse else 1, like) if student else None
@@ -143,12 +117,12 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, temperature=
         if y is not None:
             for name, acc in (("s", acc_s), ("t", acc_t), ("d", acc_d)):
                 if acc is not None:
-                    target_logit.setdefault(name, new())[rows] = picked[name] - acc.lse
+                    target_logit[name][rows] = picked[name] - acc.lse
     out.student_logprob = target_logit.get("s")
     out.teacher_logprob = target_logit.get("t")
     out.degraded_logprob = target_logit.get("d")
-    if divergence == "jsd":
-        _jsd_pass(student, teacher, out, vocab_size=vocab_size, temperature=temperature, beta=beta)
+    if divergence == Divergence.JSD:
+        _jsd_pass(student, teacher, out, vocab_size=vocab_size, temperature=temperature, beta=beta, options=options)
     return out
 
 
@@ -156,10 +130,10 @@ def _log_mixture(logp_s, logp_t, beta):
     return torch.logaddexp(logp_t + math.log(beta), logp_s + math.log(1.0 - beta))
 
 
-def _jsd_pass(student, teacher, out, *, vocab_size, temperature, beta):
+def _jsd_pass(student, teacher, out, *, vocab_size, temperature, beta, options):
     """JSD needs both log-normalisers before its sums: a second sweep."""
     kl_s, kl_t = torch.zeros_like(out.lse_s), torch.zeros_like(out.lse_s)
-    for rows, col_tiles in _tiling(out.lse_s.shape[0], vocab_size, student.dtype, out.lse_s.device):
+    for rows, col_tiles in _tiling(out.lse_s.shape[0], vocab_size, student.dtype, out.lse_s.device, options):
         for cols in col_tiles:
             logp_s = student.logits(rows, cols, temperature) - out.lse_s[rows, None]
             logp_t = teacher.logits(rows, cols, temperature) - out.lse_t[rows, None]
@@ -171,15 +145,15 @@ def _jsd_pass(student, teacher, out, *, vocab_size, temperature, beta):
 
 
 @torch.no_grad()
-def _gradients(student, teacher, stats: _RowStats, row_grad, *, mode, vocab_size, temperature=1.0, beta=0.5,
-               targets=None):
-    """Pass 2: d(sum_n row_grad_n * q_n) w.r.t. student hidden [N, D] and head rows [V, D], where q is the
-    divergence ``mode`` (reverse | forward | jsd) or the target log-prob (``mode="logprob"``)."""
+def _gradients(student, teacher, stats: _RowStats, row_grad, *, divergence, vocab_size, options, temperature,
+               beta, targets):
+    """Pass 2: d(sum_n row_grad_n * q_n) w.r.t. student hidden [N, D] and head rows [V, D], where q is
+    ``divergence`` or, when None, the target log-prob."""
     dtype = student.dtype
     hidden = student.hidden
     grad_hidden = torch.zeros(hidden.shape[0], hidden.shape[1], dtype=dtype, device=hidden.device)
     grad_weight = torch.zeros(vocab_size, hidden.shape[1], dtype=dtype, device=hidden.device)
-    for rows, col_tiles in _tiling(hidden.shape[0], vocab_size, dtype, hidden.device):
+    for rows, col_tiles in _tiling(hidden.shape[0], vocab_size, dtype, hidden.device, options):
         h = hidden[rows].to(dtype)
         scale = (row_grad[rows].to(dtype) / temperature)[:, None]
         lse_s = stats.lse_s[rows, None]
@@ -188,12 +162,12 @@ def _gradients(student, teacher, stats: _RowStats, row_grad, *, mode, vocab_size
             p_s = (z_s - lse_s).exp_()
             # In-place arithmetic on the fresh logit tiles: each elementwise pass over a tile costs
             # about as much as the tile's share of a GEMM on a CPU.
-            if mode == "reverse":  # p_s (log p_s - log p_t - KL)
+            if divergence == Divergence.REVERSE:  # p_s (log p_s - log p_t - KL)
                 g = z_s.sub_(teacher.logits(rows, cols, temperature))
                 g.add_((stats.gap[rows] - stats.kl[rows])[:, None]).mul_(p_s)
-            elif mode == "forward":  # p_s - p_t
+            elif divergence == Divergence.FORWARD:  # p_s - p_t
                 g = p_s.sub_((teacher.logits(rows, cols, temperature) - stats.lse_t[rows, None]).exp_())
-            elif mode == "jsd":  # (1 - beta) p_s (log p_s - log m - KL(p_s || m))
+            elif divergence == Divergence.JSD:  # (1 - beta) p_s (log p_s - log m - KL(p_s || m))
                 logp_s = z_s.sub_(lse_s)
                 logp_t = teacher.logits(rows, cols, temperature).sub_(stats.lse_t[rows, None])
                 g = (logp_s - _log_mixture(logp_s, logp_t, beta)).sub_(stats.kl_s[rows, None]).mul_(p_s)
@@ -210,50 +184,29 @@ def _gradients(student, teacher, stats: _RowStats, row_grad, *, mode, vocab_size
     return grad_hidden, grad_weight
 
 
-def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
-    student, teacher, _ = _heads(sh, sw, th, tw)
-    opts = dict(vocab_size=vocab_size, temperature=temperature, beta=beta)
-    stats = _statistics(student, teacher, None, None, divergence=divergence, **opts)
-    return attach(stats.kl, sh, sw, lambda g: _gradients(student, teacher, stats, g, mode=divergence, **opts),
-                  recomputed_from=(th, tw))
+def scan(views, *, divergence, beta, row_weight, options):
+    dtype = compute_dtype(*views.floats)
+    student = Head(*(t.detach() for t in views.student), dtype) if views.student else None
+    teacher = Head(*(t.detach() for t in views.teacher), dtype) if views.teacher else None
+    degraded = Head(views.degraded.detach(), views.teacher[1].detach(), dtype) if views.degraded is not None else None
+    common = dict(vocab_size=views.vocab_size, temperature=views.temperature, options=options)
+    stats = _statistics(student, teacher, degraded, views.targets, divergence=divergence, beta=beta, **common)
+    saved = dict(student=student, teacher=teacher, stats=stats, divergence=divergence, beta=beta,
+                 targets=views.targets, **common)
+    out = RowStats(stats.kl, stats.student_logprob, stats.teacher_logprob, stats.degraded_logprob,
+                   stats.student_entropy, saved=saved)
+    if row_weight is not None:
+        out.grads = gradients(saved, row_weight, options=options)
+    return out
 
 
-def linear_logprob(h, w, targets, *, temperature, vocab_size):
-    student, _, _ = _heads(h, w)
-    opts = dict(vocab_size=vocab_size, temperature=temperature)
-    stats = _statistics(student, None, None, targets, **opts)
-    return attach(stats.student_logprob, h, w,
-                  lambda g: _gradients(student, None, stats, g, mode="logprob", targets=targets, **opts))
+def gradients(saved, row_weight, *, options):
+    return _gradients(row_grad=row_weight, **saved)
 
 
-def teacher_logprobs(th, tw, targets, th_degraded, *, vocab_size):
-    _, teacher, degraded = _heads(th=th, tw=tw, thd=th_degraded)
-    stats = _statistics(None, teacher, degraded, targets, vocab_size=vocab_size)
-    return stats.teacher_logprob, stats.degraded_logprob
+def unavailable_reason():
+    return None
 
 
-def _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size):
-    student, teacher, degraded = _heads(sh, sw, th, tw, th_degraded)
-    stats = _statistics(student, teacher, degraded, targets, vocab_size=vocab_size, divergence="reverse")
-    va = None
-    if stats.degraded_logprob is not None:
-        va = visual_advantage(stats.teacher_logprob, stats.degraded_logprob)
-    return student, teacher, stats, va
-
-
-def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
-    student, teacher, stats, va = _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size)
-    kl = attach(stats.kl, sh, sw,
-                lambda g: _gradients(student, teacher, stats, g, mode="reverse", vocab_size=vocab_size),
-                recomputed_from=(th, tw))
-    return VAKLResult(kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)
-
-
-def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
-    student, teacher, stats, va = _va_kl_stats(sh, sw, th, tw, targets, th_degraded, vocab_size)
-    token_weight = token_weights(va)
-    loss = (token_weight.to(stats.kl.dtype) * stats.kl).sum()
-    grads = lambda: _gradients(student, teacher, stats, token_weight, mode="reverse", vocab_size=vocab_size)  # noqa: E731
-    loss = precomputed_loss(loss, sh, sw, grads() if wants_grad(sh, sw) else None, grads,
-                            recomputed_from=(th, tw))
-    return loss, VAKLResult(stats.kl, va, stats.student_logprob, stats.teacher_logprob, stats.student_entropy)
+def supports_device(device) -> bool:
+    return True

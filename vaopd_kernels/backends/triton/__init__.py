@@ -1,15 +1,10 @@
 """The "triton" backend: fused Triton kernels, O(N) extra memory beyond one bounded workspace.
 
-Forward (kl_forward.py): per token tile, a loop over vocabulary tiles computes the student and
-teacher logit tiles with ``tl.dot`` (fp32 accumulation) and keeps online row statistics; the
-vocabulary is split across programs when there are few token tiles and the splits are merged
-with a logaddexp-style rescale. Backward (kl_backward.py): recomputes logit tiles, forms dlogits
-from the saved row statistics, and accumulates d(hidden)/d(head) with fp32-accumulating GEMMs
-over a bounded vocabulary-chunk workspace. No atomics: deterministic.
-
-Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (set before import). float64 inputs run
-in float32 (outputs are returned as float64, but carry fp32 accuracy): use the reference backend
-for float64 checks.
+``scan`` launches the statistics kernel (stats.py; twice for JSD, whose mixture needs both
+normalisers first) and, given row weights, the backward (backward.py: dlogits.py and matmul.py
+over a bounded vocabulary-chunk workspace); ``gradients`` is the backward. No atomics:
+deterministic. Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (set before import).
+float64 inputs run in float32 (returned as float64 with fp32 accuracy).
 """
 from __future__ import annotations
 
@@ -18,16 +13,10 @@ import os
 import torch
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
-from vaopd_kernels.backends._common import compute_dtype, visual_advantage, visual_advantage_from
-from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
-from vaopd_kernels.backends.triton import _config, kl_backward, kl_forward
-from vaopd_kernels.backends.triton.kl_forward import CROSS_FORWARD, CROSS_JSD, CROSS_NONE, CROSS_REVERSE
-from vaopd_kernels.backends.triton.logprob import linear_logprob
-from vaopd_kernels.backends.triton.teacher import teacher_logprobs
-from vaopd_kernels.results import VAKLResult
+from vaopd_kernels.backends.base import Divergence, RowStats
+from vaopd_kernels.backends.triton import _config, backward, stats as kernel_stats
 
-__all__ = ["linear_kl", "linear_logprob", "teacher_logprobs", "va_kl", "weighted_kl",
-           "unavailable_reason", "supports_device"]
+FUSES_VIEWS = False  # two logit tiles live per kernel (three spill); KernelOptions.fused_views asks for it
 
 
 def unavailable_reason():
@@ -45,92 +34,49 @@ def supports_device(device) -> bool:
     return device.type == "cpu" if _config.INTERPRET else device.type == "cuda"
 
 
-def _student_teacher_stats(sh, sw, th, tw, *, vocab_size, divergence="reverse", beta=0.5, temperature=1.0,
-                           targets=None, degraded=None):
-    """Forward statistics and the rows the backward needs for ``divergence``."""
-    cross = {"reverse": CROSS_REVERSE, "forward": CROSS_FORWARD, "jsd": CROSS_NONE}[divergence]
-    stats = kl_forward.row_stats(vocab_size=vocab_size, student=(sh, sw), teacher=(th, tw), degraded=degraded,
-                                 targets=targets, temperature=temperature, cross=cross, beta=beta,
-                                 teacher_min=_config.FILTER_EPS is not None)
-    if divergence == "jsd":
-        second = kl_forward.row_stats(vocab_size=vocab_size, student=(sh, sw), teacher=(th, tw),
-                                      temperature=temperature, cross=CROSS_JSD, beta=beta,
-                                      lse=torch.stack([stats.lse_s, stats.lse_t]))
-        value = beta * second.jsd_t + (1.0 - beta) * second.jsd_s
-        rows = kl_backward.saved_rows(stats, aux=second.jsd_s)
-    else:
-        value = stats.kl
-        rows = kl_backward.saved_rows(stats, aux=stats.kl)
-    return stats, value, rows
+_CROSS = {None: kernel_stats.CROSS_NONE, Divergence.REVERSE: kernel_stats.CROSS_REVERSE,
+          Divergence.FORWARD: kernel_stats.CROSS_FORWARD, Divergence.JSD: kernel_stats.CROSS_NONE}
 
 
-def _grads_fn(sh, sw, th, tw, rows, *, divergence, beta, temperature, vocab_size):
-    def backward_fn(row_grad):
-        return kl_backward.student_grads(mode=divergence, sh=sh, sw=sw, th=th, tw=tw, rows=rows, row_grad=row_grad,
-                                         vocab_size=vocab_size, temperature=temperature, beta=beta,
-                                         precision=kl_forward.dot_precision(sh, th))
-    return backward_fn
+def _logprob(logit, lse):
+    return logit - lse if logit is not None else None
 
 
-def linear_kl(sh, sw, th, tw, *, divergence, beta, temperature, vocab_size):
-    out_dtype = compute_dtype(sh, sw, th, tw)
-    shk, swk, thk, twk = kl_forward.operands(sh, sw, th, tw)
-    with torch.no_grad():
-        _, value, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, divergence=divergence,
-                                                beta=beta, temperature=temperature)
-    backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence=divergence, beta=beta, temperature=temperature,
-                            vocab_size=vocab_size)
-    return attach(value.to(out_dtype), sh, sw, backward_fn, recomputed_from=(th, tw))
+@torch.no_grad()
+def scan(views, *, divergence, beta, row_weight, options):
+    pairs = [views.student, views.teacher]
+    flat = kernel_stats.operands(*(t for pair in pairs if pair for t in pair), views.degraded)
+    student = tuple(flat[:2]) if views.student else None
+    teacher = tuple(flat[-3:-1]) if views.teacher else None
+    stats = kernel_stats.row_stats(vocab_size=views.vocab_size, student=student, teacher=teacher, degraded=flat[-1],
+                                 targets=views.targets, temperature=views.temperature, cross=_CROSS[divergence],
+                                 beta=beta, teacher_min=options.gradient_filter_eps is not None)
+    value, aux = stats.kl, stats.kl
+    if divergence == Divergence.JSD:
+        second = kernel_stats.row_stats(vocab_size=views.vocab_size, student=student, teacher=teacher,
+                                        temperature=views.temperature, cross=kernel_stats.CROSS_JSD, beta=beta,
+                                        lse=torch.stack([stats.lse_s, stats.lse_t]))
+        value, aux = beta * second.jsd_t + (1.0 - beta) * second.jsd_s, second.jsd_s
+    out = RowStats(value, _logprob(stats.logit_s, stats.lse_s), _logprob(stats.logit_t, stats.lse_t),
+                   _logprob(stats.logit_d, stats.lse_d), stats.entropy)
+    if student is not None:
+        out.saved = dict(student=student, teacher=teacher, rows=kernel_stats.saved_rows(stats, aux=aux),
+                         divergence=divergence, beta=beta, temperature=views.temperature, targets=views.targets,
+                         vocab_size=views.vocab_size, dtypes=(views.student[0].dtype, views.student[1].dtype))
+        if row_weight is not None:
+            out.grads = gradients(out.saved, row_weight, options=options)
+    return out
 
 
-def _visual_advantage(stats) -> torch.Tensor:
-    """VA from a statistics pass that scored both teacher views."""
-    return visual_advantage(stats.logit_t - stats.lse_t, stats.logit_d - stats.lse_d)
-
-
-def va_kl(sh, sw, th, tw, targets, th_degraded, *, vocab_size):
-    out_dtype = compute_dtype(sh, sw, th, tw, *(x for x in (th_degraded,) if x is not None))
-    shk, swk, thk, twk, tdk = kl_forward.operands(sh, sw, th, tw, th_degraded)
-    with torch.no_grad():
-        stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets,
-                                                 degraded=tdk)
-        lp_s = (stats.logit_s - stats.lse_s).to(out_dtype)
-        lp_t = stats.logit_t - stats.lse_t
-        va = _visual_advantage(stats).to(out_dtype) if tdk is not None else None
-    backward_fn = _grads_fn(shk, swk, thk, twk, rows, divergence="reverse", beta=0.5, temperature=1.0,
-                            vocab_size=vocab_size)
-    kl = attach(kl.to(out_dtype), sh, sw, backward_fn, recomputed_from=(th, tw))
-    return VAKLResult(kl, va, lp_s, lp_t.to(out_dtype), stats.entropy.to(out_dtype))
-
-
-def weighted_kl(sh, sw, th, tw, targets, th_degraded, token_weights, *, vocab_size):
-    out_dtype = compute_dtype(sh, sw, th, tw)
-    if _config.FUSED_VIEWS and th_degraded is not None:  # all three views in one statistics pass
-        shk, swk, thk, twk, tdk = kl_forward.operands(sh, sw, th, tw, th_degraded)
-        with torch.no_grad():
-            stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets,
-                                                     degraded=tdk)
-            va = _visual_advantage(stats).to(out_dtype)
-    else:  # the teacher views first, then student + teacher
-        va = visual_advantage_from(teacher_logprobs, th, tw, targets, th_degraded, vocab_size)
-        shk, swk, thk, twk = kl_forward.operands(sh, sw, th, tw)
-        with torch.no_grad():
-            stats, kl, rows = _student_teacher_stats(shk, swk, thk, twk, vocab_size=vocab_size, targets=targets)
-    token_weight = token_weights(va)  # before any gradient work: the gradients are weighted by it
-    with torch.no_grad():
-        kl = kl.to(out_dtype)
-        loss = (token_weight.to(out_dtype) * kl).sum()
-
-    def grads():
-        grad_h, grad_w = kl_backward.student_grads(mode="reverse", sh=shk, sw=swk, th=thk, tw=twk, rows=rows,
-                                                   row_grad=token_weight, vocab_size=vocab_size,
-                                                   precision=kl_forward.dot_precision(shk, thk))
-        return grad_h.to(sh.dtype), grad_w.to(sw.dtype)  # fp32 accumulation done; hold input dtypes
-
-    need_grad = wants_grad(sh, sw)  # asked outside no_grad, which would always answer False
-    with torch.no_grad():
-        formed = grads() if need_grad else None
-    loss = precomputed_loss(loss, sh, sw, formed, grads, recomputed_from=(th, tw))
-    lp_s = (stats.logit_s - stats.lse_s).to(out_dtype)
-    lp_t = (stats.logit_t - stats.lse_t).to(out_dtype)
-    return loss, VAKLResult(kl, va, lp_s, lp_t, stats.entropy.to(out_dtype))
+@torch.no_grad()
+def gradients(saved, row_weight, *, options):
+    """(d hidden, d head) in the inputs' dtypes: the fp32 accumulation is done, so a gradient
+    formed during the forward call holds no fp32 [N, Ds] buffer until backward."""
+    (sh, sw), teacher = saved["student"], saved["teacher"]
+    th, tw = teacher if teacher else (None, None)
+    grad_h, grad_w = backward.student_grads(
+        mode=saved["divergence"], sh=sh, sw=sw, th=th, tw=tw, rows=saved["rows"], row_grad=row_weight,
+        vocab_size=saved["vocab_size"], temperature=saved["temperature"], targets=saved["targets"],
+        beta=saved["beta"], options=options, precision=kernel_stats.dot_precision(sh, th))
+    hidden_dtype, head_dtype = saved["dtypes"]
+    return grad_h.to(hidden_dtype), grad_w.to(head_dtype)

@@ -6,6 +6,21 @@ import triton.language as tl
 
 
 @triton.jit
+def dot(a, b, acc, INTERPRETER: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + a @ b with fp32 accumulation.
+
+    Under the CPU interpreter ``tl.dot`` is numpy's BLAS matmul, which is wrong on bf16 operands
+    and whose result for a row depends on the row's position in the tile (edge rows take other
+    microkernels); a broadcast product summed over k in order is exact for fp32/bf16 products and
+    gives every row the same result wherever it sits, as a GPU's MMA does. Row-permuting kernels
+    (the gradient filter visits rows in another order) rely on that to match bit for bit.
+    """
+    if INTERPRETER:
+        return acc + tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], 1)
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
 def logits_tile(x_ptr, x2_ptr, stride_x, w_ptr, stride_w, offs_n, n_mask, offs_v, v_mask, D,
                 TWO: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -24,16 +39,11 @@ def logits_tile(x_ptr, x2_ptr, stride_x, w_ptr, stride_w, offs_n, n_mask, offs_v
                     mask=v_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_V]
         x = tl.load(x_ptr + offs_n[:, None] * stride_x + d[None, :],
                     mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-        if CAST_F32:
-            w = w.to(tl.float32)
-            x = x.to(tl.float32)
-        acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        acc = dot(x, w, acc, CAST_F32, PRECISION)
         if TWO:
             x2 = tl.load(x2_ptr + offs_n[:, None] * stride_x + d[None, :],
                          mask=n_mask[:, None] & d_mask[None, :], other=0.0)
-            if CAST_F32:
-                x2 = x2.to(tl.float32)
-            acc2 = tl.dot(x2, w, acc2, input_precision=PRECISION)
+            acc2 = dot(x2, w, acc2, CAST_F32, PRECISION)
     return acc, acc2
 
 

@@ -17,6 +17,7 @@ rescale (a few [S, N] torch ops; no locks, no [N, V] memory).
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -34,12 +35,12 @@ M_S, L_S, B_S, Y_S, M_T, L_T, Y_T, M_D, L_D, Y_D, A_X, C_X, LO_T = range(13)
 NUM_STATS = 13
 # Below this |lse_t - lse_s| the gap is log1p(c / l), a sum of small differences, not the plain
 # difference of two ~log(V)-sized normalisers (which loses ~1e-6 in fp32 when student ~ teacher).
-_SMALL_GAP = 0.5
+SMALL_GAP = 0.5
 
-# 64 x 256 won every statistics key but the JSD pass on the H200 (2026-11-27), 128 x 128 that one;
-# the configurations that won none there (4 warps, 4 stages of 128 x 128, 128 x 64 x 128) are gone
-# (autotuning compiles each per key). The last three spread 8192-element tiles over 8 warps: none
-# spills on sm_90a with two or three views (``python -m bench.triton_resources``).
+# First the configurations that won autotuning on an H200 (64 x 256; 128 x 128 for the JSD pass);
+# ones that won no key there are gone (autotuning compiles each per key). The last three spread
+# 8192-element tiles over 8 warps: none spills on sm_90a with two or three views
+# (``python -m bench.triton_resources``).
 _CONFIGS = [
     C.cfg(8, 3, BLOCK_N=64, BLOCK_V=256, BLOCK_D=64),
     C.cfg(8, 3, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
@@ -168,28 +169,19 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
 
 
 # ----------------------------------------------------------------------------- host side
-def prepare(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Kernel operand: contiguous last dim; float64 runs in float32 (see the package docstring)."""
-    if x is None:
-        return None
-    if x.dtype == torch.float64:
-        x = x.float()
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def operands(*tensors):
-    """Detached kernel operands sharing one dtype (mixed dtypes run in float32) and, for the
-    hidden-state views that share a row stride in the kernel, one layout."""
-    xs = [prepare(t.detach()) if t is not None else None for t in tensors]
+    """Detached, packed kernel operands (a packed one is not copied) sharing one dtype: float64 and
+    mixed dtypes run in float32 (see the package docstring)."""
+    xs = [t.detach() if t is not None else None for t in tensors]
     dtypes = {x.dtype for x in xs if x is not None}
-    if len(dtypes) > 1:
-        xs = [x.float() if x is not None else None for x in xs]
-    return [x.contiguous() if x is not None else None for x in xs]
+    cast = torch.float32 if len(dtypes) > 1 or torch.float64 in dtypes else None
+    return [None if x is None else (x.to(cast) if cast else x).contiguous() for x in xs]
 
 
 def dot_precision(*tensors) -> str:
+    """IEEE fp32 dots for fp32 operands (exact, never TF32); half-precision operands ignore it."""
     fp32 = any(t is not None and t.dtype == torch.float32 for t in tensors)
-    return "tf32" if (C.ALLOW_TF32 or not fp32) else "ieee"
+    return "ieee" if fp32 else "tf32"
 
 
 def num_splits(num_rows: int, vocab_size: int, device: torch.device) -> int:
@@ -233,7 +225,7 @@ def _merge_lse(parts: torch.Tensor, m_row: int, l_row: int):
 
 def _accurate_gap(direct: torch.Tensor, c: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     near = torch.log1p(c / l)
-    return torch.where((direct.abs() < _SMALL_GAP) & torch.isfinite(near), near, direct)
+    return torch.where((direct.abs() < SMALL_GAP) & torch.isfinite(near), near, direct)
 
 
 def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, targets=None,
@@ -241,7 +233,7 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
               lse: Optional[torch.Tensor] = None, teacher_min: bool = False) -> RowStats:
     """Launch the statistics kernel over all rows and merge the vocabulary splits.
 
-    ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`prepare`;
+    ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`operands`;
     ``degraded`` is the teacher's second hidden view; ``lse`` ([2, N]: lse_s, lse_t) feeds CROSS_JSD.
     ``teacher_min`` (CROSS_REVERSE): also find the teacher's smallest logit (the gradient filter's bound).
     """
@@ -294,3 +286,23 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
         gap = _accurate_gap(out.lse_s - out.lse_t, (parts[C_X] * w_t).sum(0), l_t)
         out.kl = (parts[A_X] * w_t).sum(0) / l_t + gap
     return out
+
+
+class SavedRow(enum.IntEnum):
+    """The rows of the [6, N] fp32 statistics the backward reads (the dlogits kernel's constants)."""
+
+    LSE_S = 0   # student log-normaliser
+    LSE_T = 1   # teacher log-normaliser
+    GAP = 2     # lse_t - lse_s in the accurate form
+    AUX = 3     # KL for reverse, KL(p_s || m) for JSD
+    MAX_S = 4   # the student's largest logit (scales the filter's threshold)
+    MIN_T = 5   # the teacher's smallest logit (bounds -log p_t for the filter's teacher skip)
+
+
+def saved_rows(stats: RowStats, aux: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The [len(SavedRow), N] fp32 rows the backward reads, from a statistics pass (absent ones zero)."""
+    # a missing min_t reads as -inf: an infinite bound, so the teacher skip drops nothing
+    min_t = stats.min_t if stats.min_t is not None else torch.full_like(stats.lse_s, float("-inf"))
+    values = {SavedRow.LSE_S: stats.lse_s, SavedRow.LSE_T: stats.lse_t, SavedRow.GAP: stats.gap, SavedRow.AUX: aux,
+              SavedRow.MAX_S: stats.max_s, SavedRow.MIN_T: min_t}
+    return torch.stack([values[r] if values[r] is not None else torch.zeros_like(min_t) for r in SavedRow])

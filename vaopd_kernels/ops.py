@@ -1,0 +1,104 @@
+"""The public operations on top of a backend's two primitives (``backends/base.py``), written once.
+
+Inputs are validated by ``api.py``. Outputs are float32 (float64 for float64 inputs); a backend's
+statistics are cast once, at the end. Gradients reach the student's hidden states and head only.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from vaopd_kernels import objective
+from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
+from vaopd_kernels.backends.base import Backend, Divergence, RowStats, Views, compute_dtype
+from vaopd_kernels.options import KernelOptions
+from vaopd_kernels.results import VAKLResult
+
+
+def _scan(impl: Backend, views: Views, options: KernelOptions, divergence: Optional[Divergence] = None,
+          beta: float = 0.5, row_weight: Optional[torch.Tensor] = None) -> RowStats:
+    return impl.scan(views, divergence=divergence, beta=beta, row_weight=row_weight, options=options)
+
+
+def _with_grad(impl: Backend, value, stats: RowStats, hidden, weight, options, recomputed_from=()):
+    """``value`` with the backend's gradient pass as its backward."""
+    return attach(value, hidden, weight, lambda g: impl.gradients(stats.saved, g, options=options),
+                  recomputed_from=recomputed_from)
+
+
+def _visual_advantage(stats: RowStats) -> Optional[torch.Tensor]:
+    """max(log p(y | image) - log p(y | degraded image), 0), the paper's per-token VA."""
+    if stats.degraded_logprob is None:
+        return None
+    return (stats.teacher_logprob - stats.degraded_logprob).clamp_min(0.0)
+
+
+def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    return t.to(dtype) if t is not None else None
+
+
+def linear_kl(impl: Backend, sh, sw, th, tw, *, divergence: str, beta: float, temperature: float, vocab_size: int,
+              options: KernelOptions) -> torch.Tensor:
+    views = Views(vocab_size, student=(sh, sw), teacher=(th, tw), temperature=temperature)
+    stats = _scan(impl, views, options, Divergence.parse(divergence), beta)
+    return _with_grad(impl, stats.kl.to(compute_dtype(sh, sw, th, tw)), stats, sh, sw, options, (th, tw))
+
+
+def linear_logprob(impl: Backend, h, w, targets, *, temperature: float, vocab_size: int,
+                   options: KernelOptions) -> torch.Tensor:
+    stats = _scan(impl, Views(vocab_size, student=(h, w), targets=targets, temperature=temperature), options)
+    return _with_grad(impl, stats.student_logprob.to(compute_dtype(h, w)), stats, h, w, options)
+
+
+@torch.no_grad()
+def teacher_logprobs(impl: Backend, th, tw, targets, th_degraded, *, vocab_size: int, options: KernelOptions):
+    """(log p(y | image), log p(y | degraded image)), both teacher views in one scan."""
+    stats = _scan(impl, Views(vocab_size, teacher=(th, tw), degraded=th_degraded, targets=targets), options)
+    dtype = compute_dtype(th, tw, *([th_degraded] if th_degraded is not None else []))
+    return stats.teacher_logprob.to(dtype), _cast(stats.degraded_logprob, dtype)
+
+
+def _result(stats: RowStats, kl, va, dtype) -> VAKLResult:
+    return VAKLResult(kl, _cast(va, dtype), stats.student_logprob.to(dtype), stats.teacher_logprob.to(dtype),
+                      stats.student_entropy.to(dtype))
+
+
+def va_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded, *, vocab_size: int,
+          options: KernelOptions) -> VAKLResult:
+    views = Views(vocab_size, student=(sh, sw), teacher=(th, tw), degraded=th_degraded, targets=targets)
+    stats = _scan(impl, views, options, Divergence.REVERSE)
+    dtype = compute_dtype(*views.floats)
+    kl = _with_grad(impl, stats.kl.to(dtype), stats, sh, sw, options, (th, tw))
+    return _result(stats, kl, _visual_advantage(stats), dtype)
+
+
+def weighted_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded,
+                token_weights: Callable[[Optional[torch.Tensor]], objective.TokenWeights], *, vocab_size: int,
+                options: KernelOptions) -> Tuple[torch.Tensor, VAKLResult, objective.TokenWeights]:
+    """loss = sum(token_weight * reverse KL), the weights asked for (``token_weights(VA or None)``) as
+    soon as VA is known, so the gradients are formed during this call and backward only rescales
+    them. Returns (loss, detached per-token results, the weights)."""
+    need_grad = wants_grad(sh, sw)  # asked outside any no_grad region
+    views = Views(vocab_size, student=(sh, sw), teacher=(th, tw), targets=targets)
+    if th_degraded is not None and (impl.FUSES_VIEWS or options.fused_views):  # all views in one scan
+        views.degraded = th_degraded
+        stats = _scan(impl, views, options, Divergence.REVERSE)
+        va = _visual_advantage(stats)
+        weights = token_weights(va)
+        grads = impl.gradients(stats.saved, weights.token_weight, options=options) if need_grad else None
+    else:  # the teacher views first (VA), then student + teacher with the weights known
+        va = None
+        if th_degraded is not None:
+            teacher = _scan(impl, Views(vocab_size, teacher=(th, tw), degraded=th_degraded, targets=targets), options)
+            va = _visual_advantage(teacher)
+        weights = token_weights(va)
+        stats = _scan(impl, views, options, Divergence.REVERSE, row_weight=weights.token_weight if need_grad else None)
+        grads = stats.grads
+    dtype = compute_dtype(sh, sw, th, tw)
+    kl = stats.kl.to(dtype)
+    with torch.no_grad():
+        loss = (weights.token_weight.to(dtype) * kl).sum()
+    loss = precomputed_loss(loss, sh, sw, grads, lambda: impl.gradients(stats.saved, weights.token_weight,
+                                                                          options=options), recomputed_from=(th, tw))
+    return loss, _result(stats, kl, va, dtype), weights
