@@ -52,7 +52,7 @@ class Sample:
 
 
 def pixelate(image: Image.Image, ratio: float) -> Image.Image:
-    """DESIGN.md's degraded view: bilinear down to floor(ratio * side) (>= 1 px), nearest back up.
+    """The paper's degraded view: bilinear down to floor(ratio * side) (>= 1 px), nearest back up.
 
     The size is unchanged, so the processor yields the same visual-token grid as the original.
     """
