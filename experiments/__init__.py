@@ -1,2 +1,3 @@
-"""Laptop-scale reproduction of the VA-OPD effect (issue 7): a fine-detail task, a shipped tiny
-teacher, a format-only student, and OPD vs VA-OPD across seeds (``python -m experiments.reproduce``)."""
+"""Laptop-scale experiments on the trainer: the stripe-width task and its shipped tiny teacher and
+student (``make demo``), and the pre-registered OPD vs VA-OPD dilution experiment
+(``python -m experiments.code_reproduce``, docs/preregistration.md)."""

@@ -12,8 +12,10 @@ from vaopd_trainer.evaluate import is_correct
 from vaopd_trainer.loss import backbone_hidden
 from vaopd_trainer.models import lm_head_weight
 from vaopd_trainer.rollout import encode_prompts, generate
+from vaopd_trainer.sampling import Sampling, stop_token_ids
 
 from . import code_task
+from .task import PROMPT_SUFFIX
 from .supervised import teacher_forcing_batch
 
 MAX_NEW_TOKENS = 96  # the longest response is 87 characters + EOS
@@ -42,9 +44,10 @@ def greedy_eval(model, samples: Sequence[Sample], tokenizer, processor, *, batch
     sums = dict(correct=0.0, slots=0.0, format=0.0, truncated=0.0, reliance=0.0, tokens=0.0)
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
-        batch = encode_prompts(chunk, tokenizer, processor, repeat=1, pixelate_ratio=0.1 if reliance else None)
-        batch = generate(model, batch, tokenizer, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, top_p=1.0,
-                         do_sample=False)
+        batch = encode_prompts(chunk, tokenizer, processor, repeat=1, pixelate_ratio=0.1 if reliance else None,
+                               prompt_suffix=PROMPT_SUFFIX)
+        batch = generate(model, batch, tokenizer, max_new_tokens=MAX_NEW_TOKENS, sampling=Sampling(do_sample=False),
+                         eos_token_ids=stop_token_ids(model, tokenizer))
         sums["truncated"] += float((~(batch.input_ids[:, batch.prompt_len:] == eos).any(1)).sum())
         for text, s in zip(_responses(batch, tokenizer), chunk):
             score = code_task.score(text, code_task.code_of(s.question))

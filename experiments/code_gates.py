@@ -19,8 +19,10 @@ import vaopd_kernels
 from vaopd_trainer.loss import backbone_hidden
 from vaopd_trainer.models import lm_head_weight, load_model, load_processing
 from vaopd_trainer.rollout import encode_prompts, generate
+from vaopd_trainer.sampling import Sampling, stop_token_ids
 
 from . import code_task
+from .task import PROMPT_SUFFIX
 from .code_eval import MAX_NEW_TOKENS, greedy_eval, pixelated
 from .code_setup import STUDENT_DIR, TEACHER_DIR
 
@@ -44,8 +46,10 @@ def rollout_shares(teacher, student, samples, tokenizer, processor, *, num_gener
     top, total, rollouts = 0.0, 0.0, 0
     for start in range(0, len(samples), batch_prompts):
         chunk = samples[start:start + batch_prompts]
-        batch = encode_prompts(chunk, tokenizer, processor, repeat=num_generations, pixelate_ratio=0.1)
-        batch = generate(student, batch, tokenizer, max_new_tokens=MAX_NEW_TOKENS, temperature=0.7, top_p=0.95)
+        batch = encode_prompts(chunk, tokenizer, processor, repeat=num_generations, pixelate_ratio=0.1,
+                               prompt_suffix=PROMPT_SUFFIX)
+        batch = generate(student, batch, tokenizer, max_new_tokens=MAX_NEW_TOKENS,
+                         sampling=Sampling(temperature=0.7, top_p=0.95), eos_token_ids=stop_token_ids(student, tokenizer))
         th, td = backbone_hidden(teacher, batch), backbone_hidden(teacher, batch, degraded=True)
         kl = vaopd_kernels.linear_kl(backbone_hidden(student, batch), lm_head_weight(student), th, lm_head_weight(teacher),
                                      vocab_size=vocab).double()
@@ -71,7 +75,7 @@ def rollout_shares(teacher, student, samples, tokenizer, processor, *, num_gener
 
 def measure(teacher_dir: str = TEACHER_DIR, student_dir: str = STUDENT_DIR, *, num_val: int = 500,
             num_rollout_prompts: int = 64, num_generations: int = 4, data_seed: int = 0, seed: int = 0) -> dict:
-    tokenizer, processor = load_processing(student_dir, code_task.IMAGE_SIZE ** 2)
+    tokenizer, processor = load_processing(student_dir, *code_task.PIXEL_BUDGET)
     teacher = load_model(teacher_dir, torch.float32, torch.device("cpu")).eval()
     student = load_model(student_dir, torch.float32, torch.device("cpu")).eval()
     val = code_task.dataset(data_seed, "val", num_val)

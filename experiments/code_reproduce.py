@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List
 
 from . import code_task
+from .task import PROMPT_SUFFIX
 from .code_setup import STUDENT_DIR, TEACHER_DIR
 
 STEPS = 40  # fixed from the timing run recorded in docs/preregistration.md
@@ -114,7 +115,7 @@ def run_one(job: dict) -> dict:
     began = time.perf_counter()
     outputs = probe_trainer_class()(cfg).train()
     train_seconds = time.perf_counter() - began
-    tokenizer, processor = load_processing(cfg.student_model, cfg.max_pixels)
+    tokenizer, processor = load_processing(cfg.student_model, cfg.min_pixels, cfg.max_pixels)
     student = load_model(outputs["student"], torch.float32, torch.device("cpu")).eval()
     test = load_prepared(job["test_file"])
     final = greedy_eval(student, test, tokenizer, processor)
@@ -139,7 +140,9 @@ def jobs(args, data: Dict[str, str]) -> List[dict]:
                           per_device_train_batch_size=args.prompts, num_generations=args.generations,
                           max_completion_length=args.max_completion_length, learning_rate=lr,
                           max_steps=args.steps, eval_steps=0, save_steps=0, val_before_train=False, num_visualize=0,
-                          report_to="none", output_dir=os.path.join(args.out, f"{arm}-seed{seed}"), **options)
+                          report_to="none", output_dir=os.path.join(args.out, f"{arm}-seed{seed}"),
+                          overwrite_output_dir=True, min_pixels=code_task.PIXEL_BUDGET[0],
+                          max_pixels=code_task.PIXEL_BUDGET[1], prompt_suffix=PROMPT_SUFFIX, **options)
             out.append(dict(arm=arm, config=config, threads=args.threads, test_file=data["test"]))
     return out
 

@@ -35,7 +35,7 @@ SOURCE = {"teacher": os.path.join(ASSETS, "teacher"), "student": os.path.join(AS
 
 
 def _load(path: str):
-    tokenizer, processor = load_processing(path, code_task.IMAGE_SIZE ** 2)
+    tokenizer, processor = load_processing(path, *code_task.PIXEL_BUDGET)
     return load_model(path, torch.float32, torch.device("cpu")), tokenizer, processor
 
 

@@ -32,6 +32,7 @@ SLOTS = (("big", "large"), ("box", "frame"), ("shows", "has"), ("lines", "bands"
          ("even", "regular"), ("each", "one"), ("about", "near"))
 TEMPLATE = "In this image a {} {} {} {} that {} {}; {} is {} {w} px. \\boxed{{{w}}}"
 IMAGE_SIZE = task.IMAGE_SIZE
+PIXEL_BUDGET = (16 * 16, IMAGE_SIZE ** 2)  # (min_pixels, max_pixels): the images as they are
 ANSWERS = task.ANSWERS
 
 assert len(SLOTS) == NUM_BITS and all(a[0] != b[0] for a, b in SLOTS)

@@ -114,6 +114,11 @@ def _read_table(path: str, columns: Sequence[str], split: str = "train"):
     return table.select(list(columns)).to_pylist()
 
 
+def _origin(path: str, split: str, row: int) -> str:
+    """Where a sample came from, for error messages: the file and row, or the dataset's split and row."""
+    return f"{path} row {row}" if os.path.isfile(path) else f"{path} [{split}] row {row}"
+
+
 def _hub_split(source: str, split: str):
     """One split of a hub dataset or local dataset folder as a pyarrow table (images stay encoded bytes)."""
     from datasets import load_dataset
@@ -136,7 +141,7 @@ def _geometry3k_problems(path: str, split: str) -> List[Tuple[str, str, Sample]]
         image = row["images"][0]["bytes"]
         digest = hashlib.sha256(image + b"\0" + row["problem"].encode() + b"\0" + row["answer"].encode()).hexdigest()
         out.append((f"{split}/{index}", digest,
-                    Sample(image, _strip_image_tag(row["problem"]), _unbox(row["answer"]), f"{path} ({split}) row {index}")))
+                    Sample(image, _strip_image_tag(row["problem"]), _unbox(row["answer"]), _origin(path, split, index))))
     return out
 
 
@@ -156,7 +161,7 @@ def load_virl39k(path: str, image_root: str, split: str = "train") -> List[Sampl
 
 
 def load_prepared(path: str, split: str = "train") -> List[Sample]:
-    return [Sample(r["image"], r["question"], r["answer"], f"{path} ({split}) row {i}")
+    return [Sample(r["image"], r["question"], r["answer"], _origin(path, split, i))
             for i, r in enumerate(_read_table(path, ("image", "question", "answer"), split))]
 
 

@@ -8,7 +8,7 @@ same ``input_ids``; only ``pixel_values`` differ.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -49,6 +49,7 @@ class Batch:
     prompt_len: int
     image_token_id: int
     response_mask: Optional[torch.Tensor] = None  # [R, S - prompt_len]
+    answers: Tuple[str, ...] = ()  # [R] each row's reference answer (scored for logging only, never in the loss)
 
     def model_inputs(self, degraded: bool = False) -> dict:
         pixels = self.pixel_values_degraded if degraded else self.pixel_values
@@ -68,7 +69,8 @@ class Batch:
                        pixel_values=self.pixel_values[lo:hi], image_grid_thw=self.image_grid_thw[start:stop],
                        pixel_values_degraded=None if self.pixel_values_degraded is None else self.pixel_values_degraded[lo:hi],
                        prompt_ids=self.prompt_ids[start:stop],
-                       response_mask=None if self.response_mask is None else self.response_mask[start:stop])
+                       response_mask=None if self.response_mask is None else self.response_mask[start:stop],
+                       answers=self.answers[start:stop])
 
     # --- packed response rows (valid once response_mask is set) ---
     def targets(self) -> torch.Tensor:
@@ -105,7 +107,7 @@ def encode_prompts(samples: Sequence[Sample], tokenizer, image_processor, *, rep
     pids = torch.arange(len(samples)).repeat_interleave(repeat) + prompt_offset
     return Batch(ids.to(device), mask.to(device), processed["pixel_values"].to(device),
                  None if degraded is None else degraded.to(device), grid.to(device), pids.to(device), length,
-                 tokenizer.convert_tokens_to_ids(IMAGE_PAD))
+                 tokenizer.convert_tokens_to_ids(IMAGE_PAD), answers=tuple(s.answer for s in samples for _ in range(repeat)))
 
 
 def check_context(batch: Batch, samples: Sequence[Sample], repeat: int, max_new_tokens: int, context: int) -> None:

@@ -160,10 +160,9 @@ class Trainer:
         mine = indices[rank * cfg.per_device_train_batch_size:(rank + 1) * cfg.per_device_train_batch_size]
         return self.decoded([self.train_samples[i] for i in mine], f"step {step + 1}")
 
-    def rollouts(self, step: int, samples: Optional[List[Sample]] = None):
-        """The student's rollouts on ``samples`` (default: this rank's prompts for ``step``)."""
+    def rollouts(self, step: int):
         cfg, rank = self.cfg, self.acc.process_index
-        samples = self.step_samples(step) if samples is None else samples
+        samples = self.step_samples(step)
         batch = encode_prompts(samples, self.tokenizer, self.image_processor,
                                repeat=cfg.num_generations, device=self.acc.device,
                                pixelate_ratio=cfg.pixelate_ratio if cfg.method == "va_opd" else None,
@@ -173,12 +172,12 @@ class Trainer:
             return self.inner.run_on_student(generate, batch, self.tokenizer, max_new_tokens=cfg.max_completion_length,
                                              sampling=Sampling.for_rollouts(cfg), eos_token_ids=self.eos_token_ids)
 
-    def rollout_accuracy(self, samples: List[Sample], batch) -> float:
+    def rollout_accuracy(self, batch) -> float:
         """Share of the step's rollouts whose first \\boxed{} answer is right, over all ranks. Logged only:
         the loss never sees it."""
-        answers = [s.answer for s in samples for _ in range(self.cfg.num_generations)]
-        correct = sum(is_correct(r, a) for r, a in zip(responses_text(batch, self.tokenizer), answers))
-        total = self.acc.reduce(torch.tensor([correct, len(answers)], device=self.acc.device, dtype=torch.float64), "sum")
+        correct = sum(is_correct(r, a) for r, a in zip(responses_text(batch, self.tokenizer), batch.answers))
+        total = self.acc.reduce(torch.tensor([correct, len(batch.answers)], device=self.acc.device,
+                                             dtype=torch.float64), "sum")
         return float(total[0] / total[1])
 
     def high_seed(self, step: int) -> int:
@@ -219,8 +218,7 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         start = time.perf_counter()
         with self.memory.phase("generate"):
-            samples = self.step_samples(step)
-            batch = self.rollouts(step, samples)
+            batch = self.rollouts(step)
         with self.memory.phase("teacher"), acc.autocast():
             teacher_hidden = backbone_hidden(self.teacher, batch, chunk=cfg.micro_batch_size)
             teacher_degraded = (backbone_hidden(self.teacher, batch, degraded=True, chunk=cfg.micro_batch_size)
@@ -248,7 +246,7 @@ class Trainer:
             **{k: float(v) for k, v in result.metrics.items()},
             "grad_norm": float(grad_norm),
             "lr": self.scheduler.get_last_lr()[0],
-            "rollout_accuracy": self.rollout_accuracy(samples, batch),
+            "rollout_accuracy": self.rollout_accuracy(batch),
             "response_length": float(lengths.mean()),
             "truncated_fraction": float(truncated.float().mean()),
             "tokens_per_s": float(tokens) / (time.perf_counter() - start),

@@ -94,6 +94,6 @@ def test_rollout_accuracy_scores_the_training_batch(make_config):
     batch = encode_prompts(samples, trainer.tokenizer, trainer.image_processor, repeat=2, pixelate_ratio=None)
     texts = [f"\\boxed{{{samples[0].answer}}}", "\\boxed{x}", "no answer", f"so \\boxed{{{samples[1].answer}}}"]
     batch = with_responses(batch, trainer.tokenizer, texts, trainer.tokenizer.eos_token_id)
-    assert trainer.rollout_accuracy(samples, batch) == pytest.approx(0.5)
+    assert trainer.rollout_accuracy(batch) == pytest.approx(0.5)
     metrics = trainer.step(0)
     assert 0.0 <= metrics["rollout_accuracy"] <= 1.0
