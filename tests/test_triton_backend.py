@@ -6,9 +6,12 @@ element a kernel fails to write shows up.
 """
 import os
 import warnings
+from functools import partial
 
 import pytest
 import torch
+
+from bench import check
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -43,10 +46,9 @@ def _poison_and_splits():
     _config.POISON, _config.FORCE_SPLITS = old
 
 
-def rel_err(got, want):
-    got, want = got.detach().double().cpu(), want.detach().double().cpu()
-    assert torch.isfinite(got).all(), "non-finite values (unwritten or poisoned memory?)"
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
+# Largest absolute error relative to the largest reference value; inf = a non-finite value
+# (unwritten or poisoned memory?).
+rel_err = partial(check.rel_err, norm="max", floor=1e-12)
 
 
 def close(got, want, dtype, name=""):
