@@ -77,7 +77,7 @@ def test_native_head_grad_accumulation_emulated(emulated_ops):
         x["kernel_options"] = KernelOptions(chunk_budget_bytes=budget, head_grad=mode)
         got = run_case(cuda_backend, "weighted_kl", {}, x)[1]["d_sw"].double()
         errors[mode] = rel_err(got, want)
-    # Measured: fp32 2.2e-3 (bf16 dlogits and one final rounding), native 3.8e-3 (8 chunk roundings);
+    # Measured: fp32 2.5e-3 (bf16 dlogits and one final rounding), native 4.1e-3 (8 chunk roundings);
     # a dropped or doubled chunk would cost ~10% or more.
     assert errors["fp32"] < 4e-3 and errors["native"] < 8e-3, errors
 
