@@ -1,7 +1,7 @@
 """Benchmark problems: a shape, deterministic inputs for it, and the GEMM floor of each task."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict
 
 import torch
@@ -140,8 +140,7 @@ def near_teacher(inputs: Inputs, noise: float = 1e-3, degraded_noise: float = 0.
     th = sh + noise * randn(*sh.shape)
     tw = torch.cat([sw[:rows] + noise * randn(rows, sw.shape[1]), randn(tw.shape[0] - rows, sw.shape[1])])
     thd = th + degraded_noise * randn(*sh.shape)
-    return Inputs(inputs.student_hidden, inputs.student_weight, th, tw, thd, inputs.targets, inputs.cu_seqlens,
-                  inputs.prompt_ids)
+    return replace(inputs, teacher_hidden=th, teacher_weight=tw, teacher_hidden_degraded=thd)
 
 
 def peaked(inputs: Inputs, margin: float = 16.0, uncertain_share: float = 0.0, uncertain_margin: float = 16.0,
