@@ -89,6 +89,11 @@ class Inputs:
     prompt_ids: torch.Tensor       # [R] int64
 
     @property
+    def kl_args(self):
+        """(student hidden, student head, teacher hidden, teacher head): the first four arguments of the ops."""
+        return (self.student_hidden, self.student_weight, self.teacher_hidden, self.teacher_weight)
+
+    @property
     def num_prompts(self) -> int:
         return int(torch.unique(self.prompt_ids).numel())
 

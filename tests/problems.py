@@ -29,10 +29,6 @@ class Problem(problem.Inputs):
             targets=self.targets.to(device),
         )
 
-    @property
-    def kl_args(self):
-        return (self.student_hidden, self.student_weight, self.teacher_hidden, self.teacher_weight)
-
 
 def make_problem(num_rows=9, student_dim=12, teacher_dim=20, vocab=37, head_padding=0, dtype=torch.float32,
                  logit_scale=1.0, seed=None) -> Problem:

@@ -19,8 +19,7 @@ SCRIPT = textwrap.dedent(f"""
     options = vk.KernelOptions(chunk_budget_bytes=16 << 20)
     from bench.problem import Shape, make_inputs
     x = make_inputs(Shape({N}, {D}, {D}, {V}), logit_std=1.0, degraded_noise=0.1)
-    sh, sw, th, tw, thd = x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight, x.teacher_hidden_degraded
-    y, cu, pid = x.targets, x.cu_seqlens, x.prompt_ids
+    (sh, sw, th, tw), thd, y, cu, pid = x.kl_args, x.teacher_hidden_degraded, x.targets, x.cu_seqlens, x.prompt_ids
     # Warm up allocator and kernels on a small slice, then take the baseline.
     vk.va_opd_loss(sh[:64], sw, th[:64], tw, y[:64], torch.tensor([0, 64]), torch.tensor([0]),
                    teacher_hidden_degraded=thd[:64], backend=backend, options=options).loss.backward()
