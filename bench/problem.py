@@ -1,7 +1,7 @@
 """Benchmark problems: a shape, deterministic inputs for it, and the GEMM floor of each task."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict
 
 import torch
@@ -89,6 +89,11 @@ class Inputs:
     prompt_ids: torch.Tensor       # [R] int64
 
     @property
+    def kl_args(self):
+        """(student hidden, student head, teacher hidden, teacher head): the first four arguments of the ops."""
+        return (self.student_hidden, self.student_weight, self.teacher_hidden, self.teacher_weight)
+
+    @property
     def num_prompts(self) -> int:
         return int(torch.unique(self.prompt_ids).numel())
 
@@ -97,12 +102,15 @@ class Inputs:
         self.student_weight.grad = None
 
 
-def make_inputs(shape: Shape, device: str | torch.device = "cpu", logit_std: float = 2.0) -> Inputs:
+def make_inputs(shape: Shape, device: str | torch.device = "cpu", logit_std: float = 2.0,
+                head_padding: tuple[int, int] = (0, 0), degraded_noise: float = 0.5) -> Inputs:
     """Deterministic random inputs generated directly in the target dtype and device (no
     transient float64 copies, so a process's memory baseline is just the inputs).
 
     Logits have about ``logit_std`` standard deviation; the degraded teacher view is the
-    original plus noise, so the visual advantage has a realistic mix of zero and positive values.
+    original plus ``degraded_noise`` noise, so the visual advantage has a realistic mix of zero and
+    positive values. ``head_padding`` (student, teacher) extra LM-head rows model padded
+    vocabularies: logits past ``shape.vocab`` must never matter.
     """
     device = torch.device(device)
     dtype = shape.torch_dtype
@@ -114,13 +122,30 @@ def make_inputs(shape: Shape, device: str | torch.device = "cpu", logit_std: flo
         return t.mul_(scale) if scale != 1.0 else t
 
     sh = randn(n, ds)
-    sw = randn(v, ds, scale=logit_std / ds ** 0.5)
+    sw = randn(v + head_padding[0], ds, scale=logit_std / ds ** 0.5)
     th = randn(n, dt)
-    tw = randn(v, dt, scale=logit_std / dt ** 0.5)
-    thd = randn(n, dt, scale=0.5).add_(th)
+    tw = randn(v + head_padding[1], dt, scale=logit_std / dt ** 0.5)
+    thd = randn(n, dt, scale=degraded_noise).add_(th)
     targets = torch.randint(0, v, (n,), generator=gen, device=device)
     cu, pid = rollout_layout(n, seed=shape.seed)
     return Inputs(sh.requires_grad_(), sw.requires_grad_(), th, tw, thd, targets, cu.to(device), pid.to(device))
+
+
+def near_teacher(inputs: Inputs, noise: float = 1e-3, degraded_noise: float = 0.5, seed: int = 7) -> Inputs:
+    """The same student with a teacher that is the student plus ``noise`` (hidden states and the
+    shared head rows; extra teacher padding rows stay random): KL ~ noise^2, the regime where a
+    naive lse difference loses all precision. The degraded view is redrawn around the new teacher."""
+    sh, sw, tw = inputs.student_hidden.detach(), inputs.student_weight.detach(), inputs.teacher_weight
+    gen = torch.Generator(device=sh.device).manual_seed(seed)
+
+    def randn(*size):
+        return torch.randn(*size, generator=gen, device=sh.device, dtype=sh.dtype)
+
+    rows = min(sw.shape[0], tw.shape[0])
+    th = sh + noise * randn(*sh.shape)
+    tw = torch.cat([sw[:rows] + noise * randn(rows, sw.shape[1]), randn(tw.shape[0] - rows, sw.shape[1])])
+    thd = th + degraded_noise * randn(*sh.shape)
+    return replace(inputs, teacher_hidden=th, teacher_weight=tw, teacher_hidden_degraded=thd)
 
 
 def peaked(inputs: Inputs, margin: float = 16.0, uncertain_share: float = 0.0, uncertain_margin: float = 16.0,

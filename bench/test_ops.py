@@ -34,17 +34,13 @@ def _run(benchmark, shape_name, op, mode, fn, x):
     return out
 
 
-def _kl_args(x):
-    return x.student_hidden, x.student_weight, x.teacher_hidden, x.teacher_weight
-
-
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_linear_kl(benchmark, inputs, backend, mode):
     name, x = inputs
     with torch.set_grad_enabled(mode != "fwd"):
         _run(benchmark, name, "linear_kl", mode,
-             lambda: vaopd_kernels.linear_kl(*_kl_args(x), backend=backend).mean(), x)
+             lambda: vaopd_kernels.linear_kl(*x.kl_args, backend=backend).mean(), x)
 
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
@@ -71,7 +67,7 @@ def test_va_kl(benchmark, inputs, backend, mode):
     name, x = inputs
     with torch.set_grad_enabled(mode != "fwd"):
         _run(benchmark, name, "va_kl", mode,
-             lambda: vaopd_kernels.va_kl(*_kl_args(x), x.targets, teacher_hidden_degraded=x.teacher_hidden_degraded,
+             lambda: vaopd_kernels.va_kl(*x.kl_args, x.targets, teacher_hidden_degraded=x.teacher_hidden_degraded,
                                          backend=backend).kl.mean(), x)
 
 
@@ -83,7 +79,7 @@ def test_va_opd_loss(benchmark, inputs, backend, pixelated, mode):
     degraded = x.teacher_hidden_degraded if pixelated else None
     with torch.set_grad_enabled(mode != "fwd"):
         _run(benchmark, name, "va_opd_loss" if pixelated else "va_opd_loss[opd]", mode,
-             lambda: vaopd_kernels.va_opd_loss(*_kl_args(x), x.targets, x.cu_seqlens, x.prompt_ids,
+             lambda: vaopd_kernels.va_opd_loss(*x.kl_args, x.targets, x.cu_seqlens, x.prompt_ids,
                                                teacher_hidden_degraded=degraded, backend=backend).loss, x)
 
 
@@ -92,7 +88,7 @@ def test_vaopd_loss_module(benchmark, inputs, backend):
     name, x = inputs
     module = vaopd_kernels.VAOPDLoss(backend=backend)
     _run(benchmark, name, "VAOPDLoss", "fwd+bwd",
-         lambda: module(*_kl_args(x), x.targets, x.cu_seqlens, x.prompt_ids,
+         lambda: module(*x.kl_args, x.targets, x.cu_seqlens, x.prompt_ids,
                         teacher_hidden_degraded=x.teacher_hidden_degraded).loss, x)
 
 

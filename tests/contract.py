@@ -8,27 +8,25 @@ from __future__ import annotations
 
 import torch
 
+from bench.check import rel_err
+from bench import problem
 from vaopd_kernels import KernelOptions, objective, ops
 from vaopd_kernels.backends import reference
 
 
 def make_inputs(n=12, ds=16, dt=24, vocab=37, pad=3, dtype=torch.float32, device="cpu", seed=0, close=False):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    sh, sw = r(n, ds), r(vocab + pad, ds) * (2.0 / ds ** 0.5)
-    th, tw = r(n, dt), r(vocab + pad + 2, dt) * (2.0 / dt ** 0.5)
+    """The shared problem (bench.problem.make_inputs) as the contract's argument dict, with padded
+    heads (the teacher's longer), optionally a near-copy teacher, token weights and an upstream gradient."""
+    shape = problem.Shape(n, ds, dt, vocab, dtype=str(dtype).removeprefix("torch."), seed=seed)
+    p = problem.make_inputs(shape, device, head_padding=(pad, pad + 2), degraded_noise=0.7)
     if close:  # student ~ teacher: exercises the accurate lse-gap branch
-        dt = ds
-        th, tw = sh + 1e-3 * r(n, ds), sw.clone()
-        tw = torch.cat([tw + 1e-3 * r(*tw.shape), r(2, ds)])
-    thd = th + 0.7 * r(*th.shape)
-    targets = torch.randint(0, vocab, (n,), generator=g)
-    token_weight = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+        p = problem.near_teacher(p, degraded_noise=0.7)
+    g = torch.Generator().manual_seed(seed)
+    token_weight = torch.rand(n, generator=g) + 0.1
     upstream = torch.randn(n, generator=g, dtype=torch.float64)
-    cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
-    return dict(sh=cast(sh), sw=cast(sw), th=cast(th), tw=cast(tw), thd=cast(thd), y=targets.to(device),
-                token_weight=token_weight.to(device=device, dtype=torch.float32), upstream=upstream.to(device),
-                vocab=vocab)
+    return dict(sh=p.student_hidden.detach(), sw=p.student_weight.detach(), th=p.teacher_hidden,
+                tw=p.teacher_weight, thd=p.teacher_hidden_degraded, y=p.targets,
+                token_weight=token_weight.to(device), upstream=upstream.to(device), vocab=vocab)
 
 
 CASES = [
@@ -108,5 +106,5 @@ def compare(got, want, dtype, label=""):
     assert grads.keys() == w_grads.keys()
     for k in grads:
         assert grads[k] is not None, f"{label}{k} missing"
-        err = (grads[k].double() - w_grads[k].double()).norm() / w_grads[k].double().norm().clamp_min(1e-30)
-        assert err <= gtol, f"{label}{k}: relative gradient error {float(err):.3g} > {gtol}"
+        err = rel_err(grads[k], w_grads[k])
+        assert err <= gtol, f"{label}{k}: relative gradient error {err:.3g} > {gtol}"

@@ -1,4 +1,4 @@
-"""Shared test inputs: fresh random problems, the same values in any dtype, and error metrics."""
+"""Shared test inputs: fresh random problems and the same values in any dtype."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -7,16 +7,13 @@ from typing import Optional
 import torch
 from hypothesis import strategies as st
 
+from bench import problem
+
 
 @dataclass
-class Problem:
-    student_hidden: torch.Tensor
-    student_weight: torch.Tensor
-    teacher_hidden: torch.Tensor
-    teacher_weight: torch.Tensor
-    teacher_hidden_degraded: torch.Tensor
-    targets: torch.Tensor
-    vocab_size: Optional[int]
+class Problem(problem.Inputs):
+    """The shared problem plus the ``vocab_size`` to pass (None without head padding)."""
+    vocab_size: Optional[int] = None
 
     def to(self, dtype: torch.dtype, requires_grad: bool = True, device=None) -> "Problem":
         """A copy of the same values in ``dtype``; student tensors are fresh grad leaves."""
@@ -32,46 +29,17 @@ class Problem:
             targets=self.targets.to(device),
         )
 
-    @property
-    def kl_args(self):
-        return (self.student_hidden, self.student_weight, self.teacher_hidden, self.teacher_weight)
-
 
 def make_problem(num_rows=9, student_dim=12, teacher_dim=20, vocab=37, head_padding=0, dtype=torch.float32,
                  logit_scale=1.0, seed=None) -> Problem:
-    """Random hidden states/heads whose logits have roughly ``logit_scale`` standard deviation.
-
-    Values are drawn fresh each call (unless ``seed``) and rounded to ``dtype``.
-    ``head_padding`` extra LM-head rows model padded vocabularies (they must never matter).
-    """
-    gen = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(0, 2**31, (1,))))
-
-    def randn(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
-
-    sh = randn(num_rows, student_dim)
-    th = randn(num_rows, teacher_dim)
-    sw = randn(vocab + head_padding, student_dim, scale=logit_scale / student_dim ** 0.5)
-    tw = randn(vocab + head_padding, teacher_dim, scale=logit_scale / teacher_dim ** 0.5)
-    degraded = (th.double() + 0.5 * torch.randn(num_rows, teacher_dim, generator=gen, dtype=torch.float64)).to(dtype)
-    targets = torch.randint(0, vocab, (num_rows,), generator=gen)
-    vocab_size = vocab if head_padding else None
-    return Problem(sh.requires_grad_(), sw.requires_grad_(), th, tw, degraded, targets, vocab_size)
-
-
-# fp32 evaluates sum p (z_s - z_t) and lse_t - lse_s, two numbers of logit size whose difference
-# is the KL: that costs ~1e-6 absolute whatever the formula, so a KL of 0.05 on a single row
-# cannot meet 1e-5 relative. Errors are judged relative to max(|ref|, ABS_FLOOR) per element norm.
-ABS_FLOOR = 0.2
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """Norm-wise relative error with a small absolute floor; NaN anywhere counts as infinitely wrong."""
-    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
-    if not torch.isfinite(out).all():
-        return float("inf")
-    scale = max(float(ref.norm()), ABS_FLOOR * ref.numel() ** 0.5)
-    return float((out - ref).norm()) / scale
+    """bench.problem.make_inputs with logits of roughly ``logit_scale`` standard deviation, drawn
+    fresh each call (unless ``seed``) in ``dtype``. ``head_padding`` extra LM-head rows model padded
+    vocabularies (they must never matter)."""
+    seed = seed if seed is not None else int(torch.randint(0, 2**31, (1,)))
+    shape = problem.Shape(num_rows, student_dim, teacher_dim, vocab, dtype=str(dtype).removeprefix("torch."),
+                          seed=seed)
+    inputs = problem.make_inputs(shape, logit_std=logit_scale, head_padding=(head_padding, head_padding))
+    return Problem(**vars(inputs), vocab_size=vocab if head_padding else None)
 
 
 @st.composite

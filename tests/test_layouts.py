@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import vaopd_kernels as vk
+from bench import problem
+from bench.check import rel_err
 from vaopd_kernels.backends import backend_unavailable_reason
 
 N, DS, DT, V, PAD = 11, 8, 12, 37, 3
@@ -58,12 +60,12 @@ def layout(v: torch.Tensor, kind: str, expandable: bool = True) -> torch.Tensor:
 
 
 def _problem(seed=0):
+    p = problem.make_inputs(problem.Shape(N, DS, DT, V, seed=seed), logit_std=1.0, head_padding=(PAD, PAD))
     g = torch.Generator().manual_seed(seed)
     return dict(
-        sh=torch.randn(N, DS, generator=g), sw=torch.randn(V + PAD, DS, generator=g) / DS ** 0.5,
-        th=torch.randn(N, DT, generator=g), tw=torch.randn(V + PAD, DT, generator=g) / DT ** 0.5,
-        thd=torch.randn(N, DT, generator=g), y=torch.randint(0, V, (N,), generator=g),
-        cu=torch.tensor([0, 3, 4, 8, 11]), pid=torch.tensor([5, 5, 2, 2]),
+        sh=p.student_hidden.detach(), sw=p.student_weight.detach(), th=p.teacher_hidden, tw=p.teacher_weight,
+        thd=p.teacher_hidden_degraded, y=p.targets,
+        cu=torch.tensor([0, 3, 4, 8, 11]), pid=torch.tensor([5, 5, 2, 2]),  # prompts neither sorted nor from 0
         kl=torch.rand(N, generator=g), va=torch.rand(N, generator=g))
 
 
@@ -144,5 +146,5 @@ def test_any_layout_gives_the_reference_answer(backend, call, kind):
     assert got.keys() == want.keys()
     for name in want:
         # relative to the largest value, absolute below 1 (a degenerate layout can make KL ~ 0)
-        err = float((got[name] - want[name]).abs().max() / want[name].abs().max().clamp_min(1.0))
+        err = rel_err(got[name], want[name], norm="max", floor=1.0)
         assert err <= tol, f"{call}/{kind}/{backend}: {name} off by {err:.3g}"

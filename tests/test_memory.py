@@ -17,14 +17,9 @@ SCRIPT = textwrap.dedent(f"""
     torch.set_num_threads(1)
     backend = sys.argv[1]
     options = vk.KernelOptions(chunk_budget_bytes=16 << 20)
-    g = torch.Generator().manual_seed(0)
-    sh = torch.randn({N}, {D}, generator=g).requires_grad_()
-    sw = (torch.randn({V}, {D}, generator=g) / 6).requires_grad_()
-    th, tw = torch.randn({N}, {D}, generator=g), torch.randn({V}, {D}, generator=g) / 6
-    thd = th + 0.1 * torch.randn({N}, {D}, generator=g)
-    y = torch.randint(0, {V}, ({N},), generator=g)
-    cu = torch.arange(0, {N} + 1, 64)
-    pid = torch.arange(cu.numel() - 1) // 4
+    from bench.problem import Shape, make_inputs
+    x = make_inputs(Shape({N}, {D}, {D}, {V}), logit_std=1.0, degraded_noise=0.1)
+    (sh, sw, th, tw), thd, y, cu, pid = x.kl_args, x.teacher_hidden_degraded, x.targets, x.cu_seqlens, x.prompt_ids
     # Warm up allocator and kernels on a small slice, then take the baseline.
     vk.va_opd_loss(sh[:64], sw, th[:64], tw, y[:64], torch.tensor([0, 64]), torch.tensor([0]),
                    teacher_hidden_degraded=thd[:64], backend=backend, options=options).loss.backward()

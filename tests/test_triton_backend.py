@@ -6,9 +6,12 @@ element a kernel fails to write shows up.
 """
 import os
 import warnings
+from functools import partial
 
 import pytest
 import torch
+
+from bench import check, problem
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -43,10 +46,9 @@ def _poison_and_splits():
     _config.POISON, _config.FORCE_SPLITS = old
 
 
-def rel_err(got, want):
-    got, want = got.detach().double().cpu(), want.detach().double().cpu()
-    assert torch.isfinite(got).all(), "non-finite values (unwritten or poisoned memory?)"
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
+# Largest absolute error relative to the largest reference value; inf = a non-finite value
+# (unwritten or poisoned memory?).
+rel_err = partial(check.rel_err, norm="max", floor=1e-12)
 
 
 def close(got, want, dtype, name=""):
@@ -54,24 +56,20 @@ def close(got, want, dtype, name=""):
     assert err <= TOL[dtype], f"{name}: rel err {err:.3g} > {TOL[dtype]}"
 
 
-def make(n, ds, dt, vocab, dtype, *, extra_rows=(5, 3), scale=0.3, seed=0, near=False):
-    """Student/teacher tensors in ``dtype`` plus float64 copies of the same rounded values."""
-    g = torch.Generator().manual_seed(seed)
-    sh = torch.randn(n, ds, generator=g)
-    sw = torch.randn(vocab + extra_rows[0], ds, generator=g) * scale
-    th = torch.randn(n, dt, generator=g)
-    tw = torch.randn(vocab + extra_rows[1], dt, generator=g) * scale
-    td = th + 0.7 * torch.randn(n, dt, generator=g)
-    if near:  # teacher = student + tiny perturbation: KL ~ 1e-4
-        th = sh.clone()
-        tw = sw[: vocab + extra_rows[1]] + 1e-3 * torch.randn(vocab + extra_rows[1], ds, generator=g)
-    y = torch.randint(0, vocab, (n,), generator=g)
-    low = [t.to(dtype).to(DEVICE) for t in (sh, sw, th, tw, td)]
+def make(n, ds, dt, vocab, dtype, *, extra_rows=(5, 3), seed=0, near=False):
+    """The shared problem (bench.problem) in ``dtype`` on DEVICE, plus float64 copies of the same
+    rounded values; ``near``: teacher = student + tiny perturbation (KL ~ 1e-4)."""
+    shape = problem.Shape(n, ds, dt, vocab, dtype=str(dtype).removeprefix("torch."), seed=seed)
+    p = problem.make_inputs(shape, DEVICE, logit_std=1.5, head_padding=extra_rows, degraded_noise=0.7)
+    if near:
+        p = problem.near_teacher(p, degraded_noise=0.7)
+    low = [t.detach() for t in (p.student_hidden, p.student_weight, p.teacher_hidden, p.teacher_weight,
+                                p.teacher_hidden_degraded)]
     ref = [t.double() for t in low]
     for pair in (low, ref):
         pair[0].requires_grad_(True)
         pair[1].requires_grad_(True)
-    return low, ref, y.to(DEVICE)
+    return low, ref, p.targets
 
 
 def grads(value, inputs, seed=1):
@@ -422,7 +420,7 @@ def test_changing_the_teacher_before_backward_raises(call):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (large shapes)")
 def test_large_bf16_gpu():
     n, ds, dt, vocab = 512, 1024, 1536, 32000
-    low, ref, y = make(n, ds, dt, vocab, torch.bfloat16, extra_rows=(64, 64), scale=0.05, seed=12)
+    low, ref, y = make(n, ds, dt, vocab, torch.bfloat16, extra_rows=(64, 64), seed=12)
     got = vk.va_kl(*low[:4], y, teacher_hidden_degraded=low[4], vocab_size=vocab, backend="triton")
     want = vk.va_kl(*ref[:4], y, teacher_hidden_degraded=ref[4], vocab_size=vocab, backend="reference")
     close(got.kl, want.kl, torch.bfloat16, "kl")
