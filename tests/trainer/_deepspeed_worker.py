@@ -31,7 +31,7 @@ def fixed_step(trainer, batch_path):
     rank, world = trainer.acc.process_index, trainer.acc.num_processes
     per_rank = batch.input_ids.shape[0] // world
     mine = batch.rows(rank * per_rank, (rank + 1) * per_rank)
-    trainer.rollouts = lambda step: mine  # the fixed batch instead of sampling; the rest is the real step
+    trainer.rollouts = lambda step, samples=None: mine  # the fixed batch instead of sampling; the rest is the real step
     metrics = trainer.step(0)
     return {"world": world, "engine": type(trainer.module).__name__, "optimizer_steps": trainer.module.global_steps,
             "clipping": trainer.module.gradient_clipping(), "metrics": metrics,

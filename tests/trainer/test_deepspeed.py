@@ -34,7 +34,7 @@ def test_deepspeed_zero2_one_update_per_rollout_batch(make_config, tmp_path, rep
     initial = {n: p.detach().clone() for n, p in single.inner.named_parameters()}
     torch.manual_seed(0)
     batch = single.rollouts(0)
-    single.rollouts = lambda step: batch
+    single.rollouts = lambda step, samples=None: batch
     reference = single.step(0)
     torch.save({"batch": batch}, tmp_path / "batch.pt")
 
