@@ -97,7 +97,8 @@ class StudentLoss(nn.Module):
             result = vaopd_kernels.va_opd_objective(kl, va, batch.cu_seqlens(), batch.prompt_ids,
                                                     num_prompts=num_prompts, backend=self.backend,
                                                     high_seed=high_seed, **self.objective)
-        result.metrics.update(  # as va_opd_loss reports them
-            entropy_mean=float(torch.cat([p.student_entropy for p in parts]).double().mean()),
-            student_logprob_mean=float(torch.cat([p.student_logprob for p in parts]).double().mean()))
+        # the metrics va_opd_loss adds, in one host sync
+        means = torch.stack([torch.cat([getattr(p, name) for p in parts]).double().mean()
+                             for name in ("student_entropy", "student_logprob")]).tolist()
+        result.metrics.update(entropy_mean=means[0], student_logprob_mean=means[1])
         return result
