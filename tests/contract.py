@@ -39,6 +39,8 @@ CASES = [
     ("teacher_logprobs", {}),
     ("va_kl", {}),
     ("weighted_kl", {}),
+    ("given_weights_kl", dict(targets=True)),
+    ("given_weights_kl", dict(targets=False)),
 ]
 
 
@@ -72,6 +74,16 @@ def run_case(impl, name, options, x):
         weights = objective.TokenWeights(x["token_weight"], None, None, None)
         loss, r, _ = ops.weighted_kl(impl, sh, sw, th, tw, y, thd, lambda va: weights, vocab_size=vocab, **ko)
         outs.update(loss=loss, kl=r.kl, slp=r.student_logprob, ent=r.student_entropy, tlp=r.teacher_logprob)
+        scalar = 2.5 * loss
+    elif name == "given_weights_kl":
+        loss, r = ops.given_weights_kl(impl, sh, sw, th, tw, x["token_weight"], y if options["targets"] else None,
+                                       vocab_size=vocab, **ko)
+        assert r.visual_advantage is None
+        if options["targets"]:
+            outs.update(slp=r.student_logprob, ent=r.student_entropy)
+        else:
+            assert r.student_logprob is None and r.student_entropy is None
+        outs.update(loss=loss, kl=r.kl)
         scalar = 2.5 * loss
     grads = {}
     if scalar is not None:

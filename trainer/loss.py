@@ -9,7 +9,7 @@ cover: use ZeRO-2.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -50,30 +50,19 @@ class StudentLoss(nn.Module):
                               high_selection=high_selection, rollout_weighting=rollout_weighting)
         self.backend = backend
 
-    def forward(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor, *,
-                teacher_hidden_degraded: Optional[torch.Tensor] = None, num_prompts: Optional[int] = None,
-                num_rollouts: Optional[int] = None, token_weight: Optional[torch.Tensor] = None,
-                high_seed: Optional[int] = None):
-        """Whole batch (``token_weight`` None): ``va_opd_loss`` -> (loss, result).
+    def forward(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor,
+                token_weight: torch.Tensor):
+        """(loss, ``vaopd_kernels.WeightedKLResult``) for ``batch``'s rows: loss = sum(token_weight * KL).
 
-        Micro-batch: the caller computed the detached per-token coefficients for the whole batch;
-        loss = sum(token_weight * KL) over this micro-batch's rows -> (loss, per-token KL).
-        Summing these over micro-batches gives exactly the full-batch loss, hence its gradient.
-        ``high_seed`` draws the random high groups of ``high_selection="random"``.
+        ``token_weight`` holds these rows' slice of the whole batch's coefficients
+        (:meth:`coefficients`), so the losses of micro-batches sum to the whole batch's loss, and
+        their gradients to its gradient.
         """
         hidden = self.model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
-        student_hidden = batch.response_hidden(hidden)
-        weight = lm_head_weight(self.model)
-        if token_weight is None:
-            result = vaopd_kernels.va_opd_loss(
-                student_hidden, weight, teacher_hidden, teacher_weight, batch.targets(), batch.cu_seqlens(),
-                batch.prompt_ids, teacher_hidden_degraded=teacher_hidden_degraded if self.va else None,
-                vocab_size=self.vocab_size, num_prompts=num_prompts, num_rollouts=num_rollouts,
-                backend=self.backend, high_seed=high_seed, **self.objective)
-            return result.loss, result
-        kl = vaopd_kernels.linear_kl(student_hidden, weight, teacher_hidden, teacher_weight,
-                                     vocab_size=self.vocab_size, backend=self.backend)
-        return (token_weight * kl).sum(), kl
+        result = vaopd_kernels.weighted_kl(batch.response_hidden(hidden), lm_head_weight(self.model), teacher_hidden,
+                                           teacher_weight, token_weight, targets=batch.targets(),
+                                           vocab_size=self.vocab_size, backend=self.backend)
+        return result.loss, result
 
     def run_on_student(self, fn, *args, **kwargs):
         """``fn(student, *args, **kwargs)`` with the student's full weights.
@@ -98,10 +87,18 @@ class StudentLoss(nn.Module):
                                                          high_seed=high_seed, **self.objective)
         return coefficients.token_weight, va
 
-    def objective_result(self, batch: Batch, kl: torch.Tensor, va: Optional[torch.Tensor], num_prompts, num_rollouts,
-                         high_seed: Optional[int] = None):
-        """The whole-batch objective (loss value and metrics) from the micro-batches' detached KL."""
+    def objective_result(self, batch: Batch, parts: List[vaopd_kernels.WeightedKLResult], va: Optional[torch.Tensor],
+                         num_prompts, num_rollouts, high_seed: Optional[int] = None):
+        """The whole-batch objective (loss value and metrics) from the forward results of its rows, in order."""
+        kl = torch.cat([p.kl for p in parts])
         if not self.va:
-            return vaopd_kernels.opd_objective(kl, batch.cu_seqlens(), num_rollouts=num_rollouts)
-        return vaopd_kernels.va_opd_objective(kl, va, batch.cu_seqlens(), batch.prompt_ids, num_prompts=num_prompts,
-                                              backend=self.backend, high_seed=high_seed, **self.objective)
+            result = vaopd_kernels.opd_objective(kl, batch.cu_seqlens(), num_rollouts=num_rollouts)
+        else:
+            result = vaopd_kernels.va_opd_objective(kl, va, batch.cu_seqlens(), batch.prompt_ids,
+                                                    num_prompts=num_prompts, backend=self.backend,
+                                                    high_seed=high_seed, **self.objective)
+        # the metrics va_opd_loss adds, in one host sync
+        means = torch.stack([torch.cat([getattr(p, name) for p in parts]).double().mean()
+                             for name in ("student_entropy", "student_logprob")]).tolist()
+        result.metrics.update(entropy_mean=means[0], student_logprob_mean=means[1])
+        return result

@@ -194,25 +194,21 @@ class Trainer:
         # DDP/FSDP/DeepSpeed average gradients over ranks; our loss is already a global sum, so undo the mean
         scale = acc.num_processes
         rows = batch.input_ids.shape[0]
-        if cfg.micro_batch_size == 0 or cfg.micro_batch_size >= rows:
-            with acc.autocast():
-                loss, result = self.module(batch, teacher_hidden, teacher_weight,
-                                           teacher_hidden_degraded=teacher_degraded, **counts)
-            acc.backward(loss * scale)
-            return result, result.visual_advantage
+        micro = cfg.micro_batch_size or rows
         inner = acc.unwrap_model(self.module)
+        # the coefficients depend on the teacher only: known for the whole batch before any student work
         token_weight, va = inner.coefficients(batch, teacher_hidden, teacher_degraded, teacher_weight, **counts)
         cu = batch.cu_seqlens().tolist()
-        kls = []
-        for start in range(0, rows, cfg.micro_batch_size):
-            stop = min(rows, start + cfg.micro_batch_size)
+        parts = []
+        for start in range(0, rows, micro):
+            stop = min(rows, start + micro)
             lo, hi = cu[start], cu[stop]
             with engines.micro_batch_sync(acc, self.module, last=stop == rows), acc.autocast():
-                loss, kl = self.module(batch.rows(start, stop), teacher_hidden[lo:hi], teacher_weight,
-                                       token_weight=token_weight[lo:hi])
+                loss, part = self.module(batch.rows(start, stop), teacher_hidden[lo:hi], teacher_weight,
+                                         token_weight[lo:hi])
                 acc.backward(loss * scale)
-            kls.append(kl.detach())
-        return inner.objective_result(batch, torch.cat(kls), va, **counts), va
+            parts.append(part)
+        return inner.objective_result(batch, parts, va, **counts), va
 
     def step(self, step: int) -> Dict[str, float]:
         cfg, acc = self.cfg, self.acc

@@ -13,10 +13,11 @@ from vaopd_kernels.api import (
     va_opd_loss,
     va_opd_objective,
     visual_advantage,
+    weighted_kl,
 )
 from vaopd_kernels.backends import available_backends
 from vaopd_kernels.options import KernelOptions
-from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult
+from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult, WeightedKLResult
 
 __all__ = [
     "linear_kl",
@@ -28,6 +29,7 @@ __all__ = [
     "va_opd_objective",
     "opd_objective",
     "va_opd_loss",
+    "weighted_kl",
     "VAOPDLoss",
     "available_backends",
     "KernelOptions",
@@ -35,5 +37,6 @@ __all__ = [
     "VAKLResult",
     "ObjectiveResult",
     "VAOPDLossResult",
+    "WeightedKLResult",
 ]
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ from vaopd_kernels import objective, ops
 from vaopd_kernels.backends import check_backend_name, resolve_backend
 from vaopd_kernels.backends._autograd import no_autocast
 from vaopd_kernels.options import resolve_options
-from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult
+from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult, WeightedKLResult
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -398,6 +398,33 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
                            high_mask=result.high_mask, student_logprob=stats.student_logprob,
                            teacher_logprob=stats.teacher_logprob, student_entropy=stats.student_entropy,
                            metrics=result.metrics)
+
+
+def weighted_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, token_weight, *, targets=None,
+                vocab_size=None, backend="auto", options=None) -> WeightedKLResult:
+    """``sum(token_weight * reverse KL)`` for per-token weights known in advance (e.g. from
+    :func:`va_opd_coefficients` on the whole batch, applied to one micro-batch's rows), with the
+    gradients formed during this call as in :func:`va_opd_loss`: backward only rescales them.
+
+    ``token_weight`` [N] is a constant (never differentiated). The loss is differentiable w.r.t.
+    ``student_hidden`` and ``student_weight``; the per-token KL comes back detached, and with
+    ``targets`` the student's log-prob of them and its entropy (the metrics of :func:`va_opd_loss`).
+    """
+    _check_float("token_weight", token_weight, 1)
+    vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
+                                   extra_rows={"token_weight": token_weight})
+    if targets is not None:
+        targets = _check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
+    options = resolve_options(options)
+    impl = resolve_backend(backend, student_hidden.device)
+    with no_autocast(student_hidden.device):
+        loss, stats = ops.given_weights_kl(impl, student_hidden, student_weight, teacher_hidden.detach(),
+                                           teacher_weight.detach(), token_weight.detach(), targets, vocab_size=vocab,
+                                           options=options)
+    _finite([loss, stats.kl, stats.student_logprob], student_hidden=student_hidden, student_weight=student_weight,
+            teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, token_weight=token_weight)
+    return WeightedKLResult(loss=loss, kl=stats.kl, student_logprob=stats.student_logprob,
+                            student_entropy=stats.student_entropy)
 
 
 class VAOPDLoss(torch.nn.Module):

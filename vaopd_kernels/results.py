@@ -23,6 +23,21 @@ class VAKLResult:
 
 
 @dataclass
+class WeightedKLResult:
+    """What :func:`vaopd_kernels.weighted_kl` returns.
+
+    ``loss == (token_weight * kl).sum()``, differentiable w.r.t. the student's hidden states and
+    head; the rest are detached [N] statistics: the per-token reverse KL and, when ``targets``
+    were given (else None), the student's log-prob of them and its entropy.
+    """
+
+    loss: torch.Tensor
+    kl: torch.Tensor
+    student_logprob: Optional[torch.Tensor] = None
+    student_entropy: Optional[torch.Tensor] = None
+
+
+@dataclass
 class Coefficients:
     """An objective's detached per-token coefficients: its loss is ``sum(token_weight * KL)``.
 

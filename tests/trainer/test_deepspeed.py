@@ -53,13 +53,13 @@ def test_deepspeed_zero2_one_update_per_rollout_batch(make_config, tmp_path, rep
     assert out["metrics"]["lr"] == reference["lr"]
     assert out["metrics"]["loss"] == pytest.approx(reference["loss"], rel=1e-5)
     # the parameters after the one update equal the single-process update (which moved them). AdamW's
-    # first step moves a weight by lr * g / (|g| + eps): where g is within a few eps of zero, the
-    # micro-batches' summation order (1e-7 relative) shows in the update, so the absolute tolerance is
-    # 1% of one step's size
+    # first step moves each element by lr * g / (|g| + eps): where |g| is near eps, fp32 summation-order
+    # noise in g shows in the update, so the absolute tolerance is a small fraction of lr
     lr = single.cfg.learning_rate
     for name, param in single.inner.named_parameters():
         assert (param.detach() - initial[name]).abs().max() > 0.1 * lr, name
-        torch.testing.assert_close(out["params"][name], param.detach(), rtol=1e-4, atol=1e-2 * lr, msg=name)
+        torch.testing.assert_close(out["params"][name], param.detach(), rtol=1e-4, atol=1e-2 * lr,
+                                   msg=lambda m, name=name: f"{name}: {m}")
 
     # the run and a resume from its step-1 checkpoint in fresh processes: step 2 is replayed exactly
     losses = [h["loss"] for h in out["history"]]

@@ -64,13 +64,12 @@ def test_memory_formula_matches_the_tiny_models(make_config):
     assert estimate["parameters"] == nbytes(params)
     assert estimate["teacher"] == nbytes(trainer.teacher.parameters())
 
-    existing = {t.untyped_storage().data_ptr() for t in [*params, *trainer.teacher.parameters(), th, td,
-                                                         *[v for v in vars(batch).values() if torch.is_tensor(v)]]}
     teacher_weight = lm_head_weight(trainer.teacher)
+    token_weight, _ = trainer.inner.coefficients(batch, th, td, teacher_weight, num_prompts=2, num_rollouts=rows)
+    existing = {t.untyped_storage().data_ptr() for t in [*params, *trainer.teacher.parameters(), th, td, token_weight,
+                                                         *[v for v in vars(batch).values() if torch.is_tensor(v)]]}
     trainer.module.train()
-    activations, loss = kept_for_backward(
-        lambda: trainer.module(batch, th, teacher_weight, teacher_hidden_degraded=td, num_prompts=2,
-                               num_rollouts=rows)[0], existing)
+    activations, loss = kept_for_backward(lambda: trainer.module(batch, th, teacher_weight, token_weight)[0], existing)
     ratio = activations / estimate["activations"]
     print(f"activations: measured {activations} B, formula {estimate['activations']} B, ratio {ratio:.3f}")
     assert abs(ratio - 1) <= ACTIVATION_TOLERANCE, (activations, estimate["activations"])
