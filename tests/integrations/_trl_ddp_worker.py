@@ -50,6 +50,10 @@ def main(saved_path, out_path):
         grads = {n: p.grad for n, p in trainer.accelerator.unwrap_model(model).named_parameters() if p.grad is not None}
         torch.save({"world": world, "type": str(trainer.accelerator.distributed_type), "grads": grads,
                     "sharded": sharded}, out_path)
+    # leave together: a rank that exits while its peer's gloo threads still run aborts the peer
+    # ("terminate called without an active exception")
+    trainer.accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 def sharded_head_round_trip(world):
