@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -230,7 +230,9 @@ class Trainer:
             self.scheduler.step()  # the schedule follows the step number, skipped or not
             self.optimizer.zero_grad(set_to_none=True)
         self.guard.record(step + 1, finite)
-        if finite:
+        if finite or acc.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed steps inside backward, before the norm is known: a non-finite gradient has
+            # already reached its weights, so they are checked whatever the flag says
             self.guard.check_state(step + 1, self.module)
         tokens = acc.reduce(batch.response_mask.sum().to(acc.device, torch.float32), "sum")
         lengths = batch.response_mask.sum(1).float()
