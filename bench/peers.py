@@ -86,13 +86,19 @@ def naive_va_opd(x: Inputs) -> Outputs:
     return Outputs(loss.detach(), kl.detach(), va)
 
 
-def naive_kl(x: Inputs) -> Outputs:
+def _naive_mean(x: Inputs, divergence) -> Outputs:
+    """Full logits of both models, ``divergence(student_logits, teacher_logits)`` per token, its mean
+    and the mean's backward."""
     with torch.no_grad():
         teacher_logits = _naive_logits(x.teacher_hidden, x.teacher_weight)
-    kl = _trl_reverse_kl(_naive_logits(x.student_hidden, x.student_weight), teacher_logits)
-    loss = kl.mean()
+    per_token = divergence(_naive_logits(x.student_hidden, x.student_weight), teacher_logits)
+    loss = per_token.mean()
     loss.backward()
-    return Outputs(loss.detach(), kl.detach())
+    return Outputs(loss.detach(), per_token.detach())
+
+
+def naive_kl(x: Inputs) -> Outputs:
+    return _naive_mean(x, _trl_reverse_kl)
 
 
 def naive_va(x: Inputs) -> Outputs:
@@ -223,12 +229,7 @@ def _naive_generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.T
 
 
 def naive_jsd(x: Inputs) -> Outputs:
-    with torch.no_grad():
-        teacher_logits = _naive_logits(x.teacher_hidden, x.teacher_weight)
-    jsd = _naive_generalized_jsd(_naive_logits(x.student_hidden, x.student_weight), teacher_logits)
-    loss = jsd.mean()
-    loss.backward()
-    return Outputs(loss.detach(), jsd.detach())
+    return _naive_mean(x, _naive_generalized_jsd)
 
 
 def _ours_jsd(backend: str) -> Callable[[Inputs], Outputs]:
