@@ -18,6 +18,7 @@ DATASETS = ("synthetic", "geometry3k", "virl39k", "prepared")
 METHODS = ("va_opd", "opd")
 # vaopd_kernels' backend names (its backends registry); kept here so the config is checked without importing torch
 KERNEL_BACKENDS = ("auto", "reference", "torch", "triton", "cuda")
+# the objective's ablation names (vaopd_kernels.objective), kept here like KERNEL_BACKENDS; a test ties them
 HIGH_SELECTIONS = ("va", "random")
 ROLLOUT_WEIGHTINGS = ("va", "uniform")
 

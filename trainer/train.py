@@ -195,7 +195,7 @@ class Trainer:
         scale = acc.num_processes
         rows = batch.input_ids.shape[0]
         micro = cfg.micro_batch_size or rows
-        inner = acc.unwrap_model(self.module)
+        inner = self.inner
         # the coefficients depend on the teacher only: known for the whole batch before any student work
         token_weight, va = inner.coefficients(batch, teacher_hidden, teacher_degraded, teacher_weight, **counts)
         cu = batch.cu_seqlens().tolist()

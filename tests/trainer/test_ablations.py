@@ -61,3 +61,13 @@ def test_ablations_keep_microbatching_exact(make_config, ablation):
     norm = max(g.abs().max() for g in full_grads.values())
     for name in full_grads:
         torch.testing.assert_close(micro_grads[name], full_grads[name], rtol=1e-4, atol=1e-6 * float(norm), msg=name)
+
+
+def test_config_ablation_names_are_the_objective_names():
+    """config.py keeps its own copy of the names (it validates without importing torch): they must
+    be the objective's."""
+    from vaopd_kernels import objective
+    from vaopd_trainer import config
+
+    assert config.HIGH_SELECTIONS == objective.HIGH_SELECTIONS
+    assert config.ROLLOUT_WEIGHTINGS == objective.ROLLOUT_WEIGHTINGS
