@@ -101,7 +101,7 @@ def measure(teacher_dir: str = TEACHER_DIR, student_dir: str = STUDENT_DIR, *, n
              for name, (op, bound) in THRESHOLDS.items()}
     return {"pass": all(g["pass"] for g in gates.values()), "gates": gates, "teacher_val": t_clean,
             "teacher_val_pixelated": t_pix, "student_val": s_clean, "rollout_shares": shares,
-            "student_start": {k: start.get(k) for k in ("steps_run", "checks", "stop_rule")},
+            "student_start": {k: start.get(k) for k in ("short_checks", "steps_run", "checks", "stop_rule")},
             "num_val": num_val, "num_rollout_prompts": num_rollout_prompts, "num_generations": num_generations}
 
 

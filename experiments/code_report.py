@@ -48,6 +48,14 @@ def _percent(measured: dict) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in measured.items() if k != "visual_reliance")
 
 
+def _phase_a(start: dict) -> str:
+    """Phase A of the start student (short template), when the artefact had one."""
+    short = start.get("short_checks")
+    if not short:
+        return ""
+    return f"phase A stopped at step {short[-1][0]} ({100 * short[-1][1]:.0f}% on the short template), "
+
+
 def _start_plot(checks: List[list], img_dir: str) -> str:
     import matplotlib
 
@@ -84,8 +92,8 @@ def _gates_section(gates: dict, img_dir: str, doc_dir: str) -> List[str]:
     lines += ["", f"Teacher on {gates['num_val']} validation images (greedy): {_percent(gates['teacher_val'])}; "
               f"on their pixelated copies: {_percent(gates['teacher_val_pixelated'])}.", "",
               f"Start student on the same images: {_percent(student)}, visual reliance "
-              f"{student['visual_reliance']:.2e} nats/token. Stop rule: \"{start['stop_rule']}\"; it ran "
-              f"{start['steps_run']} steps and {len(checks)} checks (accuracy {100 * min(accuracies, default=0):.0f}-"
+              f"{student['visual_reliance']:.2e} nats/token. Stop rule: \"{start['stop_rule']}\"; "
+              f"{_phase_a(start)}phase B ran {start['steps_run']} steps and {len(checks)} checks (accuracy {100 * min(accuracies, default=0):.0f}-"
               f"{100 * max(accuracies, default=0):.0f}%, {100 * accuracies[-1] if accuracies else float('nan'):.0f}% at "
               "the last; the start-accuracy gates read that last check).", "",
               f"OPD's loss on the start student's sampled rollouts ({shares['rollouts']} rollouts) by token kind: {kinds} "

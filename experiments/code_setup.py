@@ -6,13 +6,20 @@
 Teacher: ``experiments/assets/teacher`` (reads stripe widths) trained further on the code format
 with the true synonyms and true widths.
 
-Start student: ``experiments/assets/student`` (the format-only student of the stripe toy) trained
-on the code format with *every slot flipped* (the teacher will disagree at all 8) and the *true*
-width. Its visual skill is stopped part-way by a rule fixed in advance: greedy \\boxed{} accuracy
-on 100 validation images is measured every ``--check_every`` (25) steps and training stops at the first
-check that reaches ``--stop_accuracy`` (45%). A first hit above 70% or no hit within ``--steps``
-fails the start gate (``experiments.code_gates``); nothing is retried.
-Both are deterministic in ``--seed`` on one torch build and thread count.
+Start student: ``experiments/assets/student`` (the format-only student of the stripe toy) given
+partial visual skill, then the code format with *every slot flipped* (the teacher will disagree at
+all 8) and the *true* width, in two phases, each stopped by a rule fixed in advance (greedy
+\\boxed{} accuracy on 100 validation images every ``--check_every`` (25) steps):
+
+- A, the short stripe template (``task.template``), where the width digit sits a few tokens after
+  the image: stop at the first check with accuracy >= ``--stop_accuracy`` (45%). On the code format
+  alone this student stayed at chance for 2,000 steps (docs/preregistration.md, setup exploration).
+- B, the code format: stop at the first check where the format rate and the flipped-slot share
+  are >= 95% and the accuracy is >= 45% again.
+
+A first hit above 70%, or no hit within the step caps, fails the start gate
+(``experiments.code_gates``); nothing is retried. Both artefacts are deterministic in ``--seed`` on
+one torch build and thread count.
 """
 from __future__ import annotations
 
@@ -24,10 +31,10 @@ import torch
 
 from vaopd_trainer.models import load_model, load_processing
 
-from . import code_task
+from . import code_task, task
 from .code_eval import greedy_eval, pixelated
 from .supervised import save, train
-from .teacher import ASSETS
+from .teacher import ASSETS, accuracy
 
 TEACHER_DIR = os.path.join(ASSETS, "code_teacher")
 STUDENT_DIR = os.path.join(ASSETS, "code_student")
@@ -39,43 +46,80 @@ def _load(path: str):
     return load_model(path, torch.float32, torch.device("cpu")), tokenizer, processor
 
 
-def build(which: str, *, steps: int, batch: int, lr: float, seed: int, out: str, check_every: int = 25,
-          stop_accuracy: float = 0.45, num_val: int = 100, source: str = None) -> dict:
-    model, tokenizer, processor = _load(source or SOURCE[which])
-    flipped = which == "student"
-    val = code_task.dataset(seed, "val", num_val)
-    checks = []
-
-    def batches(step):
-        samples = code_task.dataset(seed, "train", batch, offset=step * batch)
-        return samples, [code_task.response(code_task.code_of(s.question), s.answer, flipped) for s in samples]
-
+def _checked(evaluate, *, check_every: int, reached, checks: list):
+    """A ``stop`` for ``supervised.train``: every ``check_every`` steps, ``evaluate()`` -> dict is
+    recorded in ``checks`` as (step, accuracy, dict) and training stops once ``reached(dict)``."""
     def stop(done: int) -> bool:
         if done % check_every:
             return False
-        accuracy = greedy_eval(model, val, tokenizer, processor, reliance=False)["accuracy"]
-        checks.append((done, accuracy))
-        print(f"check at step {done}: validation accuracy {accuracy:.3f}")
-        return accuracy >= stop_accuracy
+        result = evaluate()
+        checks.append((done, result["accuracy"], result))
+        print(f"check at step {done}: {result}")
+        return reached(result)
+    return stop
 
+
+def build(which: str, *, steps: int, batch: int, lr: float, seed: int, out: str, check_every: int = 25,
+          stop_accuracy: float = 0.45, num_val: int = 100, source: str = None, short_steps: int = 1000) -> dict:
+    """The teacher (``steps`` updates on the code format) or the start student in two phases, each
+    stopped by its rule (module docstring): A, at most ``short_steps`` on the short stripe template;
+    B, at most ``steps`` on the code format with the code flipped."""
+    model, tokenizer, processor = _load(source or SOURCE[which])
+    student = which == "student"
+    val = code_task.dataset(seed, "val", num_val)
+    report = {"source": os.path.relpath(source or SOURCE[which], ASSETS), "batch": batch, "lr": lr, "seed": seed,
+              "flipped_code": student}
     began = time.perf_counter()
-    losses = train(model, tokenizer, processor, batches, steps=steps, lr=lr, stop=stop if flipped else None)
-    report = {"source": os.path.relpath(source or SOURCE[which], ASSETS), "steps_run": len(losses), "max_steps": steps,
-              "batch": batch, "lr": lr, "seed": seed, "flipped_code": flipped, "train_seconds": round(time.perf_counter() - began),
-              "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-              "val": greedy_eval(model, val, tokenizer, processor, reliance=False),
-              "val_pixelated": greedy_eval(model, pixelated(val), tokenizer, processor, reliance=False)}
-    if flipped:
-        report.update(stop_rule=f"first check (every {check_every} steps, {num_val} val images) with accuracy >= "
-                                f"{stop_accuracy}", checks=checks)
+    if student:  # phase A: partial visual skill where the width sits near the image
+        short_val = task.dataset(seed, "val", num_val)
+        short_checks: list = []
+
+        def short_batches(step):
+            samples = task.dataset(seed, "train", batch, offset=step * batch)
+            return samples, [task.template(s.answer) for s in samples]
+
+        stop = _checked(lambda: {"accuracy": accuracy(model, tokenizer, processor, short_val, pixelated=False)},
+                        check_every=check_every, reached=lambda r: r["accuracy"] >= stop_accuracy, checks=short_checks)
+        short = train(model, tokenizer, processor, short_batches, steps=short_steps, lr=lr, stop=stop)
+        report.update(short_steps_run=len(short), short_max_steps=short_steps,
+                      short_checks=[c[:2] for c in short_checks])
+
+    def batches(step):
+        samples = code_task.dataset(seed, "train", batch, offset=step * batch)
+        return samples, [code_task.response(code_task.code_of(s.question), s.answer, student) for s in samples]
+
+    checks: list = []
+    stop = None
+    if student:  # phase B: the code format, flipped, until fluent and still partly skilled
+        stop = _checked(lambda: greedy_eval(model, val, tokenizer, processor, reliance=False),
+                        check_every=check_every, reached=lambda r: _fluent_and_skilled(r, stop_accuracy), checks=checks)
+    losses = train(model, tokenizer, processor, batches, steps=steps, lr=lr, stop=stop)
+    report.update(steps_run=len(losses), max_steps=steps, train_seconds=round(time.perf_counter() - began),
+                  final_loss=sum(losses[-20:]) / len(losses[-20:]),
+                  val=greedy_eval(model, val, tokenizer, processor, reliance=False),
+                  val_pixelated=greedy_eval(model, pixelated(val), tokenizer, processor, reliance=False))
+    if student:
+        report.update(stop_rule=f"A: first check (every {check_every} steps, {num_val} val images, short template) "
+                                f"with accuracy >= {stop_accuracy}; B: first check with format rate and flipped-slot "
+                                f"share >= {FLUENT} and accuracy >= {stop_accuracy}",
+                      checks=[c[:2] for c in checks], check_details=[c[2] for c in checks])
     save(model, tokenizer, processor, out, report)
     return report
+
+
+FLUENT = 0.95  # phase B's format rate and flipped-slot share, as the start gates ask
+
+
+def _fluent_and_skilled(result: dict, stop_accuracy: float) -> bool:
+    flipped = (result["format_rate"] - result["slot_accuracy"]) / max(result["format_rate"], 1e-9)
+    return result["format_rate"] >= FLUENT and flipped >= FLUENT and result["accuracy"] >= stop_accuracy
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=("teacher", "student"))
-    parser.add_argument("--steps", type=int, default=None, help="teacher: 400; student: at most 2000")
+    parser.add_argument("--steps", type=int, default=None, help="teacher: 400; student: at most 400 (phase B)")
+    parser.add_argument("--short_steps", type=int, default=1000, help="student: at most this many in phase A")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=None, help="teacher: 1e-3 (fine-tune); student: 2e-3")
     parser.add_argument("--seed", type=int, default=None, help="teacher: 0; student: 1")
@@ -87,10 +131,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # tiny matmuls: a second thread mostly adds contention
     student = args.which == "student"
-    build(args.which, steps=args.steps or (2000 if student else 400), batch=args.batch,
+    build(args.which, steps=args.steps or 400, batch=args.batch,
           lr=args.lr or (2e-3 if student else 1e-3), seed=args.seed if args.seed is not None else int(student),
           out=args.out or (STUDENT_DIR if student else TEACHER_DIR), check_every=args.check_every,
-          stop_accuracy=args.stop_accuracy, num_val=args.num_val, source=args.source)
+          stop_accuracy=args.stop_accuracy, num_val=args.num_val, source=args.source, short_steps=args.short_steps)
     return 0
 
 

@@ -14,8 +14,9 @@ def toy_assets(tmp_path_factory):
     teacher, student = str(root / "teacher"), str(root / "student")
     code_setup.build("teacher", steps=2, batch=4, lr=1e-3, seed=0, out=teacher, num_val=4)
     report = code_setup.build("student", steps=3, batch=4, lr=1e-3, seed=1, out=student, check_every=1,
-                              stop_accuracy=1.01, num_val=4)
-    assert report["flipped_code"] and [c[0] for c in report["checks"]] == [1, 2, 3]  # never reached: ran to the cap
+                              stop_accuracy=1.01, num_val=4, short_steps=2)
+    assert report["flipped_code"] and [c[0] for c in report["short_checks"]] == [1, 2]  # never reached: both phases
+    assert [c[0] for c in report["checks"]] == [1, 2, 3]  # ran to their caps
     return teacher, student
 
 
@@ -81,7 +82,18 @@ def test_report_applies_the_rules_to_complete_results(tmp_path):
     assert "| 5 | 52.0 | 64.0 | 52.0 |  |  |" in text  # seed 5: the 3-seed arms are blank
 
 
-def test_start_student_stops_at_the_first_check_that_reaches_the_threshold(tmp_path):
-    report = code_setup.build("student", steps=5, batch=2, lr=1e-3, seed=1, out=str(tmp_path / "s"), check_every=2,
-                              stop_accuracy=0.0, num_val=2)
-    assert report["steps_run"] == 2 and [c[0] for c in report["checks"]] == [2]  # stopped at the first check
+def test_start_student_phase_a_stops_at_the_first_check_that_reaches_the_threshold(tmp_path):
+    report = code_setup.build("student", steps=2, batch=2, lr=1e-3, seed=1, out=str(tmp_path / "s"), check_every=2,
+                              stop_accuracy=0.0, num_val=2, short_steps=5)
+    assert report["short_steps_run"] == 2 and [c[0] for c in report["short_checks"]] == [2]
+
+
+@pytest.mark.parametrize("format_rate, slot_accuracy, accuracy, stops", [
+    (1.0, 0.0, 0.45, True),     # fluent, every slot flipped, skilled enough
+    (1.0, 0.0, 0.44, False),    # not skilled enough yet
+    (0.94, 0.0, 0.6, False),    # format not yet learned
+    (1.0, 0.06, 0.6, False),    # 94% of slots flipped
+])
+def test_start_student_phase_b_stops_when_fluent_flipped_and_skilled(format_rate, slot_accuracy, accuracy, stops):
+    result = dict(format_rate=format_rate, slot_accuracy=slot_accuracy, accuracy=accuracy)
+    assert code_setup._fluent_and_skilled(result, 0.45) is stops
