@@ -41,10 +41,10 @@ class WeightedKLResult:
 class Coefficients:
     """An objective's detached per-token coefficients: its loss is ``sum(token_weight * KL)``.
 
-    ``token_weight`` [N] and ``rollout_weight`` [R] float64, the objective's own precision, so that
-    :func:`vaopd_kernels.objective_from_coefficients` gives the loss :func:`vaopd_kernels.va_opd_objective`
-    does; ``high_mask`` [N] marks each rollout's top-VA group (all False for OPD);
-    ``visual_advantage`` [N] float64 is the VA they came from (None for OPD), for the metrics.
+    ``token_weight`` [N] and ``rollout_weight`` [R] float64, the precision the objective's loss and
+    metrics are formed in (:func:`vaopd_kernels.objective_from_coefficients`); ``high_mask`` [N] marks
+    each rollout's top-VA group (all False for OPD); ``visual_advantage`` [N] float64 is the VA they
+    came from (None for OPD), for the metrics.
     """
 
     token_weight: torch.Tensor
