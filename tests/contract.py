@@ -10,7 +10,7 @@ import torch
 
 from bench.check import rel_err
 from bench import problem
-from vaopd_kernels import KernelOptions, objective, ops
+from vaopd_kernels import Coefficients, KernelOptions, ops
 from vaopd_kernels.backends import reference
 
 
@@ -71,7 +71,7 @@ def run_case(impl, name, options, x):
                     ent=r.student_entropy)
         scalar = (r.kl * up.to(r.kl.dtype)).sum()
     elif name == "weighted_kl":
-        weights = objective.TokenWeights(x["token_weight"], None, None, None)
+        weights = Coefficients(x["token_weight"], None, None, None)
         loss, r, _ = ops.weighted_kl(impl, sh, sw, th, tw, y, thd, lambda va: weights, vocab_size=vocab, **ko)
         outs.update(loss=loss, kl=r.kl, slp=r.student_logprob, ent=r.student_entropy, tlp=r.teacher_logprob)
         scalar = 2.5 * loss

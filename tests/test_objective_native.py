@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import native_objective
 from problems import rollout_batches
-from vaopd_kernels import objective
+from vaopd_kernels import Coefficients, objective
 from vaopd_kernels.backends import cuda as cuda_backend
 
 pytestmark = pytest.mark.skipif(native_objective.unavailable_reason() is not None,
@@ -30,7 +30,7 @@ def torch_weights(va, cu, prompts, f, lam, num_prompts=None, **options):
 WEIGHT_RTOL = 1e-8
 
 
-def assert_same(got, want: objective.TokenWeights):
+def assert_same(got, want: Coefficients):
     token_weight, rollout_weight, high = got
     assert torch.equal(high.cpu(), want.high_mask.cpu())
     torch.testing.assert_close(token_weight.cpu(), want.token_weight.cpu(), rtol=WEIGHT_RTOL, atol=0)

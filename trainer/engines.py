@@ -89,7 +89,7 @@ def shard_fsdp2(module: torch.nn.Module, plugin) -> torch.nn.Module:
             fully_shard(sub, reshard_after_forward=plugin.reshard_after_forward, mp_policy=mixed_precision,
                         offload_policy=plugin.cpu_offload)
     # the root keeps its parameters between forward and backward. Its inputs and outputs keep their
-    # dtypes: the micro-batch token weights are fp32 coefficients and the loss, per-token KL and
+    # dtypes: the micro-batch token weights are fp64 coefficients and the loss, per-token KL and
     # metrics are computed in fp32 (accelerate's bf16 policy would round both to bf16)
     fully_shard(module, mp_policy=dataclasses.replace(mixed_precision, cast_forward_inputs=False, output_dtype=None),
                 offload_policy=plugin.cpu_offload)

@@ -75,28 +75,21 @@ class StudentLoss(nn.Module):
 
     def coefficients(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_hidden_degraded: Optional[torch.Tensor],
                      teacher_weight: torch.Tensor, num_prompts: Optional[int], num_rollouts: Optional[int],
-                     high_seed: Optional[int] = None):
-        """(token_weight [N], visual_advantage or None) for the whole batch, before any student work:
-        the coefficients depend on the teacher only (VA, grouping, rollout weights)."""
+                     high_seed: Optional[int] = None) -> vaopd_kernels.Coefficients:
+        """The whole batch's coefficients, before any student work: they depend on the teacher only
+        (VA, grouping, rollout weights)."""
         if not self.va:
-            return vaopd_kernels.opd_coefficients(batch.cu_seqlens(), num_rollouts=num_rollouts).token_weight, None
+            return vaopd_kernels.opd_coefficients(batch.cu_seqlens(), num_rollouts=num_rollouts)
         va = vaopd_kernels.visual_advantage(teacher_hidden, teacher_hidden_degraded, teacher_weight, batch.targets(),
                                             vocab_size=self.vocab_size, backend=self.backend)
-        coefficients = vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids,
-                                                         num_prompts=num_prompts, backend=self.backend,
-                                                         high_seed=high_seed, **self.objective)
-        return coefficients.token_weight, va
+        return vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids, num_prompts=num_prompts,
+                                                 backend=self.backend, high_seed=high_seed, **self.objective)
 
-    def objective_result(self, batch: Batch, parts: List[vaopd_kernels.WeightedKLResult], va: Optional[torch.Tensor],
-                         num_prompts, num_rollouts, high_seed: Optional[int] = None):
-        """The whole-batch objective (loss value and metrics) from the forward results of its rows, in order."""
-        kl = torch.cat([p.kl for p in parts])
-        if not self.va:
-            result = vaopd_kernels.opd_objective(kl, batch.cu_seqlens(), num_rollouts=num_rollouts)
-        else:
-            result = vaopd_kernels.va_opd_objective(kl, va, batch.cu_seqlens(), batch.prompt_ids,
-                                                    num_prompts=num_prompts, backend=self.backend,
-                                                    high_seed=high_seed, **self.objective)
+    @staticmethod
+    def objective_result(parts: List[vaopd_kernels.WeightedKLResult], coefficients: vaopd_kernels.Coefficients):
+        """The whole-batch objective (loss value and metrics) from its coefficients and the forward
+        results of its rows, in order."""
+        result = vaopd_kernels.objective_from_coefficients(torch.cat([p.kl for p in parts]), coefficients)
         # the metrics va_opd_loss adds, in one host sync
         means = torch.stack([torch.cat([getattr(p, name) for p in parts]).double().mean()
                              for name in ("student_entropy", "student_logprob")]).tolist()

@@ -197,7 +197,7 @@ class Trainer:
         micro = cfg.micro_batch_size or rows
         inner = self.inner
         # the coefficients depend on the teacher only: known for the whole batch before any student work
-        token_weight, va = inner.coefficients(batch, teacher_hidden, teacher_degraded, teacher_weight, **counts)
+        coefficients = inner.coefficients(batch, teacher_hidden, teacher_degraded, teacher_weight, **counts)
         cu = batch.cu_seqlens().tolist()
         parts = []
         for start in range(0, rows, micro):
@@ -205,10 +205,10 @@ class Trainer:
             lo, hi = cu[start], cu[stop]
             with engines.micro_batch_sync(acc, self.module, last=stop == rows), acc.autocast():
                 loss, part = self.module(batch.rows(start, stop), teacher_hidden[lo:hi], teacher_weight,
-                                         token_weight[lo:hi])
+                                         coefficients.token_weight[lo:hi])
                 acc.backward(loss * scale)
             parts.append(part)
-        return inner.objective_result(batch, parts, va, **counts), va
+        return inner.objective_result(parts, coefficients), coefficients.visual_advantage
 
     def step(self, step: int) -> Dict[str, float]:
         cfg, acc = self.cfg, self.acc

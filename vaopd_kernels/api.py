@@ -283,22 +283,6 @@ def _objective_weights(impl, ablation=None):
     return getattr(impl, "va_opd_weights", objective.va_opd_weights)
 
 
-def _va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature, eps,
-                    num_prompts, backend, options, num_rows, ablation=None) -> objective.TokenWeights:
-    _check_token_values("visual_advantage", visual_advantage, num_rows)
-    cu, pid = _check_rollouts(cu_seqlens, prompt_ids, visual_advantage.shape[0], visual_advantage.device)
-    _check_objective_options(high_fraction, high_weight, temperature, eps)
-    resolve_options(options)  # checked; the objective has no kernel options
-    _finite([visual_advantage], visual_advantage=visual_advantage)
-    return _objective_weights(resolve_backend(backend, visual_advantage.device), ablation)(
-        visual_advantage, cu, pid, high_fraction=float(high_fraction), high_weight=float(high_weight),
-        temperature=float(temperature), eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
-
-
-def _coefficients(weights: objective.TokenWeights) -> Coefficients:
-    return Coefficients(weights.token_weight.float(), weights.rollout_weight.float(), weights.high_mask)
-
-
 def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
                         temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None, high_selection="va",
                         rollout_weighting="va", high_seed=None) -> Coefficients:
@@ -307,14 +291,21 @@ def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, *, high_fracti
     rollout's top-VA tokens and the rest, over P prompts (``num_prompts`` overrides P, e.g. the
     global count under data parallelism). ``backend="cuda"`` computes them with the CUDA kernels;
     the others with the vectorised torch objective (same results). Micro-batching: the loss of a
-    micro-batch is ``sum(token_weight[rows] * KL)``, and the micro-batches sum to the whole loss.
+    micro-batch is ``sum(token_weight[rows] * KL)``, and the micro-batches sum to the whole loss;
+    :func:`objective_from_coefficients` gives the whole objective's result from the collected KL.
 
     Ablations: ``high_selection="random"`` makes each high group ceil(f T_r) uniformly random
     tokens drawn from ``high_seed`` (rollout weights still from VA); ``rollout_weighting="uniform"``
     weights sibling rollouts equally (1/K). Both use the torch objective whatever the backend."""
-    return _coefficients(_va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight,
-                                         temperature, eps, num_prompts, backend, options, None,
-                                         _ablation_options(high_selection, rollout_weighting, high_seed)))
+    _check_token_values("visual_advantage", visual_advantage)
+    cu, pid = _check_rollouts(cu_seqlens, prompt_ids, visual_advantage.shape[0], visual_advantage.device)
+    _check_objective_options(high_fraction, high_weight, temperature, eps)
+    ablation = _ablation_options(high_selection, rollout_weighting, high_seed)
+    resolve_options(options)  # checked; the objective has no kernel options
+    _finite([visual_advantage], visual_advantage=visual_advantage)
+    return _objective_weights(resolve_backend(backend, visual_advantage.device), ablation)(
+        visual_advantage, cu, pid, high_fraction=float(high_fraction), high_weight=float(high_weight),
+        temperature=float(temperature), eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
 
 
 def opd_coefficients(cu_seqlens, *, num_rollouts=None) -> Coefficients:
@@ -322,7 +313,18 @@ def opd_coefficients(cu_seqlens, *, num_rollouts=None) -> Coefficients:
     _check_int("cu_seqlens", cu_seqlens, 1)
     num_rows = int(cu_seqlens[-1]) if cu_seqlens.numel() else 0
     cu = _check_cu_seqlens(cu_seqlens, num_rows, cu_seqlens.device)
-    return _coefficients(objective.opd_weights(cu, num_rows, _check_count("num_rollouts", num_rollouts)))
+    return objective.opd_weights(cu, num_rows, _check_count("num_rollouts", num_rollouts))
+
+
+def objective_from_coefficients(token_kl, coefficients: Coefficients) -> ObjectiveResult:
+    """The objective's result (loss ``sum(token_weight * token_kl)`` and metrics) from coefficients
+    already computed by :func:`va_opd_coefficients` or :func:`opd_coefficients`, e.g. the KL of
+    every micro-batch collected after their backward passes; :func:`va_opd_objective` and
+    :func:`opd_objective` are this after the coefficients."""
+    _check_token_values("token_kl", token_kl, coefficients.token_weight.shape[0])
+    _check_same_device(coefficients.token_weight.device, token_kl=token_kl)
+    _finite([token_kl], token_kl=token_kl)
+    return objective.reduce_kl(token_kl, coefficients)
 
 
 def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
@@ -333,20 +335,19 @@ def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high
     _check_token_values("token_kl", token_kl)
     _check_token_values("visual_advantage", visual_advantage, token_kl.shape[0])
     _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
-    _finite([token_kl], token_kl=token_kl)
-    weights = _va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature,
-                              eps, num_prompts, backend, options, token_kl.shape[0],
-                              _ablation_options(high_selection, rollout_weighting, high_seed))
-    return objective.reduce_kl(token_kl, weights)
+    coefficients = va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, high_fraction=high_fraction,
+                                       high_weight=high_weight, temperature=temperature, eps=eps,
+                                       num_prompts=num_prompts, backend=backend, options=options,
+                                       high_selection=high_selection, rollout_weighting=rollout_weighting,
+                                       high_seed=high_seed)
+    return objective_from_coefficients(token_kl, coefficients)
 
 
 def opd_objective(token_kl, cu_seqlens, *, num_rollouts=None) -> ObjectiveResult:
     """Standard OPD loss: mean over rollouts of each rollout's mean token KL."""
     _check_token_values("token_kl", token_kl)
-    cu = _check_cu_seqlens(cu_seqlens, token_kl.shape[0], token_kl.device)
-    _finite([token_kl], token_kl=token_kl)
-    weights = objective.opd_weights(cu, token_kl.shape[0], _check_count("num_rollouts", num_rollouts))
-    return objective.reduce_kl(token_kl, weights)
+    _check_cu_seqlens(cu_seqlens, token_kl.shape[0], token_kl.device)  # names cu_seqlens if it disagrees with N
+    return objective_from_coefficients(token_kl, opd_coefficients(cu_seqlens, num_rollouts=num_rollouts))
 
 
 def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens, prompt_ids, *,

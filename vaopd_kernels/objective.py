@@ -7,12 +7,11 @@ Inputs are assumed validated by ``api.py``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 
-from vaopd_kernels.results import ObjectiveResult
+from vaopd_kernels.results import Coefficients, ObjectiveResult
 
 
 def rollout_index(cu_seqlens: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -89,20 +88,10 @@ def uniform_sibling_weights(group: torch.Tensor) -> torch.Tensor:
     return 1.0 / count[group]
 
 
-@dataclass
-class TokenWeights:
-    """Detached per-token coefficients: the loss is sum(token_weight * KL)."""
-
-    token_weight: torch.Tensor  # [N] float64
-    rollout_weight: torch.Tensor  # [R] float64
-    high_mask: torch.Tensor  # [N] bool
-    visual_advantage: Optional[torch.Tensor]  # [N] float64, None for OPD
-
-
 def va_opd_weights(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, prompt_ids: torch.Tensor, *,
                    high_fraction: float, high_weight: float, temperature: float, eps: float,
                    num_prompts: Optional[int], high_selection: str = "va", rollout_weighting: str = "va",
-                   high_seed: Optional[int] = None) -> TokenWeights:
+                   high_seed: Optional[int] = None) -> Coefficients:
     """The paper's coefficients: (1/P) w_r [lambda/|H_r| on H_r, (1-lambda)/|L_r| on L_r].
 
     Ablations (the paper's recipe is "va" for both): ``high_selection="random"`` draws H_r as
@@ -131,19 +120,19 @@ def va_opd_weights(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, pro
     group_coef = torch.where(high, high_mass[rollout] / high_count[rollout],
                              (1.0 - high_mass[rollout]) / low_count[rollout].clamp(min=1))
     token_weight = rollout_weight[rollout] * group_coef / (num_prompts or distinct_prompts)
-    return TokenWeights(token_weight, rollout_weight, high, va)
+    return Coefficients(token_weight, rollout_weight, high, va)
 
 
-def opd_weights(cu_seqlens: torch.Tensor, num_rows: int, num_rollouts: Optional[int]) -> TokenWeights:
+def opd_weights(cu_seqlens: torch.Tensor, num_rows: int, num_rollouts: Optional[int]) -> Coefficients:
     """Standard OPD: (1/R) sum_r mean_{n in r} KL_n."""
     rollout = rollout_index(cu_seqlens, num_rows)
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).double()
     token_weight = 1.0 / ((num_rollouts or lengths.numel()) * lengths[rollout])
     high = torch.zeros(num_rows, dtype=torch.bool, device=cu_seqlens.device)
-    return TokenWeights(token_weight, torch.ones_like(lengths), high, None)
+    return Coefficients(token_weight, torch.ones_like(lengths), high, None)
 
 
-def reduce_kl(token_kl: torch.Tensor, weights: TokenWeights, loss: Optional[torch.Tensor] = None,
+def reduce_kl(token_kl: torch.Tensor, weights: Coefficients, loss: Optional[torch.Tensor] = None,
               extra_metrics: Optional[Dict[str, torch.Tensor]] = None) -> ObjectiveResult:
     """The objective's result; ``loss`` is sum(token_weight * token_kl) unless already computed.
     ``extra_metrics`` (0-dim tensors) join the metrics, which reach Python in one host sync."""
@@ -163,7 +152,7 @@ def to_python(values: Dict[str, torch.Tensor]) -> Dict[str, float]:
     return dict(zip(values, floats))
 
 
-def _metrics(kl: torch.Tensor, weights: TokenWeights) -> Dict[str, torch.Tensor]:
+def _metrics(kl: torch.Tensor, weights: Coefficients) -> Dict[str, torch.Tensor]:
     """The metrics as 0-dim tensors; means over no token are NaN (0 / 0)."""
     kl = kl.double()
     metrics = {

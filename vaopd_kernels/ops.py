@@ -9,11 +9,10 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from vaopd_kernels import objective
 from vaopd_kernels.backends._autograd import attach, precomputed_loss, wants_grad
 from vaopd_kernels.backends.base import Backend, Divergence, RowStats, Views, compute_dtype
 from vaopd_kernels.options import KernelOptions
-from vaopd_kernels.results import VAKLResult
+from vaopd_kernels.results import Coefficients, VAKLResult
 
 
 def _scan(impl: Backend, views: Views, options: KernelOptions, divergence: Optional[Divergence] = None,
@@ -74,8 +73,8 @@ def va_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded, *, vocab_size: in
 
 
 def weighted_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded,
-                token_weights: Callable[[Optional[torch.Tensor]], objective.TokenWeights], *, vocab_size: int,
-                options: KernelOptions) -> Tuple[torch.Tensor, VAKLResult, objective.TokenWeights]:
+                token_weights: Callable[[Optional[torch.Tensor]], Coefficients], *, vocab_size: int,
+                options: KernelOptions) -> Tuple[torch.Tensor, VAKLResult, Coefficients]:
     """loss = sum(token_weight * reverse KL), the weights asked for (``token_weights(VA or None)``) as
     soon as VA is known, so the gradients are formed during this call and backward only rescales
     them. Returns (loss, detached per-token results, the weights)."""

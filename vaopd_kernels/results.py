@@ -41,13 +41,16 @@ class WeightedKLResult:
 class Coefficients:
     """An objective's detached per-token coefficients: its loss is ``sum(token_weight * KL)``.
 
-    ``token_weight`` [N] and ``rollout_weight`` [R] float32; ``high_mask`` [N] marks each rollout's
-    top-VA group (all False for OPD).
+    ``token_weight`` [N] and ``rollout_weight`` [R] float64, the precision the objective's loss and
+    metrics are formed in (:func:`vaopd_kernels.objective_from_coefficients`); ``high_mask`` [N] marks
+    each rollout's top-VA group (all False for OPD); ``visual_advantage`` [N] float64 is the VA they
+    came from (None for OPD), for the metrics.
     """
 
     token_weight: torch.Tensor
     rollout_weight: torch.Tensor
     high_mask: torch.Tensor
+    visual_advantage: Optional[torch.Tensor]
 
 
 @dataclass

@@ -65,7 +65,8 @@ def test_memory_formula_matches_the_tiny_models(make_config):
     assert estimate["teacher"] == nbytes(trainer.teacher.parameters())
 
     teacher_weight = lm_head_weight(trainer.teacher)
-    token_weight, _ = trainer.inner.coefficients(batch, th, td, teacher_weight, num_prompts=2, num_rollouts=rows)
+    coefficients = trainer.inner.coefficients(batch, th, td, teacher_weight, num_prompts=2, num_rollouts=rows)
+    token_weight = coefficients.token_weight
     existing = {t.untyped_storage().data_ptr() for t in [*params, *trainer.teacher.parameters(), th, td, token_weight,
                                                          *[v for v in vars(batch).values() if torch.is_tensor(v)]]}
     trainer.module.train()

@@ -25,7 +25,7 @@ import torch
 
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.backends.base import RowStats, compute_dtype
-from vaopd_kernels.objective import TokenWeights
+from vaopd_kernels.results import Coefficients
 
 DEFAULT_CHUNK_BUDGET_BYTES = 2 << 30
 _GEMM_ROW_TILE = 128
@@ -318,4 +318,4 @@ def va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction, h
     token_weight, rollout_weight, high = _load_ops().va_opd_weights(
         va, cu_seqlens.long().contiguous(), prompt_ids.long().contiguous(), high_fraction, high_weight,
         temperature, eps, num_prompts or 0)
-    return TokenWeights(token_weight, rollout_weight, high, va)
+    return Coefficients(token_weight, rollout_weight, high, va)
