@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
 import vaopd_kernels as vk
@@ -73,17 +74,17 @@ def test_micro_batches_add_up_to_the_va_opd_loss_and_gradient():
     with torch.no_grad():
         th = ex["response_hidden"](teacher, batch, {})
         thd = ex["response_hidden"](teacher, batch, {"shift": 0.3})  # the pixelated view
-    coefficients, metrics = ex["va_opd_coefficients"](th, thd, teacher_weight, batch, uid, num_prompts=2)
-    assert 0.0 < metrics["va_high_share"] <= 1.0 and metrics["va_mean"] > 0
+    coefficients, objective = ex["va_opd_coefficients"](th, thd, teacher_weight, batch, uid, num_prompts=2)
 
     micro = 2  # DataProto.split(2): contiguous rows
-    total = 0.0
+    total, kls = 0.0, []
     for start in range(0, 6, micro):
         rows = slice(start, start + micro)
         part = {key: value[rows] for key, value in batch.items()}
         sh = ex["response_hidden"](student, part, {})
-        loss = ex["micro_batch_loss"](sh, student_weight, th[rows], teacher_weight, part, coefficients[rows])
+        loss, kl = ex["micro_batch_loss"](sh, student_weight, th[rows], teacher_weight, part, coefficients[rows])
         loss.backward()
+        kls.append(kl)
         total += float(loss)
     grad_embed, grad_weight = student.embed.weight.grad.clone(), student_weight.grad.clone()
     student.embed.weight.grad = None
@@ -97,6 +98,10 @@ def test_micro_batches_add_up_to_the_va_opd_loss_and_gradient():
                          torch.tensor([1, 1, 1, 0, 0, 0]), teacher_hidden_degraded=thd[mask], backend="reference")
     ref.loss.backward()
     assert abs(total - float(ref.loss)) <= 1e-5 * abs(float(ref.loss))
+    logged = vk.objective_from_coefficients(torch.cat(kls), objective)  # step 4: the loss and metrics to log
+    assert abs(float(logged.loss) - float(ref.loss)) <= 1e-5 * abs(float(ref.loss))
+    assert logged.metrics["va_high_share"] == pytest.approx(ref.metrics["va_high_share"], rel=1e-6)
+    assert 0.0 < logged.metrics["va_high_share"] <= 1.0 and logged.metrics["va_mean"] > 0
     for got, want in ((grad_weight, student_weight.grad), (grad_embed, student.embed.weight.grad)):
         assert float((got - want).norm() / want.norm()) <= 1e-5
     # siblings' rollout weights sum to 1 per prompt, over 2 prompts

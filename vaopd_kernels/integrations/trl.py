@@ -277,16 +277,15 @@ class VAOPDTrainer(DistillationTrainer):
         # 1/P over every prompt of the generation batch on all ranks (training); eval losses stay per rank,
         # and the Trainer averages them
         prompts = prompt_index.numel() // self.vaopd.num_generations
-        objective = vaopd_kernels.va_opd_objective(
-            torch.zeros_like(va), va, cu_seqlens, prompt_index,
-            num_prompts=prompts * self.accelerator.num_processes if training else prompts,
+        coefficients = vaopd_kernels.va_opd_coefficients(
+            va, cu_seqlens, prompt_index, num_prompts=prompts * self.accelerator.num_processes if training else prompts,
             high_fraction=self.vaopd.high_fraction, high_weight=self.vaopd.high_weight,
             temperature=self.vaopd.va_temperature)
         token_weight = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
-        token_weight[valid] = objective.token_weight
+        token_weight[valid] = coefficients.token_weight.float()
         high_mask = torch.zeros_like(valid)
-        high_mask[valid] = objective.high_mask
-        self._log_visual_advantage(va, objective.high_mask, objective.rollout_weight)
+        high_mask[valid] = coefficients.high_mask
+        self._log_visual_advantage(va, coefficients.high_mask, coefficients.rollout_weight)
         return {TOKEN_WEIGHT: token_weight, HIGH_MASK: high_mask, TEACHER_HIDDEN: teacher_hidden}
 
     def _log_visual_advantage(self, va, high_mask, rollout_weight) -> None:
