@@ -50,10 +50,6 @@ class Views:
     temperature: float = 1.0
 
     @property
-    def num_rows(self) -> int:
-        return next(pair[0] for pair in (self.student, self.teacher) if pair).shape[0]
-
-    @property
     def floats(self):
         return [t for pair in (self.student, self.teacher) if pair for t in pair] + \
             ([self.degraded] if self.degraded is not None else [])
