@@ -144,10 +144,7 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
 
     base = out_ptr + split * N + offs_n
     stride = num_splits * N
-    if CROSS == 3:
-        tl.store(base + 10 * stride, a_x, mask=n_mask)
-        tl.store(base + 11 * stride, c_x, mask=n_mask)
-    else:
+    if CROSS != 3:  # the second JSD pass writes its two sums only
         if HAS_S:
             tl.store(base + 0 * stride, m_s, mask=n_mask)
             tl.store(base + 1 * stride, l_s, mask=n_mask)
@@ -161,11 +158,11 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
             tl.store(base + 7 * stride, m_d, mask=n_mask)
             tl.store(base + 8 * stride, l_d, mask=n_mask)
             tl.store(base + 9 * stride, y_d, mask=n_mask)
-        if CROSS != 0:
-            tl.store(base + 10 * stride, a_x, mask=n_mask)
-            tl.store(base + 11 * stride, c_x, mask=n_mask)
-        if MIN_T:
-            tl.store(base + 12 * stride, lo_t, mask=n_mask)
+    if CROSS != 0:
+        tl.store(base + 10 * stride, a_x, mask=n_mask)
+        tl.store(base + 11 * stride, c_x, mask=n_mask)
+    if MIN_T:
+        tl.store(base + 12 * stride, lo_t, mask=n_mask)
 
 
 # ----------------------------------------------------------------------------- host side
