@@ -361,11 +361,9 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     result = objective.reduce_kl(stats.kl, weights, loss=loss, extra_metrics={
         "entropy_mean": stats.student_entropy.double().mean(),
         "student_logprob_mean": stats.student_logprob.double().mean()})
-    return VAOPDLossResult(loss=result.loss, kl=stats.kl, visual_advantage=stats.visual_advantage,
-                           token_weight=result.token_weight, rollout_weight=result.rollout_weight,
-                           high_mask=result.high_mask, student_logprob=stats.student_logprob,
-                           teacher_logprob=stats.teacher_logprob, student_entropy=stats.student_entropy,
-                           metrics=result.metrics)
+    return VAOPDLossResult(**vars(result), kl=stats.kl, visual_advantage=stats.visual_advantage,
+                           student_logprob=stats.student_logprob, teacher_logprob=stats.teacher_logprob,
+                           student_entropy=stats.student_entropy)  # vars(result): loss, coefficients, metrics
 
 
 def weighted_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, token_weight, *, targets=None,

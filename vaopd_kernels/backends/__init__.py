@@ -31,7 +31,7 @@ def backend_unavailable_reason(name: str) -> str | None:
         module = _load(name)
     except ImportError as exc:  # optional dependency missing (triton, compiled extension)
         return f"import failed: {exc}"
-    return module.unavailable_reason()
+    return module.unavailable_reason() if hasattr(module, "unavailable_reason") else None
 
 
 def available_backends() -> List[str]:
@@ -56,6 +56,6 @@ def resolve_backend(name: str, device: torch.device) -> Backend:
     if reason is not None:
         raise RuntimeError(f"backend={name!r} is not available on this machine: {reason}")
     module = _load(name)
-    if not module.supports_device(device):
+    if hasattr(module, "supports_device") and not module.supports_device(device):
         raise RuntimeError(f"backend={name!r} cannot run on device {device}")
     return module

@@ -8,9 +8,9 @@
 - ``gradients(saved, row_weight, *, options) -> Grads``: those gradients again for other row
   weights, from what a scan saved (the backward pass of a per-token output).
 
-A backend module also has ``unavailable_reason() -> str | None``, ``supports_device(device)``,
-``FUSES_VIEWS`` (its VA-OPD loss scores all views in one scan) and, optionally,
-``va_opd_weights(...)`` (its own objective coefficients). Everything above the primitives (the
+A backend module also has ``FUSES_VIEWS`` (its VA-OPD loss scores all views in one scan) and,
+optionally, ``unavailable_reason() -> str | None`` and ``supports_device(device)`` (without them it
+runs anywhere) and ``va_opd_weights(...)`` (its own objective coefficients). Everything above the primitives (the
 public ops, autograd, VA, weighting, reductions) lives in ``vaopd_kernels.ops``.
 """
 from __future__ import annotations
@@ -75,10 +75,6 @@ class Backend(Protocol):
              row_weight: Optional[torch.Tensor], options: KernelOptions) -> RowStats: ...
 
     def gradients(self, saved: Any, row_weight: torch.Tensor, *, options: KernelOptions) -> Grads: ...
-
-    def unavailable_reason(self) -> Optional[str]: ...
-
-    def supports_device(self, device: torch.device) -> bool: ...
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

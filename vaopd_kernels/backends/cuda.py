@@ -120,10 +120,6 @@ def _load_ops():
 
 def _register_fakes() -> None:
     """Shape-only implementations so the ops trace under torch.compile / FakeTensor."""
-    register = getattr(torch.library, "register_fake", None)
-    if register is None:  # torch < 2.4
-        return
-
     def _fake_view_stats(views, targets, inv_temperature, want_entropy):
         v = views[0]
         n, rows = len(views), v.shape[0]
@@ -145,7 +141,7 @@ def _register_fakes() -> None:
     for name, fn in (("vaopd::view_stats", _fake_view_stats), ("vaopd::divergence", _fake_divergence),
                      ("vaopd::logprob_grad", _fake_logprob_grad), ("vaopd::va_opd_weights", _fake_va_opd_weights)):
         try:
-            register(name, fn)
+            torch.library.register_fake(name, fn)
         except RuntimeError as exc:  # already registered (module reloaded)
             if "already" not in str(exc):
                 raise

@@ -267,11 +267,3 @@ def scan(views, *, divergence, beta, row_weight, options):
 
 def gradients(saved, row_weight, *, options):
     return _gradients(row_grad=row_weight, **saved)
-
-
-def unavailable_reason():
-    return None
-
-
-def supports_device(device) -> bool:
-    return True
