@@ -9,13 +9,14 @@ import torch
 from vaopd_kernels import objective, ops
 from vaopd_kernels.backends import check_backend_name, resolve_backend
 from vaopd_kernels.backends._autograd import no_autocast
+from vaopd_kernels.backends.base import Divergence
 from vaopd_kernels.options import check_count, resolve_options
 from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult, WeightedKLResult
 
 # a tensor kind: (accepted dtypes, how an error message names them)
 _FLOAT = ((torch.float32, torch.bfloat16, torch.float16, torch.float64), "dtype float32, bfloat16, float16 or float64")
 _INT = ((torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8), "an integer dtype")
-DIVERGENCES = ("reverse", "forward", "jsd")
+DIVERGENCES = tuple(d.name.lower() for d in Divergence)  # the public names: "reverse", "forward", "jsd"
 
 
 # ----------------------------------------------------------------------------- validation

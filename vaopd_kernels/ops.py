@@ -41,7 +41,7 @@ def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tenso
 def linear_kl(impl: Backend, sh, sw, th, tw, *, divergence: str, beta: float, temperature: float, vocab_size: int,
               options: KernelOptions) -> torch.Tensor:
     views = Views(vocab_size, student=(sh, sw), teacher=(th, tw), temperature=temperature)
-    stats = _scan(impl, views, options, Divergence.parse(divergence), beta)
+    stats = _scan(impl, views, options, Divergence[divergence.upper()], beta)
     return _with_grad(impl, stats.kl.to(compute_dtype(sh, sw, th, tw)), stats, sh, sw, options, (th, tw))
 
 

@@ -33,10 +33,6 @@ class Divergence(enum.IntEnum):
     FORWARD = 1  # KL(p_t || p_s)
     JSD = 2      # generalized Jensen-Shannon (TRL's convention), 0 < beta < 1
 
-    @classmethod
-    def parse(cls, name: str) -> "Divergence":
-        return cls[name.upper()]
-
 
 @dataclass
 class Views:

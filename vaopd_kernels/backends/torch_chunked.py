@@ -57,12 +57,14 @@ def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class OnlineSoftmax:
     """Per-row running max ``m``, ``l = sum e^(z - m)`` and extra sums rescaled with it whenever
     the max moves: ``sum e^(z - m) f`` for each weighted tile f, and optionally
-    ``sum e^(other - m)`` for another view's logits (the normaliser gap, see ``gap_to``)."""
+    ``sum e^(other - m)`` for another view's logits (the normaliser gap, see ``gap_to``); and the
+    target logits picked so far (``pick``)."""
 
     def __init__(self, rows: int, num_extra: int, like: torch.Tensor):
         self.m = torch.full((rows,), -math.inf, dtype=like.dtype, device=like.device)
         self.l = torch.zeros(rows, dtype=like.dtype, device=like.device)
         self.extra = torch.zeros(num_extra, rows, dtype=like.dtype, device=like.device)
+        self.target = torch.zeros(rows, dtype=like.dtype, device=like.device)
 
     def update(self, z: torch.Tensor, *weighted: torch.Tensor, other: Optional[torch.Tensor] = None) -> None:
         m_new = torch.maximum(self.m, z.amax(dim=-1))
@@ -93,12 +95,11 @@ class OnlineSoftmax:
         shared = torch.log(self.extra[i] / self.l)
         return torch.where(torch.isfinite(shared), shared, lse_other - self.lse)
 
-
-def pick_targets(z: torch.Tensor, targets: torch.Tensor, cols: slice, current: torch.Tensor) -> torch.Tensor:
-    """Fill in the logits of the targets that fall inside this vocab tile."""
-    inside = (targets >= cols.start) & (targets < cols.stop)
-    local = (targets - cols.start).clamp(0, z.shape[1] - 1)
-    return torch.where(inside, z.gather(1, local[:, None]).squeeze(1), current)
+    def pick(self, z: torch.Tensor, targets: torch.Tensor, cols: slice) -> None:
+        """Fill in the logits of the targets that fall inside this vocab tile."""
+        inside = (targets >= cols.start) & (targets < cols.stop)
+        local = (targets - cols.start).clamp(0, z.shape[1] - 1)
+        self.target = torch.where(inside, z.gather(1, local[:, None]).squeeze(1), self.target)
 
 
 def _tiling(num_rows: int, vocab_size: int, dtype: torch.dtype, device: torch.device, options):
@@ -139,8 +140,9 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
         out.kl, out.gap = new(), new()
     reverse, forward = divergence == Divergence.REVERSE, divergence == Divergence.FORWARD
     like = torch.empty(0, dtype=dtype, device=device)
-    views = {"s": student, "t": teacher, "d": degraded}
-    target_logit = {name: new() for name, view in views.items() if view and targets is not None}  # N = 0 too
+    if targets is not None:  # allocated for N = 0 too
+        out.student_logprob, out.teacher_logprob, out.degraded_logprob = (
+            new() if view else None for view in (student, teacher, degraded))
     for rows, col_tiles in _tiling(num_rows, vocab_size, dtype, device, options):
         n = rows.stop - rows.start
         # student extras: [sum e z_s, (reverse) sum e (z_s - z_t), gap sum]; teacher (forward): [sum e (z_t - z_s), gap]
@@ -148,10 +150,10 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
         acc_t = OnlineSoftmax(n, 2 if forward else 0, like) if teacher else None
         acc_d = OnlineSoftmax(n, 0, like) if degraded else None
         y = targets[rows] if targets is not None else None
-        picked = {name: torch.zeros(n, dtype=dtype, device=device) for name in ("s", "t", "d")}
         for cols in col_tiles:
             z_s = student.logits(rows, cols, temperature) if student else None
             z_t = teacher.logits(rows, cols, temperature) if teacher else None
+            z_d = degraded.logits(rows, cols, temperature) if degraded else None
             if student:
                 if reverse:
                     acc_s.update(z_s, z_s, z_s - z_t, other=z_t)
@@ -163,12 +165,11 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
                 else:
                     acc_t.update(z_t)
             if degraded:
-                z_d = degraded.logits(rows, cols, temperature)
                 acc_d.update(z_d)
             if y is not None:
-                for name, z in (("s", z_s), ("t", z_t), ("d", z_d if degraded else None)):
-                    if z is not None:
-                        picked[name] = pick_targets(z, y, cols, picked[name])
+                for acc, z in ((acc_s, z_s), (acc_t, z_t), (acc_d, z_d)):
+                    if acc is not None:
+                        acc.pick(z, y, cols)
         if student:
             out.lse_s[rows] = acc_s.lse
             out.student_entropy[rows] = acc_s.lse - acc_s.mean(0)
@@ -181,12 +182,10 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
             out.gap[rows] = acc_t.gap_to(acc_s.lse, 1)
             out.kl[rows] = acc_t.mean(0) + out.gap[rows]
         if y is not None:
-            for name, acc in (("s", acc_s), ("t", acc_t), ("d", acc_d)):
+            for acc, logprob in ((acc_s, out.student_logprob), (acc_t, out.teacher_logprob),
+                                 (acc_d, out.degraded_logprob)):
                 if acc is not None:
-                    target_logit[name][rows] = picked[name] - acc.lse
-    out.student_logprob = target_logit.get("s")
-    out.teacher_logprob = target_logit.get("t")
-    out.degraded_logprob = target_logit.get("d")
+                    logprob[rows] = acc.target - acc.lse
     if divergence == Divergence.JSD:
         _jsd_pass(student, teacher, out, vocab_size=vocab_size, temperature=temperature, beta=beta, options=options)
     return out
