@@ -197,9 +197,6 @@ class _Head:
     def rows(self, rows: slice) -> torch.Tensor:
         return self.hidden[rows].to(self.op_dtype)
 
-    def logits_into(self, buf: torch.Tensor, rows: slice) -> None:
-        mm_into(buf, self.rows(rows), self.weight.T)
-
 
 # ----------------------------------------------------------------------------- the scan
 def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optional[torch.Tensor] = None) -> RowStats:
@@ -245,7 +242,7 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
         rg = row_grad[rows] if row_grad is not None else None
         z = {h: buf[: stop - start] for h, buf in bufs.items()}
         for h, logits in z.items():
-            h.logits_into(logits, rows)
+            mm_into(logits, h.rows(rows), h.weight.T)
         z_s, z_t, z_d = z.get(s_head), z.get(t_head), z.get(d_head)
         if want_kl:
             kl, _, lp_s, ent, lp_t = ops.divergence(z_s, z_t, y, rg, int(divergence), float(beta), inv_t,

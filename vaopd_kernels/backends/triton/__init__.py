@@ -2,8 +2,9 @@
 
 ``scan`` launches the statistics kernel (stats.py; twice for JSD, whose mixture needs both
 normalisers first) and, given row weights, the backward (backward.py, with matmul.py, over a
-bounded vocabulary-chunk workspace); ``gradients`` is the backward. No atomics:
-deterministic. Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (set before import).
+bounded vocabulary-chunk workspace); ``gradients`` is the backward. No atomics: every output
+element has one writer, so results are deterministic (with ``backward_gemm="cublas"``, as
+deterministic as cuBLAS is on one GPU). Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (set before import).
 float64 inputs run in float32 (returned as float64 with fp32 accuracy).
 """
 from __future__ import annotations
@@ -52,9 +53,11 @@ def scan(views, *, divergence, beta, row_weight, options):
         jsd_t, jsd_s = kernel_stats.jsd_sums(lse=rows[[SavedRow.LSE_S, SavedRow.LSE_T]], beta=beta, **common)
         out.kl, rows[SavedRow.AUX] = beta * jsd_t + (1.0 - beta) * jsd_s, jsd_s
     if student is not None:
-        out.saved = dict(student=student, teacher=teacher, rows=rows, divergence=divergence, beta=beta,
-                         temperature=views.temperature, targets=views.targets, vocab_size=views.vocab_size,
-                         dtypes=(views.student[0].dtype, views.student[1].dtype))
+        th, tw = teacher if teacher else (None, None)
+        backward_args = dict(mode=divergence, sh=student[0], sw=student[1], th=th, tw=tw, rows=rows, beta=beta,
+                             temperature=views.temperature, targets=views.targets, vocab_size=views.vocab_size,
+                             precision=kernel_stats.dot_precision(student[0], th))
+        out.saved = (backward_args, views.student[0].dtype, views.student[1].dtype)
         if row_weight is not None:
             out.grads = gradients(out.saved, row_weight, options=options)
     return out
@@ -64,11 +67,6 @@ def scan(views, *, divergence, beta, row_weight, options):
 def gradients(saved, row_weight, *, options):
     """(d hidden, d head) in the inputs' dtypes: the fp32 accumulation is done, so a gradient
     formed during the forward call holds no fp32 [N, Ds] buffer until backward."""
-    (sh, sw), teacher = saved["student"], saved["teacher"]
-    th, tw = teacher if teacher else (None, None)
-    grad_h, grad_w = backward.student_grads(
-        mode=saved["divergence"], sh=sh, sw=sw, th=th, tw=tw, rows=saved["rows"], row_grad=row_weight,
-        vocab_size=saved["vocab_size"], temperature=saved["temperature"], targets=saved["targets"],
-        beta=saved["beta"], options=options, precision=kernel_stats.dot_precision(sh, th))
-    hidden_dtype, head_dtype = saved["dtypes"]
+    backward_args, hidden_dtype, head_dtype = saved
+    grad_h, grad_w = backward.student_grads(row_grad=row_weight, options=options, **backward_args)
     return grad_h.to(hidden_dtype), grad_w.to(head_dtype)
