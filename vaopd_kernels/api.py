@@ -29,14 +29,13 @@ def _check_tensor(name: str, value, ndim: int, kind=_FLOAT) -> None:
         raise TypeError(f"{name}: expected {kind[1]}, got {value.dtype}")
 
 
-def _check_same_device(expected: Optional[torch.device] = None, **tensors) -> torch.device:
+def _check_same_device(expected: Optional[torch.device] = None, **tensors) -> None:
     """All ``tensors`` on one device (``expected``, or the first one's)."""
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     first = expected if expected is not None else next(iter(devices.values()))
     for name, device in devices.items():
         if device != first:
             raise ValueError(f"{name}: expected a tensor on {first} like the other inputs, got {device}")
-    return first
 
 
 def _check_pair(hidden_name, hidden, weight_name, weight) -> None:

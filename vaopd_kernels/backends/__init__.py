@@ -47,10 +47,7 @@ def check_backend_name(name) -> None:
 def resolve_backend(name: str, device: torch.device) -> Backend:
     """The backend module for ``name`` ("auto" picks the fastest that runs on ``device``)."""
     if name == "auto":
-        if device.type == "cuda" and backend_unavailable_reason("triton") is None:
-            name = "triton"
-        else:
-            name = "torch"
+        name = "triton" if device.type == "cuda" and backend_unavailable_reason("triton") is None else "torch"
     check_backend_name(name)
     reason = backend_unavailable_reason(name)
     if reason is not None:

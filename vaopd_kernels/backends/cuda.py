@@ -109,9 +109,8 @@ def _load_ops():
                 BUILD_INFO.update(source="installed", module="vaopd_kernels._cuda_ext")
             except ImportError:
                 jit_build(verbose=os.environ.get("VAOPD_CUDA_VERBOSE", "") not in ("", "0"))
-            ops = torch.ops.vaopd
             _register_fakes()
-            _ops = ops
+            _ops = torch.ops.vaopd
         except Exception as exc:
             _load_error = f"the vaopd CUDA extension failed to build/load: {type(exc).__name__}: {exc}"
             raise RuntimeError(_load_error) from exc
@@ -216,12 +215,9 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
     if want_kl:
         out.kl = new()
     if targets is not None:
-        if s_head:
-            out.student_logprob, out.student_entropy = new(), new()
-        if t_head:
-            out.teacher_logprob = new()
-        if d_head is not None:
-            out.degraded_logprob = new()
+        out.student_logprob, out.teacher_logprob, out.degraded_logprob = (
+            new() if head else None for head in (s_head, t_head, d_head))
+        out.student_entropy = new() if s_head else None
     grad_half = None
     if row_grad is not None:
         grad_half = s_head.op_dtype if s_head.op_dtype in _HALF else None
@@ -257,16 +253,14 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
                 out.student_logprob[rows], out.student_entropy[rows] = lp[0], ent[0]
             if rg is not None:
                 ops.logprob_grad(z_s, lse[0], y, rg, inv_t, grad_format)
-        elif t_head is not None and y is not None:
-            lse, lp, _ = ops.view_stats([z_t], y, 1.0, False)
+        elif y is not None:  # teacher-only pass: its views in one launch
+            _, lp, _ = ops.view_stats([z for z in (z_t, z_d) if z is not None], y, 1.0, False)
             out.teacher_logprob[rows] = lp[0]
-        if d_head is not None and y is not None:
-            if want_kl or s_head is not None:
-                _, lp, _ = ops.view_stats([z_d], y, 1.0, False)
-                out.degraded_logprob[rows] = lp[0]
-            else:  # teacher-only pass: both views in one launch
-                _, lp, _ = ops.view_stats([z_t, z_d], y, 1.0, False)
-                out.teacher_logprob[rows], out.degraded_logprob[rows] = lp[0], lp[1]
+            if d_head is not None:
+                out.degraded_logprob[rows] = lp[1]
+        if d_head is not None and y is not None and (want_kl or s_head is not None):
+            _, lp, _ = ops.view_stats([z_d], y, 1.0, False)
+            out.degraded_logprob[rows] = lp[0]
 
         if rg is not None:
             # z_s now holds row_grad / T * dD/dz (in place); chain rule through z = W h.

@@ -46,7 +46,6 @@ LSE_S: tl.constexpr = tl.constexpr(int(SavedRow.LSE_S))
 LSE_T: tl.constexpr = tl.constexpr(int(SavedRow.LSE_T))
 GAP: tl.constexpr = tl.constexpr(int(SavedRow.GAP))
 AUX: tl.constexpr = tl.constexpr(int(SavedRow.AUX))
-MAX_S: tl.constexpr = tl.constexpr(int(SavedRow.MAX_S))
 
 # Configurations that won no key on an H200 and spill on sm_90a (4 warps; 128 x 256 tiles) are gone.
 _DZ_CONFIGS = [
@@ -83,7 +82,7 @@ def dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr,
         # Reverse KL: where every p_s of the tile is <= its row's tau (see teacher_skip_threshold),
         # every entry is provably below the filter's threshold: the teacher's GEMM loop runs zero
         # steps and the tile's gradient is zero. (A loop bound, not a branch around the GEMM: the
-        # branch cost 34-42 more registers per thread on sm_90a.)
+        # branch cost 34-42 more registers per thread on sm_90a; a helper function moved spills.)
         log_tau = tl.load(log_tau_ptr + offs_n, mask=n_mask, other=float("inf"))  # rows past N: never live
         live = tl.max(tl.max(z_s - (lse_s + log_tau)[:, None], 1), 0) > 0.0
         teacher_depth = Dt * live.to(tl.int32)
@@ -109,17 +108,9 @@ def dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr,
             logp_t = z_t - lse_t[:, None]
             logm = logaddexp(logp_t + log_beta, logp_s + log_1m_beta)
             dz = one_m_beta * p_s * (logp_s - logm - aux[:, None])
-    if FILTER:  # flag each FLAG_BLOCK x FLAG_BLOCK block with some |d q_n / d z| >= eps * max_v p_s
-        max_s = tl.load(rows_ptr + MAX_S * N + offs_n, mask=n_mask, other=0.0)
-        threshold = filter_eps * tl.exp(max_s - lse_s)
-        excess = tl.where(n_mask[:, None] & v_mask[None, :], tl.abs(dz) - threshold[:, None], -1.0)
-        blocks = tl.reshape(excess, (BLOCK_N // FLAG_BLOCK, FLAG_BLOCK, BLOCK_V // FLAG_BLOCK, FLAG_BLOCK))
-        block_max = tl.max(tl.max(blocks, 3), 1)
-        row_blocks = tl.program_id(0) * (BLOCK_N // FLAG_BLOCK) + tl.arange(0, BLOCK_N // FLAG_BLOCK)
-        col_blocks = tl.program_id(1) * (BLOCK_V // FLAG_BLOCK) + tl.arange(0, BLOCK_V // FLAG_BLOCK)
-        in_map = (row_blocks < tl.cdiv(N, FLAG_BLOCK))[:, None] & (col_blocks < flag_cols)[None, :]
-        tl.store(flag_ptr + row_blocks[:, None] * flag_cols + col_blocks[None, :],
-                 (block_max >= 0.0).to(tl.int8), mask=in_map)
+    if FILTER:
+        experimental_filter.flag_blocks(dz, rows_ptr, lse_s, offs_n, n_mask, v_mask, N, flag_ptr, flag_cols,
+                                        filter_eps, FLAG_BLOCK, BLOCK_N, BLOCK_V)
     dz = dz * g[:, None]  # masked columns hold p = 0 exactly (see scaled); the store skips them anyway
     ptrs = dz_ptr + slots[:, None] * stride_dz + (offs_v - v_begin)[None, :]
     tl.store(ptrs, dz.to(dz_ptr.dtype.element_ty), mask=n_mask[:, None] & v_mask[None, :])
