@@ -58,13 +58,10 @@ class KernelOptions:
                                  f"(cuBLAS cannot skip blocks), got backward_gemm={self.backward_gemm!r}")
 
 
-DEFAULT_OPTIONS = KernelOptions()
-
-
 def resolve_options(options) -> KernelOptions:
     """``options`` checked (None: the defaults)."""
     if options is None:
-        return DEFAULT_OPTIONS
+        return KernelOptions()
     if not isinstance(options, KernelOptions):
         raise TypeError(f"options: expected vaopd_kernels.KernelOptions or None, got {type(options).__name__}")
     return options

@@ -209,10 +209,9 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
     num_rows, device = (s_head or t_head).hidden.shape[0], (s_head or t_head).hidden.device
     inv_t = 1.0 / float(views.temperature)
 
-    want_kl = divergence is not None
     out = RowStats()
     new = lambda: torch.empty(num_rows, dtype=cdtype, device=device)  # noqa: E731
-    if want_kl:
+    if divergence is not None:
         out.kl = new()
     if targets is not None:
         out.student_logprob, out.teacher_logprob, out.degraded_logprob = (
@@ -240,7 +239,7 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
         for h, logits in z.items():
             mm_into(logits, h.rows(rows), h.weight.T)
         z_s, z_t, z_d = z.get(s_head), z.get(t_head), z.get(d_head)
-        if want_kl:
+        if divergence is not None:
             kl, _, lp_s, ent, lp_t = ops.divergence(z_s, z_t, y, rg, int(divergence), float(beta), inv_t,
                                                     grad_format)
             out.kl[rows] = kl
@@ -258,7 +257,7 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
             out.teacher_logprob[rows] = lp[0]
             if d_head is not None:
                 out.degraded_logprob[rows] = lp[1]
-        if d_head is not None and y is not None and (want_kl or s_head is not None):
+        if d_head is not None and y is not None and (divergence is not None or s_head is not None):
             _, lp, _ = ops.view_stats([z_d], y, 1.0, False)
             out.degraded_logprob[rows] = lp[0]
 

@@ -42,8 +42,7 @@ _CROSS = {None: kernel_stats.CROSS_NONE, Divergence.REVERSE: kernel_stats.CROSS_
 
 @torch.no_grad()
 def scan(views, *, divergence, beta, row_weight, options):
-    pairs = [views.student, views.teacher]
-    flat = kernel_stats.operands(*(t for pair in pairs if pair for t in pair), views.degraded)
+    flat = kernel_stats.operands(*(t for pair in (views.student, views.teacher) if pair for t in pair), views.degraded)
     student = tuple(flat[:2]) if views.student else None
     teacher = tuple(flat[-3:-1]) if views.teacher else None
     common = dict(vocab_size=views.vocab_size, student=student, teacher=teacher, temperature=views.temperature)

@@ -46,7 +46,6 @@ def teacher_skip_threshold(rows: torch.Tensor, eps: float) -> torch.Tensor:
     return (b / (d + torch.log(d))).clamp(max=math.exp(-1.0)).float()
 
 
-# ----------------------------------------------------------------------------- kernel parts
 @triton.jit
 def flag_blocks(dz, rows_ptr, lse_s, offs_n, n_mask, v_mask, N, flag_ptr, flag_cols, filter_eps,
                 FLAG_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from vaopd_kernels.backends.triton import _config as C
-from vaopd_kernels.backends.triton import experimental_filter
+from vaopd_kernels.backends.triton.experimental_filter import live_steps
 from vaopd_kernels.backends.triton._tiles import dot
 
 # Pipeline stages of the filtered GEMM loop: with its list read, 5 give the 3 operand buffers
@@ -78,8 +78,7 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, flag_ptr, live_ptr, order_ptr, M, N, K, 
         # is one more level of indirection, which takes a pipeline stage: hence LIST_STAGES.
         list_len = tl.cdiv(K, BLOCK_K)  # room for every step: this program's row of the scratch
         live_ptr += (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * list_len
-        live = experimental_filter.live_steps(flag_ptr, live_ptr, M, K, stride_fm, stride_fk, FLAG_BLOCK, BLOCK_M,
-                                              BLOCK_K)
+        live = live_steps(flag_ptr, live_ptr, M, K, stride_fm, stride_fk, FLAG_BLOCK, BLOCK_M, BLOCK_K)
         tl.debug_barrier()  # the list is read back by other threads of this program
         for i in tl.range(0, live, num_stages=LIST_STAGES):
             acc = _matmul_step(acc, tl.load(live_ptr + i) * BLOCK_K, a_ptr, b_ptr, order_ptr, offs_m, offs_n, offs_k,
