@@ -27,7 +27,7 @@ import os
 import torch
 
 from vaopd_kernels.backends.triton.experimental_filter import teacher_skip_threshold  # no kernel runs here
-from vaopd_kernels.backends.triton.stats import RowStats, saved_rows
+from vaopd_kernels.backends.triton.stats import SavedRow
 
 V, DS, DT = 151_936, 2048, 4096
 EPS = 2.0 ** -12
@@ -66,8 +66,10 @@ def reach(z_s, z_t, eps=EPS, ds=DS, dt=DT):
     logp_s, logp_t = z_s - lse_s[:, None], z_t - lse_t[:, None]
     p_s = logp_s.exp()
     kl = (p_s * (logp_s - logp_t)).sum(1)
-    stats = RowStats(lse_s=lse_s, lse_t=lse_t, gap=lse_t - lse_s, max_s=z_s.amax(1), min_t=z_t.amin(1))
-    tau = teacher_skip_threshold(saved_rows(stats, aux=kl), eps)
+    rows = torch.zeros(len(SavedRow), z_s.shape[0])
+    rows[SavedRow.LSE_S], rows[SavedRow.LSE_T], rows[SavedRow.GAP] = lse_s, lse_t, lse_t - lse_s
+    rows[SavedRow.AUX], rows[SavedRow.MAX_S], rows[SavedRow.MIN_T] = kl, z_s.amax(1), z_t.amin(1)
+    tau = teacher_skip_threshold(rows, eps)
     kept = (p_s * (logp_s - logp_t - kl[:, None])).abs() >= eps * p_s.amax(1, keepdim=True)
     flags = block_any(kept, FLAG, FLAG)
     out = {"p_target_median": float(p_s.amax(1).median()),

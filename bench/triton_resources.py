@@ -30,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from vaopd_kernels import KernelOptions
-from vaopd_kernels.backends.triton import _config, backward, dlogits, matmul, stats
+from vaopd_kernels.backends.triton import _config, backward, matmul, stats
 
 # The launches the backend makes at the headline shape (bf16, N = 8192, Ds = 2048, Dt = 4096,
 # V = 151,936): kernel, constexpr flags, and the integer arguments it sees there. Integers are
@@ -57,7 +57,7 @@ _MM_FLAGS = dict(LIST_STAGES=matmul._LIST_STAGES)
 for _filter in (False, True):
     _tag, _flags = (", filtered" if _filter else ""), dict(FILTER=_filter, FLAG_BLOCK=64)
     LAUNCHES.update({
-        f"dlogits: reverse KL{_tag}": (dlogits.dlogits_kernel, dict(MODE=dlogits.MODE_REVERSE.value, **_flags),
+        f"dlogits: reverse KL{_tag}": (backward.dlogits_kernel, dict(MODE=backward.MODE_REVERSE.value, **_flags),
                                        {**_SHAPE, "v_begin": 0, "v_end": COLS, "Vc": COLS, "stride_dz": COLS,
                                         "flag_cols": _FLAG_COLS}, {}),
         f"matmul: d head = dz^T h{_tag}": (matmul._matmul_kernel, dict(ACCUMULATE=False, ORDER_B=_filter,

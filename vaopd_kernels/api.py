@@ -1,7 +1,6 @@
 """Public functions: the one place where user input is checked, then dispatched to a backend."""
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
@@ -10,47 +9,38 @@ import torch
 from vaopd_kernels import objective, ops
 from vaopd_kernels.backends import check_backend_name, resolve_backend
 from vaopd_kernels.backends._autograd import no_autocast
-from vaopd_kernels.options import resolve_options
+from vaopd_kernels.backends.base import Divergence
+from vaopd_kernels.options import check_count, resolve_options
 from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult, WeightedKLResult
 
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-DIVERGENCES = ("reverse", "forward", "jsd")
+# a tensor kind: (accepted dtypes, how an error message names them)
+_FLOAT = ((torch.float32, torch.bfloat16, torch.float16, torch.float64), "dtype float32, bfloat16, float16 or float64")
+_INT = ((torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8), "an integer dtype")
+DIVERGENCES = tuple(d.name.lower() for d in Divergence)  # the public names: "reverse", "forward", "jsd"
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_tensor(name: str, value, ndim: int) -> None:
+def _check_tensor(name: str, value, ndim: int, kind=_FLOAT) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     if value.dim() != ndim:
         raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(value.shape)}")
+    if value.dtype not in kind[0]:
+        raise TypeError(f"{name}: expected {kind[1]}, got {value.dtype}")
 
 
-def _check_float(name: str, value, ndim: int) -> None:
-    _check_tensor(name, value, ndim)
-    if value.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected dtype float32, bfloat16, float16 or float64, got {value.dtype}")
-
-
-def _check_int(name: str, value, ndim: int) -> None:
-    _check_tensor(name, value, ndim)
-    if value.dtype not in _INT_DTYPES:
-        raise TypeError(f"{name}: expected an integer dtype, got {value.dtype}")
-
-
-def _check_same_device(expected: Optional[torch.device] = None, **tensors) -> torch.device:
+def _check_same_device(expected: Optional[torch.device] = None, **tensors) -> None:
     """All ``tensors`` on one device (``expected``, or the first one's)."""
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     first = expected if expected is not None else next(iter(devices.values()))
     for name, device in devices.items():
         if device != first:
             raise ValueError(f"{name}: expected a tensor on {first} like the other inputs, got {device}")
-    return first
 
 
 def _check_pair(hidden_name, hidden, weight_name, weight) -> None:
-    _check_float(hidden_name, hidden, 2)
-    _check_float(weight_name, weight, 2)
+    _check_tensor(hidden_name, hidden, 2)
+    _check_tensor(weight_name, weight, 2)
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"{weight_name}: expected hidden size {hidden.shape[1]} (from {hidden_name}), "
                          f"got shape {tuple(weight.shape)}")
@@ -69,7 +59,7 @@ def _resolve_vocab(vocab_size: Optional[int], **weights) -> int:
             raise ValueError(f"vocab_size: required when LM heads differ in rows ({rows}); "
                              "pass the tokenizer's vocabulary size")
         return next(iter(rows.values()))
-    _check_count("vocab_size", vocab_size)
+    check_count("vocab_size", vocab_size)
     for name, n in rows.items():
         if vocab_size > n:
             raise ValueError(f"vocab_size: {vocab_size} exceeds the {n} rows of {name}")
@@ -77,7 +67,7 @@ def _resolve_vocab(vocab_size: Optional[int], **weights) -> int:
 
 
 def _check_targets(targets, num_rows: int, vocab_size: int, device: torch.device) -> torch.Tensor:
-    _check_int("targets", targets, 1)
+    _check_tensor("targets", targets, 1, _INT)
     _check_same_device(device, targets=targets)
     _check_rows(num_rows, targets=targets)
     if targets.numel() and bool(torch.stack([targets.min() < 0, targets.max() >= vocab_size]).any()):  # one sync
@@ -105,7 +95,7 @@ def _check_divergence(divergence: str, beta) -> None:
 
 
 def _check_cu_seqlens(cu_seqlens, num_rows: int, device: torch.device) -> torch.Tensor:
-    _check_int("cu_seqlens", cu_seqlens, 1)
+    _check_tensor("cu_seqlens", cu_seqlens, 1, _INT)
     _check_same_device(device, cu_seqlens=cu_seqlens)
     if cu_seqlens.numel() < 2:
         raise ValueError("cu_seqlens: expected at least 2 entries [0, ..., N]")
@@ -122,7 +112,7 @@ def _check_cu_seqlens(cu_seqlens, num_rows: int, device: torch.device) -> torch.
 
 def _check_rollouts(cu_seqlens, prompt_ids, num_rows: int, device: torch.device):
     cu = _check_cu_seqlens(cu_seqlens, num_rows, device)
-    _check_int("prompt_ids", prompt_ids, 1)
+    _check_tensor("prompt_ids", prompt_ids, 1, _INT)
     _check_same_device(device, prompt_ids=prompt_ids)
     if prompt_ids.numel() != cu.numel() - 1:
         raise ValueError(f"prompt_ids: expected one id per rollout ({cu.numel() - 1}), got {prompt_ids.numel()}")
@@ -138,25 +128,28 @@ def _check_objective_options(high_fraction, high_weight, temperature, eps) -> No
     _check_positive("eps", eps)
 
 
-def _ablation_options(high_selection, rollout_weighting, high_seed) -> dict:
-    """The ablation keywords for ``objective.va_opd_weights``; empty for the paper's recipe."""
+def _va_opd_weighting(high_fraction, high_weight, temperature, eps, num_prompts, high_selection, rollout_weighting,
+                      high_seed):
+    """The objective's settings, checked, as ``weights(impl, va, cu_seqlens, prompt_ids) ->
+    Coefficients``: a backend's own VA-OPD coefficients (the optional ``va_opd_weights`` hook), else
+    the torch objective; an ablation always uses the torch objective."""
+    _check_objective_options(high_fraction, high_weight, temperature, eps)
     if high_selection not in objective.HIGH_SELECTIONS:
         raise ValueError(f"high_selection: expected one of {objective.HIGH_SELECTIONS}, got {high_selection!r}")
     if rollout_weighting not in objective.ROLLOUT_WEIGHTINGS:
         raise ValueError(f"rollout_weighting: expected one of {objective.ROLLOUT_WEIGHTINGS}, got {rollout_weighting!r}")
     if high_selection == "random" and (isinstance(high_seed, bool) or not isinstance(high_seed, int) or high_seed < 0):
         raise ValueError(f"high_seed: high_selection='random' needs a seed, an int >= 0, got {high_seed!r}")
-    if high_selection == "va" and rollout_weighting == "va":
-        return {}
-    return dict(high_selection=high_selection, rollout_weighting=rollout_weighting, high_seed=high_seed)
+    settings = dict(high_fraction=float(high_fraction), high_weight=float(high_weight), temperature=float(temperature),
+                    eps=float(eps), num_prompts=check_count("num_prompts", num_prompts))
+    ablation = high_selection != "va" or rollout_weighting != "va"
+    if ablation:  # the paper's recipe passes no ablation keywords (a backend's hook takes none)
+        settings.update(high_selection=high_selection, rollout_weighting=rollout_weighting, high_seed=high_seed)
 
-
-def _check_count(name: str, value) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
-    return value
+    def weights(impl, va, cu_seqlens, prompt_ids) -> Coefficients:
+        fn = objective.va_opd_weights if ablation else getattr(impl, "va_opd_weights", objective.va_opd_weights)
+        return fn(va, cu_seqlens, prompt_ids, **settings)
+    return weights
 
 
 def _finite(outputs, **inputs):
@@ -171,21 +164,32 @@ def _finite(outputs, **inputs):
     raise ValueError(f"the result is not finite although {', '.join(inputs)} are: logits overflowed")
 
 
-def _check_student_teacher(sh, sw, th, tw, vocab_size, extra_rows=None) -> int:
+def _check_degraded(name, degraded, like_name, like) -> None:
+    _check_tensor(name, degraded, 2)
+    if degraded.shape != like.shape:
+        raise ValueError(f"{name}: expected shape {tuple(like.shape)} like {like_name}, got {tuple(degraded.shape)}")
+
+
+def _check_student_teacher(sh, sw, th, tw, vocab_size, degraded=None, **extra_rows) -> int:
+    """The student and teacher pairs (and the teacher's degraded view, if any) on one device, with
+    one row count; returns the vocabulary size."""
     _check_pair("student_hidden", sh, "student_weight", sw)
     _check_pair("teacher_hidden", th, "teacher_weight", tw)
-    _check_rows(sh.shape[0], teacher_hidden=th, **(extra_rows or {}))
+    _check_rows(sh.shape[0], teacher_hidden=th, teacher_hidden_degraded=degraded, **extra_rows)
     _check_same_device(student_hidden=sh, student_weight=sw, teacher_hidden=th, teacher_weight=tw,
-                       **(extra_rows or {}))
-    return _resolve_vocab(vocab_size, student_weight=sw, teacher_weight=tw)
+                       teacher_hidden_degraded=degraded, **extra_rows)
+    vocab = _resolve_vocab(vocab_size, student_weight=sw, teacher_weight=tw)
+    if degraded is not None:
+        _check_degraded("teacher_hidden_degraded", degraded, "teacher_hidden", th)
+    return vocab
 
 
-def _check_degraded(th_degraded, th) -> None:
-    if th_degraded is not None:
-        _check_float("teacher_hidden_degraded", th_degraded, 2)
-        if th_degraded.shape != th.shape:
-            raise ValueError(f"teacher_hidden_degraded: expected shape {tuple(th.shape)} like teacher_hidden, "
-                             f"got {tuple(th_degraded.shape)}")
+def _run(op, backend, options, device, *args, **kwargs):
+    """``op`` on the backend for ``device``, with the checked kernel options and autocast off."""
+    options = resolve_options(options)
+    impl = resolve_backend(backend, device)
+    with no_autocast(device):
+        return op(impl, *args, options=options, **kwargs)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -199,12 +203,9 @@ def linear_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *,
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size)
     _check_divergence(divergence, beta)
     temperature = _check_positive("temperature", temperature)
-    options = resolve_options(options)
-    impl = resolve_backend(backend, student_hidden.device)
-    with no_autocast(student_hidden.device):
-        kl = ops.linear_kl(impl, student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                           divergence=divergence, beta=float(beta), temperature=temperature, vocab_size=vocab,
-                           options=options)
+    kl = _run(ops.linear_kl, backend, options, student_hidden.device, student_hidden, student_weight,
+              teacher_hidden.detach(), teacher_weight.detach(), divergence=divergence, beta=float(beta),
+              temperature=temperature, vocab_size=vocab)
     return _finite([kl], student_hidden=student_hidden, student_weight=student_weight,
                    teacher_hidden=teacher_hidden, teacher_weight=teacher_weight)[0]
 
@@ -217,11 +218,8 @@ def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     _check_same_device(hidden=hidden, weight=weight)
     targets = _check_targets(targets, hidden.shape[0], vocab, hidden.device)
     temperature = _check_positive("temperature", temperature)
-    options = resolve_options(options)
-    impl = resolve_backend(backend, hidden.device)
-    with no_autocast(hidden.device):
-        lp = ops.linear_logprob(impl, hidden, weight, targets, temperature=temperature, vocab_size=vocab,
-                                options=options)
+    lp = _run(ops.linear_logprob, backend, options, hidden.device, hidden, weight, targets, temperature=temperature,
+              vocab_size=vocab)
     return _finite([lp], hidden=hidden, weight=weight)[0]
 
 
@@ -232,36 +230,30 @@ def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_siz
     ``max(lp_full - lp_degraded, 0)``, or the signed gap with ``clamp=False``.
     """
     _check_pair("hidden_full", hidden_full, "weight", weight)
-    _check_float("hidden_degraded", hidden_degraded, 2)
-    if hidden_degraded.shape != hidden_full.shape:
-        raise ValueError(f"hidden_degraded: expected shape {tuple(hidden_full.shape)} like hidden_full, "
-                         f"got {tuple(hidden_degraded.shape)}")
+    _check_degraded("hidden_degraded", hidden_degraded, "hidden_full", hidden_full)
     vocab = _resolve_vocab(vocab_size, weight=weight)
     _check_same_device(hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight)
     targets = _check_targets(targets, hidden_full.shape[0], vocab, hidden_full.device)
-    options = resolve_options(options)
-    impl = resolve_backend(backend, hidden_full.device)
-    with no_autocast(hidden_full.device):
-        lp_full, lp_degraded = ops.teacher_logprobs(impl, hidden_full.detach(), weight.detach(), targets,
-                                                     hidden_degraded.detach(), vocab_size=vocab, options=options)
+    lp_full, lp_degraded = _run(ops.teacher_logprobs, backend, options, hidden_full.device, hidden_full.detach(),
+                                weight.detach(), targets, hidden_degraded.detach(), vocab_size=vocab)
     gap = _finite([lp_full - lp_degraded], hidden_full=hidden_full, hidden_degraded=hidden_degraded,
                   weight=weight)[0]
     return gap.clamp_min(0.0) if clamp else gap
+
+
+def _detached(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return t.detach() if t is not None else None
 
 
 def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, *,
           teacher_hidden_degraded=None, vocab_size=None, backend="auto", options=None) -> VAKLResult:
     """Reverse KL (differentiable) plus VA and the per-token statistics, sharing the teacher pass."""
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
-                                   extra_rows={"teacher_hidden_degraded": teacher_hidden_degraded})
-    _check_degraded(teacher_hidden_degraded, teacher_hidden)
+                                   teacher_hidden_degraded)
     targets = _check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
-    options = resolve_options(options)
-    impl = resolve_backend(backend, student_hidden.device)
-    degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
-    with no_autocast(student_hidden.device):
-        result = ops.va_kl(impl, student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(),
-                            targets, degraded, vocab_size=vocab, options=options)
+    result = _run(ops.va_kl, backend, options, student_hidden.device, student_hidden, student_weight,
+                  teacher_hidden.detach(), teacher_weight.detach(), targets, _detached(teacher_hidden_degraded),
+                  vocab_size=vocab)
     _finite([result.kl, result.visual_advantage, result.student_logprob, result.teacher_logprob],
             student_hidden=student_hidden, student_weight=student_weight, teacher_hidden=teacher_hidden,
             teacher_weight=teacher_weight, teacher_hidden_degraded=teacher_hidden_degraded)
@@ -269,18 +261,12 @@ def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, target
 
 
 # ----------------------------------------------------------------------------- objectives
-def _check_token_values(name, value, num_rows=None) -> None:
-    _check_float(name, value, 1)
-    if num_rows is not None:
-        _check_rows(num_rows, **{name: value})
-
-
-def _objective_weights(impl, ablation=None):
-    """A backend's own VA-OPD coefficients (the optional ``va_opd_weights`` hook), else the torch
-    objective; an ablation (non-empty ``ablation`` options) always uses the torch objective."""
-    if ablation:
-        return functools.partial(objective.va_opd_weights, **ablation)
-    return getattr(impl, "va_opd_weights", objective.va_opd_weights)
+def _va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, weighting, backend, options) -> Coefficients:
+    _check_tensor("visual_advantage", visual_advantage, 1)
+    cu, pid = _check_rollouts(cu_seqlens, prompt_ids, visual_advantage.shape[0], visual_advantage.device)
+    resolve_options(options)  # checked; the objective has no kernel options
+    _finite([visual_advantage], visual_advantage=visual_advantage)
+    return weighting(resolve_backend(backend, visual_advantage.device), visual_advantage, cu, pid)
 
 
 def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
@@ -297,23 +283,17 @@ def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, *, high_fracti
     Ablations: ``high_selection="random"`` makes each high group ceil(f T_r) uniformly random
     tokens drawn from ``high_seed`` (rollout weights still from VA); ``rollout_weighting="uniform"``
     weights sibling rollouts equally (1/K). Both use the torch objective whatever the backend."""
-    _check_token_values("visual_advantage", visual_advantage)
-    cu, pid = _check_rollouts(cu_seqlens, prompt_ids, visual_advantage.shape[0], visual_advantage.device)
-    _check_objective_options(high_fraction, high_weight, temperature, eps)
-    ablation = _ablation_options(high_selection, rollout_weighting, high_seed)
-    resolve_options(options)  # checked; the objective has no kernel options
-    _finite([visual_advantage], visual_advantage=visual_advantage)
-    return _objective_weights(resolve_backend(backend, visual_advantage.device), ablation)(
-        visual_advantage, cu, pid, high_fraction=float(high_fraction), high_weight=float(high_weight),
-        temperature=float(temperature), eps=float(eps), num_prompts=_check_count("num_prompts", num_prompts))
+    weighting = _va_opd_weighting(high_fraction, high_weight, temperature, eps, num_prompts, high_selection,
+                                  rollout_weighting, high_seed)
+    return _va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, weighting, backend, options)
 
 
 def opd_coefficients(cu_seqlens, *, num_rollouts=None) -> Coefficients:
     """Standard OPD's per-token coefficients: 1 / (R * T_r) (``num_rollouts`` overrides R)."""
-    _check_int("cu_seqlens", cu_seqlens, 1)
+    _check_tensor("cu_seqlens", cu_seqlens, 1, _INT)
     num_rows = int(cu_seqlens[-1]) if cu_seqlens.numel() else 0
     cu = _check_cu_seqlens(cu_seqlens, num_rows, cu_seqlens.device)
-    return objective.opd_weights(cu, num_rows, _check_count("num_rollouts", num_rollouts))
+    return objective.opd_weights(cu, num_rows, check_count("num_rollouts", num_rollouts))
 
 
 def objective_from_coefficients(token_kl, coefficients: Coefficients) -> ObjectiveResult:
@@ -321,7 +301,8 @@ def objective_from_coefficients(token_kl, coefficients: Coefficients) -> Objecti
     already computed by :func:`va_opd_coefficients` or :func:`opd_coefficients`, e.g. the KL of
     every micro-batch collected after their backward passes; :func:`va_opd_objective` and
     :func:`opd_objective` are this after the coefficients."""
-    _check_token_values("token_kl", token_kl, coefficients.token_weight.shape[0])
+    _check_tensor("token_kl", token_kl, 1)
+    _check_rows(coefficients.token_weight.shape[0], token_kl=token_kl)
     _check_same_device(coefficients.token_weight.device, token_kl=token_kl)
     _finite([token_kl], token_kl=token_kl)
     return objective.reduce_kl(token_kl, coefficients)
@@ -332,8 +313,9 @@ def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high
                      rollout_weighting="va", high_seed=None) -> ObjectiveResult:
     """VA-OPD loss from per-token KL and VA: ``sum(va_opd_coefficients(...).token_weight * token_kl)``,
     with the objective's metrics (ablation keywords as in :func:`va_opd_coefficients`)."""
-    _check_token_values("token_kl", token_kl)
-    _check_token_values("visual_advantage", visual_advantage, token_kl.shape[0])
+    _check_tensor("token_kl", token_kl, 1)
+    _check_tensor("visual_advantage", visual_advantage, 1)
+    _check_rows(token_kl.shape[0], visual_advantage=visual_advantage)
     _check_same_device(token_kl=token_kl, visual_advantage=visual_advantage)
     coefficients = va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, high_fraction=high_fraction,
                                        high_weight=high_weight, temperature=temperature, eps=eps,
@@ -345,7 +327,7 @@ def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high
 
 def opd_objective(token_kl, cu_seqlens, *, num_rollouts=None) -> ObjectiveResult:
     """Standard OPD loss: mean over rollouts of each rollout's mean token KL."""
-    _check_token_values("token_kl", token_kl)
+    _check_tensor("token_kl", token_kl, 1)
     _check_cu_seqlens(cu_seqlens, token_kl.shape[0], token_kl.device)  # names cu_seqlens if it disagrees with N
     return objective_from_coefficients(token_kl, opd_coefficients(cu_seqlens, num_rollouts=num_rollouts))
 
@@ -362,43 +344,34 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     backward only rescales them.
     """
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
-                                   extra_rows={"teacher_hidden_degraded": teacher_hidden_degraded})
-    _check_degraded(teacher_hidden_degraded, teacher_hidden)
+                                   teacher_hidden_degraded)
     targets = _check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
     cu, pid = _check_rollouts(cu_seqlens, prompt_ids, student_hidden.shape[0], student_hidden.device)
-    _check_objective_options(high_fraction, high_weight, temperature, eps)
-    ablation = _ablation_options(high_selection, rollout_weighting, high_seed)
-    num_prompts = _check_count("num_prompts", num_prompts)
-    num_rollouts = _check_count("num_rollouts", num_rollouts)
+    weighting = _va_opd_weighting(high_fraction, high_weight, temperature, eps, num_prompts, high_selection,
+                                  rollout_weighting, high_seed)
+    num_rollouts = check_count("num_rollouts", num_rollouts)
     options = resolve_options(options)
     impl = resolve_backend(backend, student_hidden.device)
-    num_rows = student_hidden.shape[0]
 
     def token_weights(va):
         """Asked for by ops.weighted_kl once VA is known (None for OPD), before any gradient work."""
         if va is None:
-            return objective.opd_weights(cu, num_rows, num_rollouts)
-        # a non-finite VA is reported after the scan returns (no host sync in between)
-        return _objective_weights(impl, ablation)(va, cu, pid, high_fraction=float(high_fraction),
-                                        high_weight=float(high_weight), temperature=float(temperature),
-                                        eps=float(eps), num_prompts=num_prompts)
+            return objective.opd_weights(cu, student_hidden.shape[0], num_rollouts)
+        return weighting(impl, va, cu, pid)  # a non-finite VA is reported after the scan (no host sync here)
 
-    degraded = teacher_hidden_degraded.detach() if teacher_hidden_degraded is not None else None
     with no_autocast(student_hidden.device):
         loss, stats, weights = ops.weighted_kl(impl, student_hidden, student_weight, teacher_hidden.detach(),
-                                               teacher_weight.detach(), targets, degraded, token_weights,
-                                               vocab_size=vocab, options=options)
+                                               teacher_weight.detach(), targets, _detached(teacher_hidden_degraded),
+                                               token_weights, vocab_size=vocab, options=options)
     _finite([loss, stats.kl, stats.visual_advantage, stats.student_logprob], student_hidden=student_hidden,
             student_weight=student_weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
             teacher_hidden_degraded=teacher_hidden_degraded)
     result = objective.reduce_kl(stats.kl, weights, loss=loss, extra_metrics={
         "entropy_mean": stats.student_entropy.double().mean(),
         "student_logprob_mean": stats.student_logprob.double().mean()})
-    return VAOPDLossResult(loss=result.loss, kl=stats.kl, visual_advantage=stats.visual_advantage,
-                           token_weight=result.token_weight, rollout_weight=result.rollout_weight,
-                           high_mask=result.high_mask, student_logprob=stats.student_logprob,
-                           teacher_logprob=stats.teacher_logprob, student_entropy=stats.student_entropy,
-                           metrics=result.metrics)
+    return VAOPDLossResult(**vars(result), kl=stats.kl, visual_advantage=stats.visual_advantage,
+                           student_logprob=stats.student_logprob, teacher_logprob=stats.teacher_logprob,
+                           student_entropy=stats.student_entropy)  # vars(result): loss, coefficients, metrics
 
 
 def weighted_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, token_weight, *, targets=None,
@@ -411,17 +384,14 @@ def weighted_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     ``student_hidden`` and ``student_weight``; the per-token KL comes back detached, and with
     ``targets`` the student's log-prob of them and its entropy (the metrics of :func:`va_opd_loss`).
     """
-    _check_float("token_weight", token_weight, 1)
+    _check_tensor("token_weight", token_weight, 1)
     vocab = _check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
-                                   extra_rows={"token_weight": token_weight})
+                                   token_weight=token_weight)
     if targets is not None:
         targets = _check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
-    options = resolve_options(options)
-    impl = resolve_backend(backend, student_hidden.device)
-    with no_autocast(student_hidden.device):
-        loss, stats = ops.given_weights_kl(impl, student_hidden, student_weight, teacher_hidden.detach(),
-                                           teacher_weight.detach(), token_weight.detach(), targets, vocab_size=vocab,
-                                           options=options)
+    loss, stats = _run(ops.given_weights_kl, backend, options, student_hidden.device, student_hidden, student_weight,
+                       teacher_hidden.detach(), teacher_weight.detach(), token_weight.detach(), targets,
+                       vocab_size=vocab)
     _finite([loss, stats.kl, stats.student_logprob], student_hidden=student_hidden, student_weight=student_weight,
             teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, token_weight=token_weight)
     return WeightedKLResult(loss=loss, kl=stats.kl, student_logprob=stats.student_logprob,
@@ -436,7 +406,7 @@ class VAOPDLoss(torch.nn.Module):
                  backend="auto", options=None):
         super().__init__()
         _check_objective_options(high_fraction, high_weight, temperature, eps)
-        _check_count("vocab_size", vocab_size)
+        check_count("vocab_size", vocab_size)
         check_backend_name(backend)
         self.settings = dict(vocab_size=vocab_size, high_fraction=high_fraction, high_weight=high_weight,
                              temperature=temperature, eps=eps, backend=backend, options=resolve_options(options))

@@ -40,7 +40,7 @@ def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tenso
 def linear_kl(impl: Backend, sh, sw, th, tw, *, divergence: str, beta: float, temperature: float, vocab_size: int,
               options: KernelOptions) -> torch.Tensor:
     views = Views(vocab_size, student=(sh, sw), teacher=(th, tw), temperature=temperature)
-    stats = _scan(impl, views, options, Divergence.parse(divergence), beta)
+    stats = _scan(impl, views, options, Divergence[divergence.upper()], beta)
     return _with_grad(impl, stats.kl.to(compute_dtype(sh, sw, th, tw)), stats, sh, sw, options, (th, tw))
 
 
@@ -59,8 +59,10 @@ def teacher_logprobs(impl: Backend, th, tw, targets, th_degraded, *, vocab_size:
 
 
 def _result(stats: RowStats, kl, va, dtype) -> VAKLResult:
+    # not every backend computes the entropy without targets: none reports it
+    entropy = _cast(stats.student_entropy, dtype) if stats.student_logprob is not None else None
     return VAKLResult(kl, _cast(va, dtype), _cast(stats.student_logprob, dtype), _cast(stats.teacher_logprob, dtype),
-                      stats.student_entropy.to(dtype))
+                      entropy)
 
 
 def va_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded, *, vocab_size: int,
@@ -95,30 +97,21 @@ def weighted_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded,
         stats = _scan(impl, views, options, Divergence.REVERSE, row_weight=weights.token_weight if need_grad else None)
         grads = stats.grads
     dtype = compute_dtype(sh, sw, th, tw)
-    loss, kl = _weighted_loss(impl, stats, weights.token_weight, grads, sh, sw, th, tw, options)
+    kl = stats.kl.to(dtype)
+    with torch.no_grad():
+        loss = (weights.token_weight.to(dtype) * kl).sum()
+    recompute = lambda: impl.gradients(stats.saved, weights.token_weight, options=options)  # noqa: E731
+    loss = precomputed_loss(loss, sh, sw, grads, recompute, recomputed_from=(th, tw))
     return loss, _result(stats, kl, va, dtype), weights
 
 
 def given_weights_kl(impl: Backend, sh, sw, th, tw, token_weight: torch.Tensor, targets: Optional[torch.Tensor], *,
                      vocab_size: int, options: KernelOptions) -> Tuple[torch.Tensor, VAKLResult]:
-    """loss = sum(token_weight * reverse KL) for weights known before the call: one scan that forms
-    the gradients as it goes, so backward only rescales them. Returns (loss, detached per-token
-    results; log-probs and entropy only with ``targets``)."""
-    need_grad = wants_grad(sh, sw)
-    views = Views(vocab_size, student=(sh, sw), teacher=(th, tw), targets=targets)
-    stats = _scan(impl, views, options, Divergence.REVERSE, row_weight=token_weight if need_grad else None)
-    loss, kl = _weighted_loss(impl, stats, token_weight, stats.grads, sh, sw, th, tw, options)
-    if targets is None:  # not every backend computes the entropy without targets: none reports it
-        return loss, VAKLResult(kl, None, None, None, None)
-    return loss, _result(stats, kl, None, compute_dtype(sh, sw, th, tw))
+    """loss = sum(token_weight * reverse KL) for weights known before the call: :func:`weighted_kl`
+    without a degraded view, one scan that forms the gradients as it goes. Returns (loss, detached
+    per-token results; log-probs and entropy only with ``targets``)."""
+    weights = Coefficients(token_weight, None, None, None)
+    loss, result, _ = weighted_kl(impl, sh, sw, th, tw, targets, None, lambda va: weights, vocab_size=vocab_size,
+                                  options=options)
+    return loss, result
 
-
-def _weighted_loss(impl: Backend, stats: RowStats, token_weight, grads, sh, sw, th, tw, options):
-    """(sum(token_weight * KL) with ``grads`` as its gradients, the detached KL in the compute dtype)."""
-    dtype = compute_dtype(sh, sw, th, tw)
-    kl = stats.kl.to(dtype)
-    with torch.no_grad():
-        loss = (token_weight.to(dtype) * kl).sum()
-    loss = precomputed_loss(loss, sh, sw, grads, lambda: impl.gradients(stats.saved, token_weight, options=options),
-                            recomputed_from=(th, tw))
-    return loss, kl

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Optional
 
 
-def _positive_int(name: str, value, optional: bool) -> None:
+def check_count(name: str, value, optional: bool = True) -> Optional[int]:
+    """``value``, checked to be an int >= 1 (or None when ``optional``)."""
     if value is None and optional:
-        return
+        return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected a positive int{' or None' if optional else ''}, got {value!r}")
+    return value
 
 
 def _one_of(name: str, value, choices) -> None:
@@ -40,9 +42,9 @@ class KernelOptions:
     gradient_filter_eps: Optional[float] = None
 
     def __post_init__(self):
-        _positive_int("chunk_budget_bytes", self.chunk_budget_bytes, optional=True)
-        _positive_int("vocab_tile", self.vocab_tile, optional=True)
-        _positive_int("triton_workspace_bytes", self.triton_workspace_bytes, optional=False)
+        check_count("chunk_budget_bytes", self.chunk_budget_bytes)
+        check_count("vocab_tile", self.vocab_tile)
+        check_count("triton_workspace_bytes", self.triton_workspace_bytes, optional=False)
         if not isinstance(self.fused_views, bool):
             raise ValueError(f"fused_views: expected True or False, got {self.fused_views!r}")
         _one_of("backward_gemm", self.backward_gemm, ("triton", "cublas"))
@@ -56,13 +58,10 @@ class KernelOptions:
                                  f"(cuBLAS cannot skip blocks), got backward_gemm={self.backward_gemm!r}")
 
 
-DEFAULT_OPTIONS = KernelOptions()
-
-
 def resolve_options(options) -> KernelOptions:
     """``options`` checked (None: the defaults)."""
     if options is None:
-        return DEFAULT_OPTIONS
+        return KernelOptions()
     if not isinstance(options, KernelOptions):
         raise TypeError(f"options: expected vaopd_kernels.KernelOptions or None, got {type(options).__name__}")
     return options

@@ -31,7 +31,7 @@ def backend_unavailable_reason(name: str) -> str | None:
         module = _load(name)
     except ImportError as exc:  # optional dependency missing (triton, compiled extension)
         return f"import failed: {exc}"
-    return module.unavailable_reason()
+    return module.unavailable_reason() if hasattr(module, "unavailable_reason") else None
 
 
 def available_backends() -> List[str]:
@@ -47,15 +47,12 @@ def check_backend_name(name) -> None:
 def resolve_backend(name: str, device: torch.device) -> Backend:
     """The backend module for ``name`` ("auto" picks the fastest that runs on ``device``)."""
     if name == "auto":
-        if device.type == "cuda" and backend_unavailable_reason("triton") is None:
-            name = "triton"
-        else:
-            name = "torch"
+        name = "triton" if device.type == "cuda" and backend_unavailable_reason("triton") is None else "torch"
     check_backend_name(name)
     reason = backend_unavailable_reason(name)
     if reason is not None:
         raise RuntimeError(f"backend={name!r} is not available on this machine: {reason}")
     module = _load(name)
-    if not module.supports_device(device):
+    if hasattr(module, "supports_device") and not module.supports_device(device):
         raise RuntimeError(f"backend={name!r} cannot run on device {device}")
     return module

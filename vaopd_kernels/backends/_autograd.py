@@ -21,12 +21,6 @@ def no_autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _save(ctx, hidden, weight, recomputed_from) -> None:
-    """Keep what backward needs to know of (hidden, weight) and save the tensors it reads."""
-    ctx.dtypes, ctx.head_rows, ctx.device = (hidden.dtype, weight.dtype), weight.shape[0], hidden.device
-    ctx.save_for_backward(hidden, weight, *recomputed_from)
-
-
 def _grads(ctx, grad_hidden: torch.Tensor, grad_weight: torch.Tensor):
     """In the inputs' dtypes; zero rows for LM-head padding rows >= V (they never enter a softmax)."""
     if grad_weight.shape[0] != ctx.head_rows:
@@ -36,46 +30,30 @@ def _grads(ctx, grad_hidden: torch.Tensor, grad_weight: torch.Tensor):
     return grad_hidden.to(ctx.dtypes[0]), grad_weight.to(ctx.dtypes[1])
 
 
-class _RowGrad(torch.autograd.Function):
-    """A per-row value whose backward is ``backward_fn(row_grad) -> (d hidden, d weight)``."""
+class _BackendGrad(torch.autograd.Function):
+    """``value`` whose backward is ``backward_fn(grad) -> (d hidden, d weight)``, or, for a scalar
+    loss whose gradients ``grads`` were formed during forward, those rescaled by ``grad``.
 
-    @staticmethod
-    def forward(ctx, value, hidden, weight, backward_fn, recomputed_from):
-        ctx.backward_fn = backward_fn
-        _save(ctx, hidden, weight, recomputed_from)
-        return value.clone()
-
-    @staticmethod
-    def backward(ctx, row_grad):
-        ctx.saved_tensors  # noqa: B018  (raises if an input was changed in place since forward)
-        with no_autocast(ctx.device):
-            grads = ctx.backward_fn(row_grad)
-        return None, *_grads(ctx, *grads), None, None
-
-
-class _PrecomputedGradLoss(torch.autograd.Function):
-    """A scalar whose gradients were formed during forward; backward only rescales them.
-
-    The first backward scales them in place and hands them over (no second head-sized copy); a
-    repeated backward (retain_graph, gradcheck) gets them from ``recompute()``.
+    The first backward scales ``grads`` in place and hands them over (no second head-sized copy); a
+    repeated backward (retain_graph, gradcheck) gets them from ``backward_fn``.
     """
 
     @staticmethod
-    def forward(ctx, loss, hidden, weight, grad_hidden, grad_weight, recompute, recomputed_from):
-        ctx.grads = (grad_hidden, grad_weight)
-        ctx.recompute = recompute
-        _save(ctx, hidden, weight, recomputed_from)
-        return loss.clone()
+    def forward(ctx, value, hidden, weight, backward_fn, grads, recomputed_from):
+        ctx.backward_fn, ctx.grads = backward_fn, grads
+        ctx.dtypes, ctx.head_rows, ctx.device = (hidden.dtype, weight.dtype), weight.shape[0], hidden.device
+        ctx.save_for_backward(hidden, weight, *recomputed_from)
+        return value.clone()
 
     @staticmethod
-    def backward(ctx, grad_loss):
+    def backward(ctx, grad):
         ctx.saved_tensors  # noqa: B018  (raises if an input was changed in place since forward)
-        if ctx.grads is None:
+        if ctx.grads is not None:
+            grads, ctx.grads = [g.mul_(grad) for g in ctx.grads], None
+        else:
             with no_autocast(ctx.device):
-                ctx.grads = ctx.recompute()
-        grad_hidden, grad_weight = ctx.grads
-        ctx.grads = None
-        return None, *_grads(ctx, grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss)), None, None, None, None
+                grads = ctx.backward_fn(grad)
+        return None, *_grads(ctx, *grads), None, None, None
 
 
 def wants_grad(hidden: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -88,7 +66,7 @@ def attach(value: torch.Tensor, hidden, weight, backward_fn: Callable[[torch.Ten
     reads (hidden, weight) and ``recomputed_from`` (e.g. the teacher's tensors)."""
     if not wants_grad(hidden, weight):
         return value
-    return _RowGrad.apply(value, hidden, weight, backward_fn, recomputed_from)
+    return _BackendGrad.apply(value, hidden, weight, backward_fn, None, recomputed_from)
 
 
 def precomputed_loss(loss: torch.Tensor, hidden, weight, grads: Optional[Grads],
@@ -96,4 +74,5 @@ def precomputed_loss(loss: torch.Tensor, hidden, weight, grads: Optional[Grads],
     """``loss`` whose gradients ``grads`` were already formed (None: no gradient wanted)."""
     if grads is None:
         return loss
-    return _PrecomputedGradLoss.apply(loss, hidden, weight, *grads, recompute, recomputed_from)
+    rescaled = lambda grad: [g.mul_(grad) for g in recompute()]  # noqa: E731
+    return _BackendGrad.apply(loss, hidden, weight, rescaled, grads, recomputed_from)

@@ -2,15 +2,13 @@
 
 torch spells "bf16 x bf16 -> fp32 out" differently across versions (``out_dtype`` in 2.6+), so
 the first route that runs and matches an fp32 reference on a small probe is used per (op,
-dtype, device), and recorded in ``GEMM_PATHS`` for reports.
+dtype, device).
 """
 from __future__ import annotations
 
-from typing import Dict
+import functools
 
 import torch
-
-GEMM_PATHS: Dict[str, str] = {}      # which matmul route each (op, dtype, device) took
 
 
 def _gemm_candidates(kind: str):
@@ -28,14 +26,9 @@ def _gemm_candidates(kind: str):
     ]
 
 
-_gemm_choice: Dict[tuple, object] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _pick_gemm(kind: str, dtype: torch.dtype, device: torch.device):
     """First candidate that runs and matches an fp32 reference on a small probe (cached)."""
-    key = (kind, dtype, device.type, device.index)
-    if key in _gemm_choice:
-        return _gemm_choice[key]
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(40, 72, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(72, 24, generator=gen).to(device=device, dtype=dtype)
@@ -51,8 +44,6 @@ def _pick_gemm(kind: str, dtype: torch.dtype, device: torch.device):
         except Exception as exc:  # unsupported overload on this build/device
             errors.append(f"{name}: {type(exc).__name__}")
             continue
-        _gemm_choice[key] = fn
-        GEMM_PATHS[f"{kind}/{dtype}/{device.type}"] = name
         return fn
     raise RuntimeError(f"no working {kind} route for {dtype} on {device}: {errors}")
 

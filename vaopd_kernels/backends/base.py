@@ -8,9 +8,9 @@
 - ``gradients(saved, row_weight, *, options) -> Grads``: those gradients again for other row
   weights, from what a scan saved (the backward pass of a per-token output).
 
-A backend module also has ``unavailable_reason() -> str | None``, ``supports_device(device)``,
-``FUSES_VIEWS`` (its VA-OPD loss scores all views in one scan) and, optionally,
-``va_opd_weights(...)`` (its own objective coefficients). Everything above the primitives (the
+A backend module also has ``FUSES_VIEWS`` (its VA-OPD loss scores all views in one scan) and,
+optionally, ``unavailable_reason() -> str | None`` and ``supports_device(device)`` (without them it
+runs anywhere) and ``va_opd_weights(...)`` (its own objective coefficients). Everything above the primitives (the
 public ops, autograd, VA, weighting, reductions) lives in ``vaopd_kernels.ops``.
 """
 from __future__ import annotations
@@ -33,10 +33,6 @@ class Divergence(enum.IntEnum):
     FORWARD = 1  # KL(p_t || p_s)
     JSD = 2      # generalized Jensen-Shannon (TRL's convention), 0 < beta < 1
 
-    @classmethod
-    def parse(cls, name: str) -> "Divergence":
-        return cls[name.upper()]
-
 
 @dataclass
 class Views:
@@ -48,10 +44,6 @@ class Views:
     degraded: Optional[torch.Tensor] = None  # the teacher's hidden states on the degraded image
     targets: Optional[torch.Tensor] = None
     temperature: float = 1.0
-
-    @property
-    def num_rows(self) -> int:
-        return next(pair[0] for pair in (self.student, self.teacher) if pair).shape[0]
 
     @property
     def floats(self):
@@ -79,10 +71,6 @@ class Backend(Protocol):
              row_weight: Optional[torch.Tensor], options: KernelOptions) -> RowStats: ...
 
     def gradients(self, saved: Any, row_weight: torch.Tensor, *, options: KernelOptions) -> Grads: ...
-
-    def unavailable_reason(self) -> Optional[str]: ...
-
-    def supports_device(self, device: torch.device) -> bool: ...
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:

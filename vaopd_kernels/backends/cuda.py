@@ -18,6 +18,7 @@ import os
 import shutil
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -57,15 +58,13 @@ def _rows_per_chunk(num_rows: int, vocab_size: int, num_views: int, dtype: torch
 
 
 # ----------------------------------------------------------------------------- loading
-def arch_flags(capability=None) -> list:
-    """nvcc -gencode flags: ``VAOPD_CUDA_ARCH`` ("80;90a"), else the given/current device's arch."""
+def arch_flags() -> list:
+    """nvcc -gencode flags: ``VAOPD_CUDA_ARCH`` ("80;90a"), else the current device's arch."""
     spec = os.environ.get("VAOPD_CUDA_ARCH")
     if spec:
         archs = [a.strip().replace(".", "") for a in spec.replace(",", ";").split(";") if a.strip()]
     else:
-        if capability is None:
-            capability = torch.cuda.get_device_capability()
-        major, minor = capability
+        major, minor = torch.cuda.get_device_capability()
         archs = [f"{major}{minor}" + ("a" if (major, minor) in ((9, 0), (10, 0)) else "")]
     return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
 
@@ -76,14 +75,6 @@ def _build_dir() -> Path:
         return Path(override)
     tag = f"torch{torch.__version__}-cu{torch.version.cuda}".replace("+", "_")
     return Path(os.path.expanduser("~")) / ".cache" / "vaopd" / "cuda_ext" / tag
-
-
-def _cuda_home() -> Optional[str]:
-    try:
-        from torch.utils.cpp_extension import CUDA_HOME
-    except Exception:  # pragma: no cover - broken torch install
-        return None
-    return CUDA_HOME
 
 
 def jit_build(verbose: bool = False):
@@ -118,9 +109,8 @@ def _load_ops():
                 BUILD_INFO.update(source="installed", module="vaopd_kernels._cuda_ext")
             except ImportError:
                 jit_build(verbose=os.environ.get("VAOPD_CUDA_VERBOSE", "") not in ("", "0"))
-            ops = torch.ops.vaopd
             _register_fakes()
-            _ops = ops
+            _ops = torch.ops.vaopd
         except Exception as exc:
             _load_error = f"the vaopd CUDA extension failed to build/load: {type(exc).__name__}: {exc}"
             raise RuntimeError(_load_error) from exc
@@ -129,10 +119,6 @@ def _load_ops():
 
 def _register_fakes() -> None:
     """Shape-only implementations so the ops trace under torch.compile / FakeTensor."""
-    register = getattr(torch.library, "register_fake", None)
-    if register is None:  # torch < 2.4
-        return
-
     def _fake_view_stats(views, targets, inv_temperature, want_entropy):
         v = views[0]
         n, rows = len(views), v.shape[0]
@@ -154,7 +140,7 @@ def _register_fakes() -> None:
     for name, fn in (("vaopd::view_stats", _fake_view_stats), ("vaopd::divergence", _fake_divergence),
                      ("vaopd::logprob_grad", _fake_logprob_grad), ("vaopd::va_opd_weights", _fake_va_opd_weights)):
         try:
-            register(name, fn)
+            torch.library.register_fake(name, fn)
         except RuntimeError as exc:  # already registered (module reloaded)
             if "already" not in str(exc):
                 raise
@@ -177,7 +163,11 @@ def unavailable_reason() -> Optional[str]:
         return _load_error
     if importlib.util.find_spec("vaopd_kernels._cuda_ext") is not None:
         return None
-    if _cuda_home() is None:
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+    except Exception:  # pragma: no cover - broken torch install
+        CUDA_HOME = None
+    if CUDA_HOME is None:
         return "extension not built (vaopd_kernels._cuda_ext missing) and no CUDA toolkit for a JIT build"
     if not all((_CSRC / s).is_file() for s in _SOURCES):
         return f"extension not built and the csrc/ sources are missing under {_CSRC}"
@@ -206,39 +196,27 @@ class _Head:
     def rows(self, rows: slice) -> torch.Tensor:
         return self.hidden[rows].to(self.op_dtype)
 
-    def logits_into(self, buf: torch.Tensor, rows: slice) -> None:
-        mm_into(buf, self.rows(rows), self.weight.T)
-
 
 # ----------------------------------------------------------------------------- the scan
-def _scan(*, vocab_size: int, options, student=None, teacher=None, degraded_hidden=None, targets=None,
-          temperature: float = 1.0, divergence=None, beta: float = 0.5,
-          row_grad: Optional[torch.Tensor] = None) -> RowStats:
+def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optional[torch.Tensor] = None) -> RowStats:
     """One pass over row chunks: statistics, and the gradients of sum(row_grad * q) when given."""
     ops = _load_ops()
-    tensors = [t for pair in (student, teacher) if pair for t in pair]
-    if degraded_hidden is not None:
-        tensors.append(degraded_hidden)
-    cdtype = compute_dtype(*tensors)
-    s_head = _Head(student[0], student[1], vocab_size, cdtype) if student else None
-    t_head = _Head(teacher[0], teacher[1], vocab_size, cdtype) if teacher else None
-    d_head = _Head(degraded_hidden, teacher[1], vocab_size, cdtype) if degraded_hidden is not None else None
-    num_rows = (student or teacher)[0].shape[0]
-    device = (student or teacher)[0].device
-    inv_t = 1.0 / float(temperature)
+    cdtype = compute_dtype(*views.floats)
+    vocab_size, student, targets = views.vocab_size, views.student, views.targets
+    s_head = _Head(*student, vocab_size, cdtype) if student else None
+    t_head = _Head(*views.teacher, vocab_size, cdtype) if views.teacher else None
+    d_head = _Head(views.degraded, views.teacher[1], vocab_size, cdtype) if views.degraded is not None else None
+    num_rows, device = (s_head or t_head).hidden.shape[0], (s_head or t_head).hidden.device
+    inv_t = 1.0 / float(views.temperature)
 
-    want_kl = divergence is not None
     out = RowStats()
     new = lambda: torch.empty(num_rows, dtype=cdtype, device=device)  # noqa: E731
-    if want_kl:
+    if divergence is not None:
         out.kl = new()
     if targets is not None:
-        if student:
-            out.student_logprob, out.student_entropy = new(), new()
-        if teacher:
-            out.teacher_logprob = new()
-        if d_head is not None:
-            out.degraded_logprob = new()
+        out.student_logprob, out.teacher_logprob, out.degraded_logprob = (
+            new() if head else None for head in (s_head, t_head, d_head))
+        out.student_entropy = new() if s_head else None
     grad_half = None
     if row_grad is not None:
         grad_half = s_head.op_dtype if s_head.op_dtype in _HALF else None
@@ -250,21 +228,18 @@ def _scan(*, vocab_size: int, options, student=None, teacher=None, degraded_hidd
 
     heads = [h for h in (s_head, t_head, d_head) if h is not None]
     step = _rows_per_chunk(num_rows, vocab_size, len(heads), cdtype, options.chunk_budget_bytes)
-    bufs = {id(h): torch.empty(step, vocab_size, dtype=cdtype, device=device) for h in heads}
+    bufs = {h: torch.empty(step, vocab_size, dtype=cdtype, device=device) for h in heads}
 
     for start in range(0, num_rows, step):
         stop = min(start + step, num_rows)
         rows = slice(start, stop)
         y = targets[rows] if targets is not None else None
         rg = row_grad[rows] if row_grad is not None else None
-        z = {}
-        for h in heads:
-            z[id(h)] = bufs[id(h)][: stop - start]
-            h.logits_into(z[id(h)], rows)
-        z_s = z[id(s_head)] if s_head else None
-        z_t = z[id(t_head)] if t_head else None
-
-        if want_kl:
+        z = {h: buf[: stop - start] for h, buf in bufs.items()}
+        for h, logits in z.items():
+            mm_into(logits, h.rows(rows), h.weight.T)
+        z_s, z_t, z_d = z.get(s_head), z.get(t_head), z.get(d_head)
+        if divergence is not None:
             kl, _, lp_s, ent, lp_t = ops.divergence(z_s, z_t, y, rg, int(divergence), float(beta), inv_t,
                                                     grad_format)
             out.kl[rows] = kl
@@ -277,16 +252,14 @@ def _scan(*, vocab_size: int, options, student=None, teacher=None, degraded_hidd
                 out.student_logprob[rows], out.student_entropy[rows] = lp[0], ent[0]
             if rg is not None:
                 ops.logprob_grad(z_s, lse[0], y, rg, inv_t, grad_format)
-        elif t_head is not None and y is not None:
-            lse, lp, _ = ops.view_stats([z_t], y, 1.0, False)
+        elif y is not None:  # teacher-only pass: its views in one launch
+            _, lp, _ = ops.view_stats([z for z in (z_t, z_d) if z is not None], y, 1.0, False)
             out.teacher_logprob[rows] = lp[0]
-        if d_head is not None and y is not None:
-            if want_kl or s_head is not None:
-                _, lp, _ = ops.view_stats([z[id(d_head)]], y, 1.0, False)
-                out.degraded_logprob[rows] = lp[0]
-            else:  # teacher-only pass: both views in one launch
-                _, lp, _ = ops.view_stats([z_t, z[id(d_head)]], y, 1.0, False)
-                out.teacher_logprob[rows], out.degraded_logprob[rows] = lp[0], lp[1]
+            if d_head is not None:
+                out.degraded_logprob[rows] = lp[1]
+        if d_head is not None and y is not None and (divergence is not None or s_head is not None):
+            _, lp, _ = ops.view_stats([z_d], y, 1.0, False)
+            out.degraded_logprob[rows] = lp[0]
 
         if rg is not None:
             # z_s now holds row_grad / T * dD/dz (in place); chain rule through z = W h.
@@ -297,18 +270,17 @@ def _scan(*, vocab_size: int, options, student=None, teacher=None, degraded_hidd
 
 
 def scan(views, *, divergence, beta, row_weight, options):
-    common = dict(vocab_size=views.vocab_size, options=options, student=views.student, teacher=views.teacher,
-                  temperature=views.temperature, divergence=divergence, beta=beta)
     with torch.no_grad():
-        out = _scan(degraded_hidden=views.degraded, targets=views.targets, row_grad=row_weight, **common)
-    # the gradient pass needs the targets for the log-prob only
-    out.saved = dict(common, targets=views.targets if divergence is None else None)
+        out = _scan(views, options=options, divergence=divergence, beta=beta, row_grad=row_weight)
+    # the gradient pass reads no degraded view, and the targets for the log-prob only
+    out.saved = (replace(views, degraded=None, targets=views.targets if divergence is None else None), divergence, beta)
     return out
 
 
 @torch.no_grad()
 def gradients(saved, row_weight, *, options):
-    return _scan(row_grad=row_weight, **saved).grads
+    views, divergence, beta = saved
+    return _scan(views, options=options, divergence=divergence, beta=beta, row_grad=row_weight).grads
 
 
 def va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction, high_weight, temperature, eps,

@@ -16,14 +16,6 @@ from vaopd_kernels.backends.base import Divergence, RowStats, compute_dtype
 FUSES_VIEWS = True
 
 
-def unavailable_reason():
-    return None
-
-
-def supports_device(device) -> bool:
-    return True
-
-
 def _log_softmax(hidden, weight, vocab_size, temperature, dtype):
     logits = hidden.to(dtype) @ weight[:vocab_size].to(dtype).T
     return F.log_softmax(logits / temperature, dim=-1)
@@ -67,7 +59,6 @@ def scan(views, *, divergence, beta, row_weight, options):
         out.student_logprob = _pick(logp_s, views.targets)
         out.student_entropy = -(logp_s.exp() * logp_s).sum(-1)
     out.kl = value.detach() if divergence is not None else None
-    out.student_logprob = out.student_logprob if divergence is not None else value.detach()
     out.saved = (value, hidden, weight)
     if row_weight is not None:
         out.grads = gradients(out.saved, row_weight, options=options)

@@ -1,9 +1,10 @@
 """The "torch" backend: exact, tiled over (token rows x vocabulary), runs on any device.
 
-Logits exist one tile at a time (``row_block x vocab_tile`` per view); per-row statistics are
-accumulated online across vocabulary tiles, as the fused GPU kernels do. The tile sizes come
-from a memory budget (``KernelOptions.chunk_budget_bytes`` and ``vocab_tile``; device-dependent
-defaults).
+Logits exist one tile at a time (``row_block x vocab_tile`` per view) and are folded into per-row
+running sums (``OnlineSoftmax``), the one-pass scheme the fused GPU kernels use, so no [rows, V]
+array ever exists and the GEMMs stay large (a few hundred rows by thousands of vocabulary
+entries). The tile sizes come from a memory budget (``KernelOptions.chunk_budget_bytes`` and
+``vocab_tile``; device-dependent defaults).
 
 The two primitives (``backends/base.py``), each a sweep over all tiles:
 1. ``scan``: log-normalisers, the divergence, entropy and target log-probs of every view (then
@@ -16,13 +17,12 @@ would cost a GEMM sweep.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
 
 from vaopd_kernels.backends.base import Divergence, RowStats, compute_dtype
-from vaopd_kernels.backends.torch_tiled import Head, OnlineSoftmax, pick_targets, row_dot, tiles
 
 _MIB = 1 << 20
 # Small tiles win on CPUs: the elementwise passes then run from cache, and 256 x 2048 GEMMs are
@@ -34,27 +34,94 @@ _LIVE_TILE_ARRAYS = 8
 FUSES_VIEWS = True
 
 
+@dataclass
+class Head:
+    """An LM head (its first ``vocab_size`` rows) and the hidden states that read it."""
+
+    hidden: torch.Tensor  # [N, D]
+    weight: torch.Tensor  # [V_head, D]
+    dtype: torch.dtype  # compute dtype
+
+    def logits(self, rows: slice, cols: slice, temperature: float) -> torch.Tensor:
+        # Converting the weight tile here (not the whole head up front) keeps bf16 inputs from
+        # costing an fp32 copy of the head.
+        z = self.hidden[rows].to(self.dtype) @ self.weight[cols].to(self.dtype).T
+        return z / temperature if temperature != 1.0 else z
+
+
+def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum_v a * b per row, without materialising the product (a batched BLAS dot)."""
+    return torch.einsum("rv,rv->r", a, b)
+
+
+class OnlineSoftmax:
+    """Per-row running max ``m``, ``l = sum e^(z - m)`` and extra sums rescaled with it whenever
+    the max moves: ``sum e^(z - m) f`` for each weighted tile f, and optionally
+    ``sum e^(other - m)`` for another view's logits (the normaliser gap, see ``gap_to``); and the
+    target logits picked so far (``pick``)."""
+
+    def __init__(self, rows: int, num_extra: int, like: torch.Tensor):
+        self.m = torch.full((rows,), -math.inf, dtype=like.dtype, device=like.device)
+        self.l = torch.zeros(rows, dtype=like.dtype, device=like.device)
+        self.extra = torch.zeros(num_extra, rows, dtype=like.dtype, device=like.device)
+        self.target = torch.zeros(rows, dtype=like.dtype, device=like.device)
+
+    def update(self, z: torch.Tensor, *weighted: torch.Tensor, other: Optional[torch.Tensor] = None) -> None:
+        m_new = torch.maximum(self.m, z.amax(dim=-1))
+        scale = torch.exp(self.m - m_new)
+        e = (z - m_new[:, None]).exp_()
+        self.l = self.l * scale + e.sum(-1)
+        sums = [row_dot(e, f) for f in weighted]
+        if other is not None:
+            # Overflows to inf only where the other view's logits far exceed these (gap_to then
+            # falls back to the plain difference of log-normalisers).
+            sums.append((other - m_new[:, None]).exp_().sum(-1))
+        if sums:
+            self.extra = self.extra * scale + torch.stack(sums)
+        self.m = m_new
+
+    @property
+    def lse(self) -> torch.Tensor:
+        return self.m + torch.log(self.l)
+
+    def mean(self, i: int) -> torch.Tensor:
+        """E_p[f] for the i-th weighted sum."""
+        return self.extra[i] / self.l
+
+    def gap_to(self, lse_other: torch.Tensor, i: int) -> torch.Tensor:
+        """lse_other - lse from sums sharing one shift: log(sum e^(other-m) / sum e^(z-m)). The plain
+        difference of two ~log(V)-sized normalisers would lose ~1e-6 in fp32, exactly where the
+        views are close and KL is small."""
+        shared = torch.log(self.extra[i] / self.l)
+        return torch.where(torch.isfinite(shared), shared, lse_other - self.lse)
+
+    def pick(self, z: torch.Tensor, targets: torch.Tensor, cols: slice) -> None:
+        """Fill in the logits of the targets that fall inside this vocab tile."""
+        inside = (targets >= cols.start) & (targets < cols.stop)
+        local = (targets - cols.start).clamp(0, z.shape[1] - 1)
+        self.target = torch.where(inside, z.gather(1, local[:, None]).squeeze(1), self.target)
+
+
 def _tiling(num_rows: int, vocab_size: int, dtype: torch.dtype, device: torch.device, options):
+    """(row slice, its vocabulary tile slices) for every row block, sized by the memory budget."""
     default_budget, default_tile = _DEFAULTS["cpu" if device.type == "cpu" else "gpu"]
     budget = options.chunk_budget_bytes or default_budget
     tile = min(vocab_size, options.vocab_tile or default_tile)
     per_row = tile * torch.finfo(dtype).bits // 8 * _LIVE_TILE_ARRAYS
-    return tiles(num_rows, vocab_size, max(1, min(num_rows, budget // per_row)), tile)
+    row_block = max(1, min(num_rows, budget // per_row))
+    for r0 in range(0, num_rows, row_block):
+        rows = slice(r0, min(r0 + row_block, num_rows))
+        yield rows, (slice(c0, min(c0 + tile, vocab_size)) for c0 in range(0, vocab_size, tile))
 
 
 @dataclass
-class _RowStats:
-    """Pass-1 results, [N] each (None when not asked for)."""
+class _Stats(RowStats):
+    """Pass-1 results, [N] each (None when not asked for): a scan's, plus what pass 2 reads."""
 
-    kl: Optional[torch.Tensor] = None
     gap: Optional[torch.Tensor] = None  # accurate lse_t - lse_s (reverse) / lse_s - lse_t (forward)
     kl_s: Optional[torch.Tensor] = None  # KL(p_s || m), JSD only
     lse_s: Optional[torch.Tensor] = None
     lse_t: Optional[torch.Tensor] = None
-    student_logprob: Optional[torch.Tensor] = None
-    teacher_logprob: Optional[torch.Tensor] = None
-    degraded_logprob: Optional[torch.Tensor] = None
-    student_entropy: Optional[torch.Tensor] = None
 
 
 @torch.no_grad()
@@ -64,7 +131,7 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
     any_head = student or teacher
     num_rows, dtype, device = any_head.hidden.shape[0], any_head.dtype, any_head.hidden.device
     new = lambda: torch.empty(num_rows, dtype=dtype, device=device)  # noqa: E731
-    out = _RowStats()
+    out = _Stats()
     if student:
         out.lse_s, out.student_entropy = new(), new()
     if teacher:
@@ -73,8 +140,9 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
         out.kl, out.gap = new(), new()
     reverse, forward = divergence == Divergence.REVERSE, divergence == Divergence.FORWARD
     like = torch.empty(0, dtype=dtype, device=device)
-    views = {"s": student, "t": teacher, "d": degraded}
-    target_logit = {name: new() for name, view in views.items() if view and targets is not None}  # N = 0 too
+    if targets is not None:  # allocated for N = 0 too
+        out.student_logprob, out.teacher_logprob, out.degraded_logprob = (
+            new() if view else None for view in (student, teacher, degraded))
     for rows, col_tiles in _tiling(num_rows, vocab_size, dtype, device, options):
         n = rows.stop - rows.start
         # student extras: [sum e z_s, (reverse) sum e (z_s - z_t), gap sum]; teacher (forward): [sum e (z_t - z_s), gap]
@@ -82,10 +150,10 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
         acc_t = OnlineSoftmax(n, 2 if forward else 0, like) if teacher else None
         acc_d = OnlineSoftmax(n, 0, like) if degraded else None
         y = targets[rows] if targets is not None else None
-        picked = {name: torch.zeros(n, dtype=dtype, device=device) for name in ("s", "t", "d")}
         for cols in col_tiles:
             z_s = student.logits(rows, cols, temperature) if student else None
             z_t = teacher.logits(rows, cols, temperature) if teacher else None
+            z_d = degraded.logits(rows, cols, temperature) if degraded else None
             if student:
                 if reverse:
                     acc_s.update(z_s, z_s, z_s - z_t, other=z_t)
@@ -97,12 +165,11 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
                 else:
                     acc_t.update(z_t)
             if degraded:
-                z_d = degraded.logits(rows, cols, temperature)
                 acc_d.update(z_d)
             if y is not None:
-                for name, z in (("s", z_s), ("t", z_t), ("d", z_d if degraded else None)):
-                    if z is not None:
-                        picked[name] = pick_targets(z, y, cols, picked[name])
+                for acc, z in ((acc_s, z_s), (acc_t, z_t), (acc_d, z_d)):
+                    if acc is not None:
+                        acc.pick(z, y, cols)
         if student:
             out.lse_s[rows] = acc_s.lse
             out.student_entropy[rows] = acc_s.lse - acc_s.mean(0)
@@ -115,12 +182,10 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
             out.gap[rows] = acc_t.gap_to(acc_s.lse, 1)
             out.kl[rows] = acc_t.mean(0) + out.gap[rows]
         if y is not None:
-            for name, acc in (("s", acc_s), ("t", acc_t), ("d", acc_d)):
+            for acc, logprob in ((acc_s, out.student_logprob), (acc_t, out.teacher_logprob),
+                                 (acc_d, out.degraded_logprob)):
                 if acc is not None:
-                    target_logit[name][rows] = picked[name] - acc.lse
-    out.student_logprob = target_logit.get("s")
-    out.teacher_logprob = target_logit.get("t")
-    out.degraded_logprob = target_logit.get("d")
+                    logprob[rows] = acc.target - acc.lse
     if divergence == Divergence.JSD:
         _jsd_pass(student, teacher, out, vocab_size=vocab_size, temperature=temperature, beta=beta, options=options)
     return out
@@ -145,7 +210,7 @@ def _jsd_pass(student, teacher, out, *, vocab_size, temperature, beta, options):
 
 
 @torch.no_grad()
-def _gradients(student, teacher, stats: _RowStats, row_grad, *, divergence, vocab_size, options, temperature,
+def _gradients(student, teacher, stats: _Stats, row_grad, *, divergence, vocab_size, options, temperature,
                beta, targets):
     """Pass 2: d(sum_n row_grad_n * q_n) w.r.t. student hidden [N, D] and head rows [V, D], where q is
     ``divergence`` or, when None, the target log-prob."""
@@ -193,8 +258,7 @@ def scan(views, *, divergence, beta, row_weight, options):
     stats = _statistics(student, teacher, degraded, views.targets, divergence=divergence, beta=beta, **common)
     saved = dict(student=student, teacher=teacher, stats=stats, divergence=divergence, beta=beta,
                  targets=views.targets, **common)
-    out = RowStats(stats.kl, stats.student_logprob, stats.teacher_logprob, stats.degraded_logprob,
-                   stats.student_entropy, saved=saved)
+    out = replace(stats, saved=saved)  # a copy: saved holds the statistics, not the other way round
     if row_weight is not None:
         out.grads = gradients(saved, row_weight, options=options)
     return out
@@ -202,11 +266,3 @@ def scan(views, *, divergence, beta, row_weight, options):
 
 def gradients(saved, row_weight, *, options):
     return _gradients(row_grad=row_weight, **saved)
-
-
-def unavailable_reason():
-    return None
-
-
-def supports_device(device) -> bool:
-    return True

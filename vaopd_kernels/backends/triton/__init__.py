@@ -1,9 +1,10 @@
 """The "triton" backend: fused Triton kernels, O(N) extra memory beyond one bounded workspace.
 
 ``scan`` launches the statistics kernel (stats.py; twice for JSD, whose mixture needs both
-normalisers first) and, given row weights, the backward (backward.py: dlogits.py and matmul.py
-over a bounded vocabulary-chunk workspace); ``gradients`` is the backward. No atomics:
-deterministic. Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (set before import).
+normalisers first) and, given row weights, the backward (backward.py, with matmul.py, over a
+bounded vocabulary-chunk workspace); ``gradients`` is the backward. No atomics: every output
+element has one writer, so results are deterministic (with ``backward_gemm="cublas"``, as
+deterministic as cuBLAS is on one GPU). Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (set before import).
 float64 inputs run in float32 (returned as float64 with fp32 accuracy).
 """
 from __future__ import annotations
@@ -13,8 +14,9 @@ import os
 import torch
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
-from vaopd_kernels.backends.base import Divergence, RowStats
+from vaopd_kernels.backends.base import Divergence
 from vaopd_kernels.backends.triton import _config, backward, stats as kernel_stats
+from vaopd_kernels.backends.triton.stats import SavedRow
 
 FUSES_VIEWS = False  # two logit tiles live per kernel (three spill); KernelOptions.fused_views asks for it
 
@@ -38,31 +40,23 @@ _CROSS = {None: kernel_stats.CROSS_NONE, Divergence.REVERSE: kernel_stats.CROSS_
           Divergence.FORWARD: kernel_stats.CROSS_FORWARD, Divergence.JSD: kernel_stats.CROSS_NONE}
 
 
-def _logprob(logit, lse):
-    return logit - lse if logit is not None else None
-
-
 @torch.no_grad()
 def scan(views, *, divergence, beta, row_weight, options):
-    pairs = [views.student, views.teacher]
-    flat = kernel_stats.operands(*(t for pair in pairs if pair for t in pair), views.degraded)
+    flat = kernel_stats.operands(*(t for pair in (views.student, views.teacher) if pair for t in pair), views.degraded)
     student = tuple(flat[:2]) if views.student else None
     teacher = tuple(flat[-3:-1]) if views.teacher else None
-    stats = kernel_stats.row_stats(vocab_size=views.vocab_size, student=student, teacher=teacher, degraded=flat[-1],
-                                 targets=views.targets, temperature=views.temperature, cross=_CROSS[divergence],
-                                 beta=beta, teacher_min=options.gradient_filter_eps is not None)
-    value, aux = stats.kl, stats.kl
+    common = dict(vocab_size=views.vocab_size, student=student, teacher=teacher, temperature=views.temperature)
+    out, rows = kernel_stats.row_stats(degraded=flat[-1], targets=views.targets, cross=_CROSS[divergence],
+                                       teacher_min=options.gradient_filter_eps is not None, **common)
     if divergence == Divergence.JSD:
-        second = kernel_stats.row_stats(vocab_size=views.vocab_size, student=student, teacher=teacher,
-                                        temperature=views.temperature, cross=kernel_stats.CROSS_JSD, beta=beta,
-                                        lse=torch.stack([stats.lse_s, stats.lse_t]))
-        value, aux = beta * second.jsd_t + (1.0 - beta) * second.jsd_s, second.jsd_s
-    out = RowStats(value, _logprob(stats.logit_s, stats.lse_s), _logprob(stats.logit_t, stats.lse_t),
-                   _logprob(stats.logit_d, stats.lse_d), stats.entropy)
+        jsd_t, jsd_s = kernel_stats.jsd_sums(lse=rows[[SavedRow.LSE_S, SavedRow.LSE_T]], beta=beta, **common)
+        out.kl, rows[SavedRow.AUX] = beta * jsd_t + (1.0 - beta) * jsd_s, jsd_s
     if student is not None:
-        out.saved = dict(student=student, teacher=teacher, rows=kernel_stats.saved_rows(stats, aux=aux),
-                         divergence=divergence, beta=beta, temperature=views.temperature, targets=views.targets,
-                         vocab_size=views.vocab_size, dtypes=(views.student[0].dtype, views.student[1].dtype))
+        th, tw = teacher if teacher else (None, None)
+        backward_args = dict(mode=divergence, sh=student[0], sw=student[1], th=th, tw=tw, rows=rows, beta=beta,
+                             temperature=views.temperature, targets=views.targets, vocab_size=views.vocab_size,
+                             precision=kernel_stats.dot_precision(student[0], th))
+        out.saved = (backward_args, views.student[0].dtype, views.student[1].dtype)
         if row_weight is not None:
             out.grads = gradients(out.saved, row_weight, options=options)
     return out
@@ -72,11 +66,6 @@ def scan(views, *, divergence, beta, row_weight, options):
 def gradients(saved, row_weight, *, options):
     """(d hidden, d head) in the inputs' dtypes: the fp32 accumulation is done, so a gradient
     formed during the forward call holds no fp32 [N, Ds] buffer until backward."""
-    (sh, sw), teacher = saved["student"], saved["teacher"]
-    th, tw = teacher if teacher else (None, None)
-    grad_h, grad_w = backward.student_grads(
-        mode=saved["divergence"], sh=sh, sw=sw, th=th, tw=tw, rows=saved["rows"], row_grad=row_weight,
-        vocab_size=saved["vocab_size"], temperature=saved["temperature"], targets=saved["targets"],
-        beta=saved["beta"], options=options, precision=kernel_stats.dot_precision(sh, th))
-    hidden_dtype, head_dtype = saved["dtypes"]
+    backward_args, hidden_dtype, head_dtype = saved
+    grad_h, grad_w = backward.student_grads(row_grad=row_weight, options=options, **backward_args)
     return grad_h.to(hidden_dtype), grad_w.to(head_dtype)

@@ -13,9 +13,6 @@
 
 The numerical options (workspace, fused views, backward matmuls, gradient filter) are
 ``KernelOptions`` fields, passed with each call.
-
-No kernel uses atomics: every output element has one writer, so results are deterministic (with
-``backward_gemm="cublas"``, as deterministic as cuBLAS is on one GPU).
 """
 from __future__ import annotations
 

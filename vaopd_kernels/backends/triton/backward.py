@@ -1,15 +1,22 @@
-"""Backward: d(student hidden) and d(student head) from saved O(N) row statistics.
+"""The Triton backward: d(student hidden) and d(student head) from the saved O(N) row statistics.
 
 The vocabulary is walked in chunks of ``Vc`` columns (``Vc`` from a fixed workspace budget,
 ``KernelOptions.triton_workspace_bytes``, 32 MiB by default). Per chunk:
 
-1. ``dlogits.py`` recomputes the logit tiles and writes d loss / d z_s for all N rows x Vc columns
-   into the workspace (the only [rows, cols] buffer; it never grows with V);
+1. ``dlogits_kernel`` recomputes the student (and teacher) logit tiles with ``_tiles.dot`` and
+   writes d loss / d z_s for all N rows x Vc columns into the workspace (the only [rows, cols]
+   buffer; it never grows with V): from the saved row statistics (``stats.SavedRow``), the
+   gradient of the row quantity q_n times the row weight g_n (already divided by T),
+   - reverse KL: g p_s (log p_s - log p_t - KL) = g p_s (z_s - z_t + gap - KL)
+   - forward KL: g (p_s - p_t)
+   - JSD:        g (1 - beta) p_s (log p_s - log m - KL(p_s || m))
+   - log-prob:   g (onehot(y) - p_s);
 2. ``matmul.py`` writes d W_s[chunk] = dz^T @ h (K = N: each gradient row written once, no fp32
    copy of the head's gradient);
 3. ``matmul.py`` accumulates d h += dz @ W_s[chunk] into one fp32 [N, Ds] buffer.
 ``backward_gemm="cublas"`` (experimental) runs steps 2 and 3 through cuBLAS instead; the gradient
-filter (experimental, ``experimental_filter.py``) makes both matmuls skip negligible blocks.
+filter (experimental, ``experimental_filter.py``) has step 1 flag the blocks worth keeping and
+both matmuls skip the rest.
 
 Every output element has exactly one writer: no atomics, deterministic.
 """
@@ -20,13 +27,94 @@ from typing import Optional
 
 import torch
 import triton
+import triton.language as tl
 
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.backends.base import Divergence
 from vaopd_kernels.backends.triton import _config as C
 from vaopd_kernels.backends.triton import experimental_filter
-from vaopd_kernels.backends.triton.dlogits import MODE_LOGPROB, dlogits_kernel
+from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, scaled
 from vaopd_kernels.backends.triton.matmul import matmul
+from vaopd_kernels.backends.triton.stats import SavedRow
+
+# MODE: a Divergence value, or the target log-prob
+MODE_REVERSE: tl.constexpr = tl.constexpr(int(Divergence.REVERSE))
+MODE_FORWARD: tl.constexpr = tl.constexpr(int(Divergence.FORWARD))
+MODE_LOGPROB: tl.constexpr = tl.constexpr(3)
+# rows of the saved statistics (stats.SavedRow)
+LSE_S: tl.constexpr = tl.constexpr(int(SavedRow.LSE_S))
+LSE_T: tl.constexpr = tl.constexpr(int(SavedRow.LSE_T))
+GAP: tl.constexpr = tl.constexpr(int(SavedRow.GAP))
+AUX: tl.constexpr = tl.constexpr(int(SavedRow.AUX))
+
+# Configurations that won no key on an H200 and spill on sm_90a (4 warps; 128 x 256 tiles) are gone.
+_DZ_CONFIGS = [
+    C.cfg(8, 4, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
+    C.cfg(8, 3, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
+    # ~110 registers on sm_90a (two CTAs per SM) against ~175 for the 128 x 128 tiles
+    C.cfg(8, 3, BLOCK_N=64, BLOCK_V=128, BLOCK_D=64),
+    C.cfg(8, 4, BLOCK_N=64, BLOCK_V=128, BLOCK_D=64),
+]
+
+
+@C.autotune(_DZ_CONFIGS, C.cfg(1, 1, BLOCK_N=16, BLOCK_V=32, BLOCK_D=32),
+            key=["Ds", "Dt", "MODE", "PRECISION", "FILTER"])  # not N: no retuning per batch
+@triton.jit
+def dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr, g_ptr, dz_ptr, flag_ptr, order_ptr,
+                   N, v_begin, v_end, Vc, Ds, Dt, stride_sh, stride_sw, stride_th, stride_tw, stride_dz,
+                   flag_cols, inv_temp, one_m_beta, log_beta, log_1m_beta, filter_eps,
+                   MODE: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr, FILTER: tl.constexpr,
+                   FLAG_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
+    slots = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # the workspace rows this tile writes
+    offs_v = v_begin + tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    n_mask = slots < N
+    v_mask = offs_v < v_end
+    offs_n = slots
+    if FILTER:  # rows visited grouped by confidence (see student_grads): the slot-th row of the order
+        offs_n = tl.load(order_ptr + slots, mask=n_mask, other=0)
+    raw, _unused = logits_tile(sh_ptr, sh_ptr, stride_sh, sw_ptr, stride_sw, offs_n, n_mask, offs_v, v_mask,
+                               Ds, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+    z_s = scaled(raw, v_mask, inv_temp)
+    lse_s = tl.load(rows_ptr + LSE_S * N + offs_n, mask=n_mask, other=0.0)
+    g = tl.load(g_ptr + offs_n, mask=n_mask, other=0.0)
+    teacher_depth = Dt
+    if FILTER and MODE == MODE_REVERSE:
+        # Reverse KL: where every p_s of the tile is <= its row's tau (see teacher_skip_threshold),
+        # every entry is provably below the filter's threshold: the teacher's GEMM loop runs zero
+        # steps and the tile's gradient is zero. (A loop bound, not a branch around the GEMM: the
+        # branch cost 34-42 more registers per thread on sm_90a; a helper function moved spills.)
+        log_tau = tl.load(log_tau_ptr + offs_n, mask=n_mask, other=float("inf"))  # rows past N: never live
+        live = tl.max(tl.max(z_s - (lse_s + log_tau)[:, None], 1), 0) > 0.0
+        teacher_depth = Dt * live.to(tl.int32)
+    logp_s = z_s - lse_s[:, None]
+    p_s = tl.exp(logp_s)
+    if MODE == MODE_LOGPROB:
+        y = tl.load(y_ptr + offs_n, mask=n_mask, other=-1)
+        dz = tl.where(offs_v[None, :] == y[:, None], 1.0, 0.0) - p_s
+    else:
+        raw_t, _unused_t = logits_tile(th_ptr, th_ptr, stride_th, tw_ptr, stride_tw, offs_n, n_mask, offs_v,
+                                       v_mask, teacher_depth, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
+        z_t = scaled(raw_t, v_mask, inv_temp)
+        lse_t = tl.load(rows_ptr + LSE_T * N + offs_n, mask=n_mask, other=0.0)
+        gap = tl.load(rows_ptr + GAP * N + offs_n, mask=n_mask, other=0.0)
+        aux = tl.load(rows_ptr + AUX * N + offs_n, mask=n_mask, other=0.0)
+        if MODE == MODE_REVERSE:
+            dz = p_s * ((z_s - z_t) + (gap - aux)[:, None])
+            if FILTER:
+                dz = tl.where(teacher_depth > 0, dz, 0.0)
+        elif MODE == MODE_FORWARD:
+            dz = p_s - tl.exp(z_t - lse_t[:, None])
+        else:
+            logp_t = z_t - lse_t[:, None]
+            logm = logaddexp(logp_t + log_beta, logp_s + log_1m_beta)
+            dz = one_m_beta * p_s * (logp_s - logm - aux[:, None])
+    if FILTER:
+        experimental_filter.flag_blocks(dz, rows_ptr, lse_s, offs_n, n_mask, v_mask, N, flag_ptr, flag_cols,
+                                        filter_eps, FLAG_BLOCK, BLOCK_N, BLOCK_V)
+    dz = dz * g[:, None]  # masked columns hold p = 0 exactly (see scaled); the store skips them anyway
+    ptrs = dz_ptr + slots[:, None] * stride_dz + (offs_v - v_begin)[None, :]
+    tl.store(ptrs, dz.to(dz_ptr.dtype.element_ty), mask=n_mask[:, None] & v_mask[None, :])
+
 
 _CHUNK_ALIGN = 256  # vocabulary chunks are whole multiples of every tile width
 
@@ -43,7 +131,7 @@ def student_grads(*, mode: Optional[Divergence], sh, sw, rows: torch.Tensor, row
     """(d hidden [N, Ds] fp32, d weight [Vs, Ds] in sw's dtype, zero rows >= V).
 
     ``sh``/``sw``/``th``/``tw`` are kernel operands (see stats.operands); ``rows`` comes from
-    :func:`stats.saved_rows`; ``mode``: the divergence, or None for the target log-prob; ``options``
+    :func:`stats.row_stats`; ``mode``: the divergence, or None for the target log-prob; ``options``
     (KernelOptions) sets the workspace, the matmuls and the filter.
     """
     n, ds = sh.shape
@@ -98,4 +186,3 @@ def student_grads(*, mode: Optional[Divergence], sh, sw, rows: torch.Tensor, row
             matmul(dz, sw[v_begin:v_end], grad_h, accumulate=v_begin > 0, precision=precision, flags=flags,
                    order=order, ordered="c" if filtering else "")
     return grad_h, grad_w
-

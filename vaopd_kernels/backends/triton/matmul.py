@@ -1,7 +1,8 @@
 """The backward's matmul kernel: c (+)= a @ b with fp32 accumulation (d head = dz^T h, d hidden += dz W).
 
 With FILTER (experimental, ``experimental_filter.py``) it runs only the K steps that an int8 block
-map marks live, and can gather b's rows / scatter c's rows through a row order.
+map marks live (``experimental_filter.live_steps``), and can gather b's rows / scatter c's rows
+through a row order.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import triton
 import triton.language as tl
 
 from vaopd_kernels.backends.triton import _config as C
+from vaopd_kernels.backends.triton.experimental_filter import live_steps
 from vaopd_kernels.backends.triton._tiles import dot
 
 # Pipeline stages of the filtered GEMM loop: with its list read, 5 give the 3 operand buffers
@@ -22,28 +24,6 @@ _MM_CONFIGS = [
     C.cfg(8, 4, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64),
     C.cfg(8, 3, BLOCK_M=256, BLOCK_N=128, BLOCK_K=64),
 ]
-
-
-@triton.jit
-def _live_steps(flag_ptr, live_ptr, M, K, stride_fm, stride_fk,
-                FLAG_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Writes to live_ptr, in increasing order, the K steps of this program's rows that the flag
-    map marks live (some flag in its [BLOCK_M, BLOCK_K] block set); returns how many there are."""
-    SCAN: tl.constexpr = 64  # K steps examined at once
-    FM: tl.constexpr = BLOCK_M // FLAG_BLOCK
-    FK: tl.constexpr = BLOCK_K // FLAG_BLOCK
-    fm = tl.program_id(0) * FM + tl.arange(0, FM)
-    fm_mask = fm < tl.cdiv(M, FLAG_BLOCK)
-    count = 0
-    for first in range(0, tl.cdiv(K, BLOCK_K), SCAN):
-        fk = first * FK + tl.arange(0, SCAN * FK)
-        flags = tl.load(flag_ptr + fm[:, None] * stride_fm + fk[None, :] * stride_fk,
-                        mask=fm_mask[:, None] & (fk < tl.cdiv(K, FLAG_BLOCK))[None, :], other=0)
-        live = (tl.max(tl.reshape(tl.max(flags, 0), (SCAN, FK)), 1) > 0).to(tl.int32)
-        slot = count + tl.cumsum(live, 0) - live
-        tl.store(live_ptr + slot, first + tl.arange(0, SCAN), mask=live > 0)
-        count += tl.sum(live, 0)
-    return count
 
 
 @triton.jit
@@ -98,7 +78,7 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, flag_ptr, live_ptr, order_ptr, M, N, K, 
         # is one more level of indirection, which takes a pipeline stage: hence LIST_STAGES.
         list_len = tl.cdiv(K, BLOCK_K)  # room for every step: this program's row of the scratch
         live_ptr += (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * list_len
-        live = _live_steps(flag_ptr, live_ptr, M, K, stride_fm, stride_fk, FLAG_BLOCK, BLOCK_M, BLOCK_K)
+        live = live_steps(flag_ptr, live_ptr, M, K, stride_fm, stride_fk, FLAG_BLOCK, BLOCK_M, BLOCK_K)
         tl.debug_barrier()  # the list is read back by other threads of this program
         for i in tl.range(0, live, num_stages=LIST_STAGES):
             acc = _matmul_step(acc, tl.load(live_ptr + i) * BLOCK_K, a_ptr, b_ptr, order_ptr, offs_m, offs_n, offs_k,

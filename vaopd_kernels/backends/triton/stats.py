@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
+from vaopd_kernels.backends.base import RowStats
 from vaopd_kernels.backends.triton import _config as C
 from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, online_lse, pick, scaled
 
@@ -144,10 +144,7 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
 
     base = out_ptr + split * N + offs_n
     stride = num_splits * N
-    if CROSS == 3:
-        tl.store(base + 10 * stride, a_x, mask=n_mask)
-        tl.store(base + 11 * stride, c_x, mask=n_mask)
-    else:
+    if CROSS != 3:  # the second JSD pass writes its two sums only
         if HAS_S:
             tl.store(base + 0 * stride, m_s, mask=n_mask)
             tl.store(base + 1 * stride, l_s, mask=n_mask)
@@ -161,11 +158,11 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
             tl.store(base + 7 * stride, m_d, mask=n_mask)
             tl.store(base + 8 * stride, l_d, mask=n_mask)
             tl.store(base + 9 * stride, y_d, mask=n_mask)
-        if CROSS != 0:
-            tl.store(base + 10 * stride, a_x, mask=n_mask)
-            tl.store(base + 11 * stride, c_x, mask=n_mask)
-        if MIN_T:
-            tl.store(base + 12 * stride, lo_t, mask=n_mask)
+    if CROSS != 0:
+        tl.store(base + 10 * stride, a_x, mask=n_mask)
+        tl.store(base + 11 * stride, c_x, mask=n_mask)
+    if MIN_T:
+        tl.store(base + 12 * stride, lo_t, mask=n_mask)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -195,23 +192,15 @@ def num_splits(num_rows: int, vocab_size: int, device: torch.device) -> int:
     return max(1, min(wanted, triton.cdiv(vocab_size, 4096)))
 
 
-@dataclass
-class RowStats:
-    """Merged per-row statistics (fp32, [N]); fields a call did not ask for are None."""
+class SavedRow(enum.IntEnum):
+    """The rows of the [6, N] fp32 statistics the backward reads (the dlogits kernel's constants)."""
 
-    lse_s: Optional[torch.Tensor] = None
-    lse_t: Optional[torch.Tensor] = None
-    lse_d: Optional[torch.Tensor] = None
-    max_s: Optional[torch.Tensor] = None    # the student's largest logit (already / T)
-    entropy: Optional[torch.Tensor] = None
-    logit_s: Optional[torch.Tensor] = None  # target logits (already / T)
-    logit_t: Optional[torch.Tensor] = None
-    logit_d: Optional[torch.Tensor] = None
-    kl: Optional[torch.Tensor] = None       # reverse or forward KL (CROSS 1/2)
-    gap: Optional[torch.Tensor] = None      # lse_t - lse_s (accurate form), CROSS 1
-    min_t: Optional[torch.Tensor] = None    # the teacher's smallest logit (already / T), CROSS 1 + filter
-    jsd_t: Optional[torch.Tensor] = None    # sum p_t (log p_t - log m), CROSS 3
-    jsd_s: Optional[torch.Tensor] = None    # sum p_s (log p_s - log m), CROSS 3
+    LSE_S = 0   # student log-normaliser
+    LSE_T = 1   # teacher log-normaliser
+    GAP = 2     # lse_t - lse_s in the accurate form
+    AUX = 3     # KL for reverse, KL(p_s || m) for JSD
+    MAX_S = 4   # the student's largest logit (scales the filter's threshold)
+    MIN_T = 5   # the teacher's smallest logit (bounds -log p_t for the filter's teacher skip)
 
 
 def _merge_lse(parts: torch.Tensor, m_row: int, l_row: int):
@@ -228,22 +217,15 @@ def _accurate_gap(direct: torch.Tensor, c: torch.Tensor, l: torch.Tensor) -> tor
     return torch.where((direct.abs() < SMALL_GAP) & torch.isfinite(near), near, direct)
 
 
-def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, targets=None,
-              temperature: float = 1.0, cross: int = CROSS_NONE, beta: float = 0.5,
-              lse: Optional[torch.Tensor] = None, teacher_min: bool = False) -> RowStats:
-    """Launch the statistics kernel over all rows and merge the vocabulary splits.
-
-    ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`operands`;
-    ``degraded`` is the teacher's second hidden view; ``lse`` ([2, N]: lse_s, lse_t) feeds CROSS_JSD.
-    ``teacher_min`` (CROSS_REVERSE): also find the teacher's smallest logit (the gradient filter's bound).
-    """
+def _launch(*, vocab_size: int, student, teacher, degraded=None, targets=None, temperature: float, cross: int,
+            beta: float = 0.5, lse: Optional[torch.Tensor] = None, min_t: bool = False) -> torch.Tensor:
+    """The statistics kernel over all rows: the vocabulary splits' partial statistics [NUM_STATS, S, N]."""
     first = (student or teacher)[0]
     n, device = first.shape[0], first.device
     sh, sw = student if student else (first, first)
     th, tw = teacher if teacher else (first, first)
     td = degraded if degraded is not None else th
     splits = num_splits(n, vocab_size, device)
-    min_t = teacher_min and cross == CROSS_REVERSE
     fill = float("nan") if C.POISON else 0.0
     parts = torch.full((NUM_STATS, splits, n), fill, dtype=torch.float32, device=device)
     y = targets if targets is not None else parts
@@ -257,52 +239,52 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
         HAS_S=student is not None, HAS_T=teacher is not None, HAS_D=degraded is not None,
         HAS_Y=targets is not None, CROSS=cross, MIN_T=min_t, CAST_F32=C.INTERPRET,
         PRECISION=dot_precision(sh if student else None, th if teacher else None))
-
-    out = RowStats()
-    if cross == CROSS_JSD:
-        out.jsd_t, out.jsd_s = parts[A_X].sum(0), parts[C_X].sum(0)
-        return out
-    w_s = w_t = l_s = l_t = None
-    if student is not None:
-        out.lse_s, w_s, l_s = _merge_lse(parts, M_S, L_S)
-        out.max_s = parts[M_S].amax(0)
-        out.entropy = out.lse_s - (parts[B_S] * w_s).sum(0) / l_s
-        if targets is not None:
-            out.logit_s = parts[Y_S].sum(0)
-    if teacher is not None:
-        out.lse_t, w_t, l_t = _merge_lse(parts, M_T, L_T)
-        if targets is not None:
-            out.logit_t = parts[Y_T].sum(0)
-    if degraded is not None:
-        out.lse_d, _, _ = _merge_lse(parts, M_D, L_D)
-        if targets is not None:
-            out.logit_d = parts[Y_D].sum(0)
-    if cross == CROSS_REVERSE:
-        out.gap = _accurate_gap(out.lse_t - out.lse_s, (parts[C_X] * w_s).sum(0), l_s)
-        out.kl = (parts[A_X] * w_s).sum(0) / l_s + out.gap
-        if min_t:
-            out.min_t = parts[LO_T].amin(0)
-    elif cross == CROSS_FORWARD:
-        gap = _accurate_gap(out.lse_s - out.lse_t, (parts[C_X] * w_t).sum(0), l_t)
-        out.kl = (parts[A_X] * w_t).sum(0) / l_t + gap
-    return out
+    return parts
 
 
-class SavedRow(enum.IntEnum):
-    """The rows of the [6, N] fp32 statistics the backward reads (the dlogits kernel's constants)."""
+def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, targets=None,
+              temperature: float = 1.0, cross: int = CROSS_NONE, teacher_min: bool = False):
+    """Launch the statistics kernel over all rows and merge the vocabulary splits.
 
-    LSE_S = 0   # student log-normaliser
-    LSE_T = 1   # teacher log-normaliser
-    GAP = 2     # lse_t - lse_s in the accurate form
-    AUX = 3     # KL for reverse, KL(p_s || m) for JSD
-    MAX_S = 4   # the student's largest logit (scales the filter's threshold)
-    MIN_T = 5   # the teacher's smallest logit (bounds -log p_t for the filter's teacher skip)
-
-
-def saved_rows(stats: RowStats, aux: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The [len(SavedRow), N] fp32 rows the backward reads, from a statistics pass (absent ones zero)."""
+    ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`operands`;
+    ``degraded`` is the teacher's second hidden view. ``teacher_min`` (CROSS_REVERSE): also find the
+    teacher's smallest logit (the gradient filter's bound). Returns (``base.RowStats``: the KL for
+    CROSS_REVERSE/FORWARD, the student's entropy, log-probs with ``targets``; the
+    [len(SavedRow), N] fp32 rows the backward reads, with the KL as AUX and absent rows zero).
+    """
+    min_t = teacher_min and cross == CROSS_REVERSE
+    parts = _launch(vocab_size=vocab_size, student=student, teacher=teacher, degraded=degraded, targets=targets,
+                    temperature=temperature, cross=cross, min_t=min_t)
+    out, saved = RowStats(), parts.new_zeros(len(SavedRow), parts.shape[2])
     # a missing min_t reads as -inf: an infinite bound, so the teacher skip drops nothing
-    min_t = stats.min_t if stats.min_t is not None else torch.full_like(stats.lse_s, float("-inf"))
-    values = {SavedRow.LSE_S: stats.lse_s, SavedRow.LSE_T: stats.lse_t, SavedRow.GAP: stats.gap, SavedRow.AUX: aux,
-              SavedRow.MAX_S: stats.max_s, SavedRow.MIN_T: min_t}
-    return torch.stack([values[r] if values[r] is not None else torch.zeros_like(min_t) for r in SavedRow])
+    saved[SavedRow.MIN_T] = parts[LO_T].amin(0) if min_t else -math.inf
+    if student is not None:
+        lse_s, w_s, l_s = _merge_lse(parts, M_S, L_S)
+        saved[SavedRow.LSE_S], saved[SavedRow.MAX_S] = lse_s, parts[M_S].amax(0)
+        out.student_entropy = lse_s - (parts[B_S] * w_s).sum(0) / l_s
+        if targets is not None:
+            out.student_logprob = parts[Y_S].sum(0) - lse_s
+    if teacher is not None:
+        lse_t, w_t, l_t = _merge_lse(parts, M_T, L_T)
+        saved[SavedRow.LSE_T] = lse_t
+        if targets is not None:
+            out.teacher_logprob = parts[Y_T].sum(0) - lse_t
+    if degraded is not None and targets is not None:
+        out.degraded_logprob = parts[Y_D].sum(0) - _merge_lse(parts, M_D, L_D)[0]
+    if cross == CROSS_REVERSE:
+        saved[SavedRow.GAP] = _accurate_gap(lse_t - lse_s, (parts[C_X] * w_s).sum(0), l_s)
+        out.kl = (parts[A_X] * w_s).sum(0) / l_s + saved[SavedRow.GAP]
+    elif cross == CROSS_FORWARD:
+        gap = _accurate_gap(lse_s - lse_t, (parts[C_X] * w_t).sum(0), l_t)
+        out.kl = (parts[A_X] * w_t).sum(0) / l_t + gap
+    if out.kl is not None:
+        saved[SavedRow.AUX] = out.kl
+    return out, saved
+
+
+def jsd_sums(*, vocab_size: int, student, teacher, lse: torch.Tensor, temperature: float, beta: float):
+    """The second JSD pass, given ``lse`` [2, N] (lse_s, lse_t): (sum p_t (log p_t - log m),
+    sum p_s (log p_s - log m))."""
+    parts = _launch(vocab_size=vocab_size, student=student, teacher=teacher, temperature=temperature, cross=CROSS_JSD,
+                    beta=beta, lse=lse)
+    return parts[A_X].sum(0), parts[C_X].sum(0)
