@@ -83,10 +83,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         outputs = trainer.train()
     except Preempted as stop:  # SIGTERM / SIGINT: checkpoint written; exit as a process killed by it would
         print(str(stop), file=sys.stderr)
+        trainer.close()  # every rank got the signal and saved together
         return stop.exit_code
     except (TrainerError, ConfigError) as err:  # a fault the trainer detected: its message says what to do
         print(f"error: {err}", file=sys.stderr)
         return 1
     if trainer.acc.is_main_process:
         print(_summary(outputs))
+    trainer.close()
     return 0

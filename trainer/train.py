@@ -347,6 +347,12 @@ class Trainer:
         with PreemptionHandler() as self.preemption:
             return self._train()
 
+    def close(self) -> None:
+        """Leave the process group together, once the run is over: a rank that exits while a peer's
+        gloo threads still run aborts that peer ("terminate called without an active exception")."""
+        self.acc.wait_for_everyone()
+        self.acc.end_training()
+
     def _train(self) -> Dict[str, object]:
         cfg, acc = self.cfg, self.acc
         start_step, state, resume = restore(acc, cfg, self.identity)

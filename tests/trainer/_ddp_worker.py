@@ -31,6 +31,7 @@ def main(config_json, batch_path, out_path):
     if trainer.acc.is_main_process:
         grads = {n: p.grad for n, p in trainer.acc.unwrap_model(trainer.module).named_parameters() if p.grad is not None}
         torch.save({"world": world, "grads": grads}, out_path)
+    trainer.close()
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ def main(mode, config_json, out_path, batch_path=None):
     out.update(history=outputs["history"], evals=outputs["evals"])
     if trainer.acc.is_main_process:
         torch.save(out, out_path)
+    trainer.close()
 
 
 if __name__ == "__main__":
