@@ -67,6 +67,11 @@ def greedy_eval(model, samples: Sequence[Sample], tokenizer, processor, *, batch
     return out
 
 
+def flipped_slot_share(measured: Dict[str, float]) -> float:
+    """Of a ``greedy_eval`` result's well-formed responses, the share of slots holding the other synonym."""
+    return (measured["format_rate"] - measured["slot_accuracy"]) / max(measured["format_rate"], 1e-9)
+
+
 @torch.no_grad()
 def digit_logprob(model, samples: Sequence[Sample], tokenizer, processor, batch_size: int = 250) -> float:
     """Mean log p(correct width digit) with the true response teacher-forced up to it."""

@@ -23,13 +23,13 @@ from vaopd_trainer.sampling import Sampling, stop_token_ids
 
 from . import code_task
 from .task import PROMPT_SUFFIX
-from .code_eval import MAX_NEW_TOKENS, greedy_eval, pixelated
-from .code_setup import STUDENT_DIR, TEACHER_DIR
+from .code_eval import MAX_NEW_TOKENS, flipped_slot_share, greedy_eval, pixelated
+from .code_setup import FLUENT, STUDENT_DIR, TEACHER_DIR
 
 THRESHOLDS = {
     "teacher_accuracy": (">=", 0.98), "teacher_slot_accuracy": (">=", 0.98), "teacher_pixelated_accuracy": ("<=", 0.40),
     "opd_loss_share_language": (">=", 0.70), "opd_loss_share_digits": ("<=", 0.15), "va_top20_share": (">=", 0.90),
-    "student_format_rate": (">=", 0.95), "student_flipped_slot_share": (">=", 0.95),
+    "student_format_rate": (">=", FLUENT), "student_flipped_slot_share": (">=", FLUENT),
     "student_start_accuracy_min": (">=", 0.45), "student_start_accuracy_max": ("<=", 0.70),
 }
 
@@ -93,7 +93,7 @@ def measure(teacher_dir: str = TEACHER_DIR, student_dir: str = STUDENT_DIR, *, n
         "opd_loss_share_language": shares["opd_loss_share_language"],
         "opd_loss_share_digits": shares["opd_loss_share_digits"], "va_top20_share": shares["va_top20_share"],
         "student_format_rate": s_clean["format_rate"],
-        "student_flipped_slot_share": (s_clean["format_rate"] - s_clean["slot_accuracy"]) / max(s_clean["format_rate"], 1e-9),
+        "student_flipped_slot_share": flipped_slot_share(s_clean),
         "student_start_accuracy_min": start_accuracy, "student_start_accuracy_max": start_accuracy,
     }
     gates = {name: {"value": values[name], "rule": f"{op} {bound}",

@@ -32,13 +32,14 @@ import torch
 from vaopd_trainer.models import load_model, load_processing
 
 from . import code_task, task
-from .code_eval import greedy_eval, pixelated
+from .code_eval import flipped_slot_share, greedy_eval, pixelated
 from .supervised import save, train
 from .teacher import ASSETS, accuracy
 
 TEACHER_DIR = os.path.join(ASSETS, "code_teacher")
 STUDENT_DIR = os.path.join(ASSETS, "code_student")
 SOURCE = {"teacher": os.path.join(ASSETS, "teacher"), "student": os.path.join(ASSETS, "student")}
+FLUENT = 0.95  # the start student's format rate and flipped-slot share: phase B's stop and the gates
 
 
 def _load(path: str):
@@ -57,6 +58,11 @@ def _checked(evaluate, *, check_every: int, reached, checks: list):
         print(f"check at step {done}: {result}")
         return reached(result)
     return stop
+
+
+def _fluent_and_skilled(result: dict, stop_accuracy: float) -> bool:
+    fluent = result["format_rate"] >= FLUENT and flipped_slot_share(result) >= FLUENT
+    return fluent and result["accuracy"] >= stop_accuracy
 
 
 def build(which: str, *, steps: int, batch: int, lr: float, seed: int, out: str, check_every: int = 25,
@@ -106,13 +112,6 @@ def build(which: str, *, steps: int, batch: int, lr: float, seed: int, out: str,
     save(model, tokenizer, processor, out, report)
     return report
 
-
-FLUENT = 0.95  # phase B's format rate and flipped-slot share, as the start gates ask
-
-
-def _fluent_and_skilled(result: dict, stop_accuracy: float) -> bool:
-    flipped = (result["format_rate"] - result["slot_accuracy"]) / max(result["format_rate"], 1e-9)
-    return result["format_rate"] >= FLUENT and flipped >= FLUENT and result["accuracy"] >= stop_accuracy
 
 
 def main(argv=None) -> int:
