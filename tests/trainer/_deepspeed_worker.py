@@ -20,6 +20,8 @@ import torch  # noqa: E402
 from vaopd_trainer.config import load_config  # noqa: E402
 from vaopd_trainer.train import Trainer  # noqa: E402
 
+from _fixed_batch import my_rows, run_and_save  # noqa: E402
+
 
 def make_trainer(config_json):
     with open(config_json) as f:
@@ -28,13 +30,12 @@ def make_trainer(config_json):
 
 def fixed_step(trainer, batch_path):
     batch = torch.load(batch_path, weights_only=False)["batch"]
-    rank, world = trainer.acc.process_index, trainer.acc.num_processes
-    per_rank = batch.input_ids.shape[0] // world
-    mine = batch.rows(rank * per_rank, (rank + 1) * per_rank)
+    mine = batch.rows(*my_rows(trainer, batch.input_ids.shape[0]))
     trainer.rollouts = lambda step: mine  # the fixed batch instead of sampling; the rest is the real step
     metrics = trainer.step(0)
-    return {"world": world, "engine": type(trainer.module).__name__, "optimizer_steps": trainer.module.global_steps,
-            "clipping": trainer.module.gradient_clipping(), "metrics": metrics,
+    return {"world": trainer.acc.num_processes, "engine": type(trainer.module).__name__,
+            "optimizer_steps": trainer.module.global_steps, "clipping": trainer.module.gradient_clipping(),
+            "metrics": metrics,
             "params": {n: p.detach().clone() for n, p in trainer.inner.named_parameters()}}
 
 
@@ -43,11 +44,7 @@ def main(mode, config_json, out_path, batch_path=None):
     if mode == "step":
         out.update(fixed_step(make_trainer(config_json), batch_path))
     trainer = make_trainer(config_json)
-    outputs = trainer.train()
-    out.update(history=outputs["history"], evals=outputs["evals"])
-    if trainer.acc.is_main_process:
-        torch.save(out, out_path)
-    trainer.close()
+    run_and_save(trainer, out, out_path)
 
 
 if __name__ == "__main__":

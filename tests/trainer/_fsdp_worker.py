@@ -22,6 +22,8 @@ import torch  # noqa: E402
 from vaopd_trainer.config import load_config  # noqa: E402
 from vaopd_trainer.train import Trainer  # noqa: E402
 
+from _fixed_batch import half_batch_backward, run_and_save  # noqa: E402
+
 FSDP2_YAML = os.path.join(REPO, "configs", "accelerate", "fsdp2.yaml")
 
 
@@ -54,13 +56,7 @@ def make_trainer(config_json):
 
 
 def gradient(trainer, batch_path):
-    saved = torch.load(batch_path, weights_only=False)
-    batch, th, td = saved["batch"], saved["teacher_hidden"], saved["teacher_degraded"]
-    rank, world = trainer.acc.process_index, trainer.acc.num_processes
-    per_rank = batch.input_ids.shape[0] // world
-    lo_row, hi_row = rank * per_rank, (rank + 1) * per_rank
-    cu = batch.cu_seqlens().tolist()
-    trainer.loss_and_backward(batch.rows(lo_row, hi_row), th[cu[lo_row]:cu[hi_row]], td[cu[lo_row]:cu[hi_row]])
+    batch = half_batch_backward(trainer, batch_path)
     grads = {n: full(p.grad) for n, p in trainer.module.named_parameters() if p.grad is not None}
     sharded = sum(hasattr(p, "full_tensor") for p in trainer.module.parameters())
     memory = {"parameters": local_bytes(trainer.module.parameters()),
@@ -90,11 +86,7 @@ def main(mode, config_json, out_path, batch_path=None):
     if mode == "grad":
         out.update(gradient(trainer, batch_path))
         trainer = make_trainer(config_json)  # fresh weights and optimizer for the run
-    outputs = trainer.train()
-    out.update(history=outputs["history"], evals=outputs["evals"])
-    if trainer.acc.is_main_process:
-        torch.save(out, out_path)
-    trainer.close()
+    run_and_save(trainer, out, out_path)
 
 
 if __name__ == "__main__":

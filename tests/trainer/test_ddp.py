@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-from vaopd_trainer.loss import backbone_hidden
 from vaopd_trainer.train import Trainer
+
+from _fixed_batch import save_reference
 
 WORKER = os.path.join(os.path.dirname(__file__), "_ddp_worker.py")
 
@@ -16,13 +17,7 @@ WORKER = os.path.join(os.path.dirname(__file__), "_ddp_worker.py")
 def test_two_process_gloo_gradient_equals_single_process(make_config, tmp_path):
     """2 ranks x 2 prompts (micro-batched, DDP all-reduce) == 1 process x 4 prompts, same rollouts."""
     single = Trainer(make_config(per_device_train_batch_size=4, num_generations=2))
-    torch.manual_seed(0)
-    batch = single.rollouts(0)
-    th = backbone_hidden(single.teacher, batch)
-    td = backbone_hidden(single.teacher, batch, degraded=True)
-    single.loss_and_backward(batch, th, td)
-    reference = {n: p.grad.clone() for n, p in single.module.named_parameters() if p.grad is not None}
-    torch.save({"batch": batch, "teacher_hidden": th, "teacher_degraded": td}, tmp_path / "batch.pt")
+    reference = save_reference(single, tmp_path / "batch.pt")
 
     overrides = {k: str(v) for k, v in vars(single.cfg).items() if v is not None}
     overrides.update(per_device_train_batch_size="2", micro_batch_size="2", output_dir=str(tmp_path / "ddp"))

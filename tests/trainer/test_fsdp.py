@@ -12,9 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vaopd_trainer.loss import backbone_hidden
 from vaopd_trainer.memory import Workload, per_gpu_memory
 from vaopd_trainer.train import Trainer
+
+from _fixed_batch import save_reference
 
 WORKER = os.path.join(os.path.dirname(__file__), "_fsdp_worker.py")
 
@@ -38,16 +39,9 @@ def test_fsdp2_two_process_step_save_resume_match_single_process(make_config, tm
     single = Trainer(make_config(per_device_train_batch_size=4, num_generations=2, num_eval_samples=4,
                                  eval_do_sample=False, gradient_checkpointing=True,
                                  output_dir=str(tmp_path / "single")))
-    torch.manual_seed(0)
-    batch = single.rollouts(0)
-    th = backbone_hidden(single.teacher, batch)
-    td = backbone_hidden(single.teacher, batch, degraded=True)
-    single.loss_and_backward(batch, th, td)
-    reference = {n: p.grad.clone() for n, p in single.module.named_parameters() if p.grad is not None}
+    reference = save_reference(single, tmp_path / "batch.pt")
     reference_norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in reference.values()])))
-    single.optimizer.zero_grad(set_to_none=True)
     reference_eval = single.evaluate("before", 0)
-    torch.save({"batch": batch, "teacher_hidden": th, "teacher_degraded": td}, tmp_path / "batch.pt")
 
     # 2 ranks x 2 prompts, micro-batched: the gradient; then 2 steps with generation, evaluation
     # before/after and a checkpoint after each step
