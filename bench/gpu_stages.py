@@ -328,14 +328,11 @@ def stage_trainer(ctx: Context) -> None:
     from bench import machine
 
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vaopd_trainer").symlink_to(machine.REPO_ROOT / "trainer")  # as pyproject's package-dir
-        env = dict(__import__("os").environ)
-        env["PYTHONPATH"] = tmp + ":" + env.get("PYTHONPATH", "")
         out = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "vaopd_trainer", "--config", "configs/demo.yaml", "--max_steps", "4",
                "--save_steps", "0", "--val_before_train", "false", "--bf16", "true", "--output_dir", str(out)]
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=machine.REPO_ROOT, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=machine.REPO_ROOT, capture_output=True, text=True)
         metrics = out / "metrics.jsonl"
         lines = metrics.read_text().splitlines() if metrics.exists() else []
         ctx.add({"case": "trainer demo, bf16, 4 steps", "status": "ok" if proc.returncode == 0 else

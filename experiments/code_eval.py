@@ -22,7 +22,7 @@ MAX_NEW_TOKENS = 96  # the longest response is 87 characters + EOS
 
 
 def pixelated(samples: Sequence[Sample], ratio: float = 0.1) -> List[Sample]:
-    from vaopd_trainer.data import pixelate
+    from vaopd_kernels.pixelate import pixelate
 
     return [Sample(pixelate(s.image, ratio), s.question, s.answer) for s in samples]
 

@@ -27,7 +27,8 @@ SHAPE = dict(hidden=96, layers=3, vocab_padding=16)  # the trainer's tiny teache
 
 def accuracy(model, tokenizer, processor, samples, pixelated: bool) -> float:
     """Greedy \\boxed{} accuracy on the original images, or on their 10% pixelated copies."""
-    from vaopd_trainer.data import Sample, pixelate
+    from vaopd_kernels.pixelate import pixelate
+    from vaopd_trainer.data import Sample
     from vaopd_trainer.sampling import Sampling, stop_token_ids
 
     if pixelated:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from experiments import task
-from vaopd_trainer.data import pixelate
+from vaopd_kernels.pixelate import pixelate
 
 
 def _pixels(image):

@@ -17,7 +17,7 @@ from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, uns
 import vaopd_kernels
 from vaopd_kernels.integrations import trl as vtrl
 from vaopd_kernels.integrations.trl import VAOPDConfig, VAOPDTrainer
-from vaopd_trainer.data import pixelate
+from vaopd_kernels.pixelate import pixelate
 
 
 def _trainer(cls, cfg_cls, tmp_path, student, teacher, proc, **overrides):

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vaopd_trainer.data import pixelate, synthetic_sample
+from vaopd_kernels.pixelate import pixelate
+from vaopd_trainer.data import synthetic_sample
 from vaopd_trainer.rollout import Batch, response_mask
 
 EOS = 9

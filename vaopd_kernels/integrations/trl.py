@@ -28,7 +28,7 @@ from trl import DistillationConfig, DistillationTrainer
 from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
 import vaopd_kernels
-from vaopd_trainer.data import pixelate
+from ..pixelate import pixelate
 
 METHODS = ("opd", "va_opd")
 # The per-completion vision fields TRL carries in a batch (DistillationTrainer._compute_loss reads the same ones).

@@ -51,16 +51,6 @@ class Sample:
         return Sample(self.image, self.question, self.answer, self.origin)
 
 
-def pixelate(image: Image.Image, ratio: float) -> Image.Image:
-    """The paper's degraded view: bilinear down to floor(ratio * side) (>= 1 px), nearest back up.
-
-    The size is unchanged, so the processor yields the same visual-token grid as the original.
-    """
-    w, h = image.size
-    small = image.resize((max(1, math.floor(w * ratio)), max(1, math.floor(h * ratio))), Image.BILINEAR)
-    return small.resize((w, h), Image.NEAREST)
-
-
 def synthetic_sample(seed: int, index: int, size: int = 64) -> Sample:
     """Red and blue 2x2 dots on a grey field; the answer is the red count.
 

@@ -12,7 +12,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .data import Sample, pixelate
+from vaopd_kernels.pixelate import pixelate
+
+from .data import Sample
 from .errors import DataError
 from .sampling import Sampling, decoding_config, only_this_config
 
