@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from .config import ConfigError, load_config, parse_overrides
+from .intervals import paired_gain_ci95
 
 
 def _summary(outputs: dict) -> str:
@@ -21,17 +22,34 @@ def _summary(outputs: dict) -> str:
         for key in sorted(k for k in last if k.startswith("peak_mem_")):
             rows.append((key, f"{first[key]:.0f}", f"{last[key]:.0f}"))
     evals = outputs["evals"]
-    for key in ("eval_accuracy", "eval_visual_reliance"):
-        before, after = evals.get("before", {}).get(key), evals.get("after", {}).get(key)
-        rows.append((key, "-" if before is None else f"{before:.4g}", "-" if after is None else f"{after:.4g}"))
+    for key in ("eval_accuracy", "eval_greedy_accuracy", "eval_visual_reliance"):
+        cells = [_with_interval(evals.get(tag, {}), key) for tag in ("before", "after")]
+        if cells != ["-", "-"]:
+            rows.append((key, *cells))
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'metric':<{width}}  {'first/before':>12}  {'last/after':>12}", "-" * (width + 28)]
-    lines += [f"{name:<{width}}  {a:>12}  {b:>12}" for name, a, b in rows]
+    lines = [f"{'metric':<{width}}  {'first/before':>15}  {'last/after':>15}", "-" * (width + 34)]
+    lines += [f"{name:<{width}}  {a:>15}  {b:>15}" for name, a, b in rows]
+    lines += [f"{key} gain: {accuracy_gain(outputs, key)}" for key in ("eval_accuracy", "eval_greedy_accuracy")
+              if all(key in outputs["eval_scores"].get(tag, {}) for tag in ("before", "after"))]
     lines.append(f"steps: {len(history)}  train time: {outputs['train_seconds']:.1f}s")
     for key in ("metrics", "curves", "va_page", "checkpoint", "best", "student"):
         if outputs.get(key):
             lines.append(f"{key:<10} {os.path.abspath(str(outputs[key]))}")
     return "\n".join(lines)
+
+
+def _with_interval(result: dict, key: str) -> str:
+    if key not in result:
+        return "-"
+    ci = result.get(f"{key}_ci95")
+    return f"{result[key]:.4g}" if ci is None else f"{result[key]:.3f} +- {ci:.3f}"
+
+
+def accuracy_gain(outputs: dict, key: str, before: str = "before", after: str = "after") -> str:
+    """'+0.123 [0.080, 0.166]': the mean per-image change of ``key`` and its paired 95% interval."""
+    scores = outputs["eval_scores"]
+    gain, half = paired_gain_ci95(scores[before][key], scores[after][key])
+    return f"{gain:+.3f} [{gain - half:+.3f}, {gain + half:+.3f}] (95% interval, {len(scores[after][key])} images)"
 
 
 def prepare_main(argv: List[str]) -> int:

@@ -89,6 +89,7 @@ class TrainConfig:
     eval_steps: int = 0  # 0 = only at the end
     eval_num_generations: int = 8  # samples per validation problem; accuracy = their mean (avg@8)
     eval_do_sample: bool = True  # false: one greedy answer per problem
+    eval_greedy: bool = False  # with eval_do_sample: also one greedy answer per problem (eval_greedy_accuracy)
     eval_temperature: float = 1.0
     eval_top_p: float = 1.0
     eval_top_k: int = 0  # 0 = off

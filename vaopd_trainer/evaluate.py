@@ -59,8 +59,10 @@ def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, ba
     max(log p(y | image) - log p(y | pixelated image), 0) on those answers. ``batch_size`` counts rows.
     ``context``: the models' context (max_position_embeddings); a prompt that cannot fit is refused, named.
 
-    Returns sums and counts so ranks can add them before dividing.
+    Returns sums and counts so ranks can add them before dividing, and ``scores``: each problem's share
+    of right answers, in ``samples``' order (for intervals over images, ``intervals.py``).
     """
+    scores: List[float] = []
     correct, reliance, tokens = 0.0, 0.0, 0.0
     prompts_per_batch = max(1, batch_size // num_generations)
     for start in range(0, len(samples), prompts_per_batch):
@@ -72,7 +74,9 @@ def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, ba
         batch = generate(model, batch, tokenizer, max_new_tokens=max_new_tokens, sampling=sampling,
                          eos_token_ids=eos_token_ids)
         responses: List[str] = responses_text(batch, tokenizer)
-        correct += sum(is_correct(r, chunk[i // num_generations].answer) for i, r in enumerate(responses))
+        right = [is_correct(r, chunk[i // num_generations].answer) for i, r in enumerate(responses)]
+        correct += sum(right)
+        scores += [sum(right[i:i + num_generations]) / num_generations for i in range(0, len(right), num_generations)]
         was_training = model.training
         model.eval()
         full = backbone_hidden(model, batch)
@@ -82,4 +86,5 @@ def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, ba
                                              vocab_size=len(tokenizer), backend=backend)
         reliance += float(gap.double().sum())
         tokens += gap.numel()
-    return {"correct": correct, "count": float(len(samples) * num_generations), "reliance_sum": reliance, "tokens": tokens}
+    return {"correct": correct, "count": float(len(samples) * num_generations),
+            "reliance_sum": reliance, "tokens": tokens, "scores": scores}

@@ -7,6 +7,7 @@ the loss is normalised by the global prompt (VA-OPD) or rollout (OPD) count.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -27,8 +28,9 @@ from . import checkpoint, engines
 from .config import TINY, ConfigError, TrainConfig, to_dict
 from .data import Sample, load_split, step_prompts
 from .errors import DataError, ImageDecodeError
-from .evaluate import evaluate, is_correct
+from .evaluate import evaluate, extract_boxed, is_correct
 from .guard import DivergenceGuard
+from .intervals import mean_ci95
 from .loss import StudentLoss, backbone_hidden
 from .metrics import MetricsLogger, PhaseMemory
 from .models import build_tiny_models, lm_head_weight, load_model, load_processing
@@ -118,6 +120,7 @@ class Trainer:
         self.logger = MetricsLogger(cfg.output_dir, cfg.report_to, self.acc.is_main_process, fresh=cfg.resume is None)
         self.history: List[Dict[str, float]] = []
         self.evals: Dict[str, Dict[str, float]] = {}
+        self.eval_scores: Dict[str, Dict[str, List[float]]] = {}
         self.last_rollouts: List[dict] = []
         self.best_accuracy = self._best_so_far() if cfg.resume is not None else -math.inf
         if self.acc.is_main_process:
@@ -256,31 +259,62 @@ class Trainer:
         return metrics
 
     def _keep_for_page(self, batch, result, va) -> None:
+        """The rollouts for va_tokens.html: up to ``num_visualize``, right and wrong answers alternating
+        while both remain, so the page shows where VA is and where it is missing."""
         if not self.acc.is_main_process or va is None or self.cfg.num_visualize == 0:
             return
         cu = batch.cu_seqlens().tolist()
         targets = batch.targets().tolist()
         va, high = va.float().tolist(), result.high_mask.tolist()
+        texts = responses_text(batch, self.tokenizer)
+        right = [is_correct(t, a) for t, a in zip(texts, batch.answers)]
+        by_outcome = [[r for r in range(len(cu) - 1) if right[r] == outcome] for outcome in (True, False)]
+        order = [r for pair in itertools.zip_longest(*by_outcome) for r in pair if r is not None]
         self.last_rollouts = [
             {"tokens": [self.tokenizer.decode([t]) for t in targets[cu[r]:cu[r + 1]]], "va": va[cu[r]:cu[r + 1]],
              "high": high[cu[r]:cu[r + 1]], "weight": float(result.rollout_weight[r]),
-             "prompt": f"prompt {int(batch.prompt_ids[r])}"}
-            for r in range(min(self.cfg.num_visualize, len(cu) - 1))]
+             "prompt": f"prompt {int(batch.prompt_ids[r])}", "right": right[r],
+             "answer": extract_boxed(texts[r]), "gold": batch.answers[r]}
+            for r in order[:self.cfg.num_visualize]]
 
     # ------------------------------------------------------------------ eval / loop
     def evaluate(self, tag: str, step: int) -> Dict[str, float]:
-        """avg@``eval_num_generations`` on this rank's share of the validation problems, summed over ranks.
+        """avg@``eval_num_generations`` (and with ``eval_greedy`` one greedy answer) on this rank's share
+        of the validation problems, summed over ranks; each accuracy with the half-width of its 95%
+        interval over images (``intervals.py``). The per-image scores are kept in ``eval_scores[tag]``
+        (rank-major order, the same at every evaluation) for paired before -> after gains.
 
         Sampling draws from its own RNG stream, seeded by (seed, step, rank): a validation score is
         reproducible and the training stream is the same whether or not (or how often) we validate.
         """
         cfg, acc = self.cfg, self.acc
         shard = self.decoded(self.eval_samples[acc.process_index::acc.num_processes], f"evaluation at step {step}")
-        sampling = Sampling.for_eval(cfg)
+        passes = {"eval_accuracy": Sampling.for_eval(cfg)}
+        if cfg.eval_greedy and cfg.eval_do_sample:
+            passes["eval_greedy_accuracy"] = Sampling(do_sample=False)
+        result, scores = {}, {}
+        for name, sampling in passes.items():
+            sums = self._evaluate_shard(shard, sampling, step)
+            total = acc.reduce(torch.tensor([sums[k] for k in ("correct", "count", "reliance_sum", "tokens")],
+                                            device=acc.device, dtype=torch.float64), "sum").tolist()
+            scores[name] = [score for part in gather_object([sums["scores"]]) for score in part]
+            result[name] = total[0] / max(total[1], 1)
+            result[f"{name}_ci95"] = mean_ci95(scores[name])[1]
+            if name == "eval_accuracy":
+                result["eval_visual_reliance"] = total[2] / max(total[3], 1)
+        self.evals[tag] = result
+        self.eval_scores[tag] = scores
+        self.logger.log(step, result, echo=tuple(result))
+        if step > 0:
+            self._keep_if_best(step, result["eval_accuracy"])
+        return result
+
+    def _evaluate_shard(self, shard: List[Sample], sampling: Sampling, step: int) -> Dict[str, object]:
+        cfg, acc = self.cfg, self.acc
         devices = [acc.device] if acc.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), acc.autocast(), self.guard.sampling(step):
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, acc.process_index]).generate_state(1)[0]))
-            sums = self.inner.run_on_student(
+            return self.inner.run_on_student(
                 evaluate, shard, self.tokenizer, self.image_processor,
                 batch_size=cfg.per_device_train_batch_size * cfg.num_generations,
                 max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio,
@@ -288,14 +322,6 @@ class Trainer:
                 num_generations=cfg.eval_num_generations if sampling.do_sample else 1,
                 eos_token_ids=self.eos_token_ids, prompt_suffix=cfg.prompt_suffix,
                 backend=cfg.kernel_backend, context=self.context)
-        total = acc.reduce(torch.tensor([sums[k] for k in ("correct", "count", "reliance_sum", "tokens")],
-                                        device=acc.device, dtype=torch.float64), "sum").tolist()
-        result = {"eval_accuracy": total[0] / max(total[1], 1), "eval_visual_reliance": total[2] / max(total[3], 1)}
-        self.evals[tag] = result
-        self.logger.log(step, result, echo=tuple(result))
-        if step > 0:
-            self._keep_if_best(step, result["eval_accuracy"])
-        return result
 
     def save(self, step: int) -> str:
         """Checkpoint ``step`` (never a non-finite state), then drop the oldest beyond ``save_total_limit``."""
@@ -389,7 +415,7 @@ class Trainer:
         ckpt = self.save(self.total_steps)
         student_state = engines.full_student_state(self.inner)  # FSDP2: gathered on every rank, kept on rank 0
         outputs: Dict[str, object] = {"checkpoint": ckpt, "train_seconds": seconds, "history": self.history,
-                                      "evals": self.evals}
+                                      "evals": self.evals, "eval_scores": self.eval_scores}
         best = os.path.join(cfg.output_dir, BEST_DIR)
         if os.path.isdir(best):
             outputs["best"] = best

@@ -11,6 +11,7 @@ from vaopd_trainer import evaluate as evaluate_module
 from vaopd_trainer import train as train_module
 from vaopd_trainer.data import Sample, synthetic_dataset
 from vaopd_trainer.evaluate import evaluate, extract_boxed, is_correct
+from vaopd_trainer.intervals import mean_ci95
 from vaopd_trainer.models import load_model, load_processing
 from vaopd_trainer.rollout import encode_prompts
 from vaopd_trainer.sampling import Sampling
@@ -45,6 +46,7 @@ def test_accuracy_is_the_mean_over_every_sampled_answer(tiny_models, monkeypatch
     assert [c[0] for c in calls] == [3, 3]  # one problem (x 3 answers) per 3-row batch
     assert calls[0][1] is sampling
     assert (out["correct"], out["count"]) == (3.0, 6.0)  # avg@3 = 0.5
+    assert out["scores"] == [2 / 3, 1 / 3]  # per problem, for intervals over images
     assert out["tokens"] == sum(len(t) + 1 for t in texts)  # visual reliance over every answer token
 
 
@@ -55,7 +57,7 @@ def test_trainer_validates_with_eval_sampling_and_its_own_rng(make_config, monke
     def fake_evaluate(model, samples, tokenizer, image_processor, **kwargs):
         seen.append(kwargs)
         torch.rand(3)  # sampling draws from the RNG
-        return {"correct": 1.0, "count": 4.0, "reliance_sum": 0.0, "tokens": 1.0}
+        return {"correct": 1.0, "count": 4.0, "reliance_sum": 0.0, "tokens": 1.0, "scores": [0.25]}
 
     monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
     state = torch.get_rng_state()
@@ -72,7 +74,8 @@ def test_best_checkpoint_follows_validation_accuracy(make_config, monkeypatch, t
     scores = iter([0.5, 0.75, 0.25])  # validations after steps 1, 2 and 3 (the final one)
 
     def fake_evaluate(model, samples, tokenizer, image_processor, **kwargs):
-        return {"correct": next(scores) * 4, "count": 4.0, "reliance_sum": 0.0, "tokens": 1.0}
+        score = next(scores)
+        return {"correct": score * 4, "count": 4.0, "reliance_sum": 0.0, "tokens": 1.0, "scores": [score]}
 
     monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
     out = tmp_path / "run"
@@ -97,3 +100,24 @@ def test_rollout_accuracy_scores_the_training_batch(make_config):
     assert trainer.rollout_accuracy(batch) == pytest.approx(0.5)
     metrics = trainer.step(0)
     assert 0.0 <= metrics["rollout_accuracy"] <= 1.0
+
+
+def test_greedy_and_sampled_accuracy_with_intervals_over_images(make_config, monkeypatch):
+    """eval_greedy adds a greedy pass beside avg@k; each accuracy carries its 95% interval over the
+    per-image scores, which are kept for paired gains."""
+    per_pass = {True: [1.0, 0.5, 0.0, 0.5], False: [1.0, 1.0, 0.0, 0.0]}  # sampled avg@2, greedy
+
+    def fake_evaluate(model, samples, tokenizer, image_processor, *, sampling, num_generations, **kwargs):
+        scores = per_pass[sampling.do_sample][:len(samples)]
+        return {"correct": sum(scores) * num_generations, "count": float(len(samples) * num_generations),
+                "reliance_sum": 0.5, "tokens": 1.0, "scores": scores}
+
+    monkeypatch.setattr(train_module, "evaluate", fake_evaluate)
+    trainer = Trainer(make_config(eval_greedy=True, eval_num_generations=2, num_eval_samples=4))
+    result = trainer.evaluate("before", 0)
+    assert result["eval_accuracy"] == 0.5 and result["eval_greedy_accuracy"] == 0.5
+    assert result["eval_accuracy_ci95"] == pytest.approx(mean_ci95(per_pass[True])[1])
+    assert result["eval_greedy_accuracy_ci95"] == pytest.approx(mean_ci95(per_pass[False])[1])
+    assert result["eval_accuracy_ci95"] < result["eval_greedy_accuracy_ci95"]  # avg@k spreads less
+    assert trainer.eval_scores["before"] == {"eval_accuracy": per_pass[True], "eval_greedy_accuracy": per_pass[False]}
+    assert result["eval_visual_reliance"] == 0.5  # from the sampled pass only
