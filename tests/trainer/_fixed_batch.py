@@ -3,7 +3,6 @@ reference in the test and read by every rank of its worker, each rank taking its
 rank's full run, whose results the main process saves."""
 import torch
 
-from vaopd_trainer.loss import backbone_hidden
 
 
 def save_reference(single, path) -> dict:
@@ -11,8 +10,8 @@ def save_reference(single, path) -> dict:
     batch and its teacher hidden states saved to ``path``; the gradients are left cleared."""
     torch.manual_seed(0)
     batch = single.rollouts(0)
-    th = backbone_hidden(single.teacher, batch)
-    td = backbone_hidden(single.teacher, batch, degraded=True)
+    th = single.teacher(batch)
+    td = single.teacher(batch, degraded=True)
     single.loss_and_backward(batch, th, td)
     reference = {n: p.grad.clone() for n, p in single.module.named_parameters() if p.grad is not None}
     single.optimizer.zero_grad(set_to_none=True)

@@ -57,7 +57,7 @@ def test_fsdp2_two_process_step_save_resume_match_single_process(make_config, tm
         torch.testing.assert_close(run["grads"][name], grad, rtol=1e-4, atol=1e-6 * float(scale), msg=name)
     assert run["grad_norm"] == pytest.approx(reference_norm, rel=1e-4)
     # what rank 0 holds is the FSDP2 column of the memory formula (docs/trainer.md), exactly
-    estimate = per_gpu_memory(single.student.config, single.teacher.config, Workload(1, 1, 1, 1, 1), engine="fsdp2",
+    estimate = per_gpu_memory(single.student.config, single.teacher.model.config, Workload(1, 1, 1, 1, 1), engine="fsdp2",
                               gpus=2, bf16=False)
     assert run["memory"] == {k: estimate[k] for k in ("parameters", "gradients", "optimizer")}
 

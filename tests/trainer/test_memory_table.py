@@ -11,7 +11,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from vaopd_trainer.loss import backbone_hidden
 from vaopd_trainer.memory import Workload, per_gpu_memory
 from vaopd_trainer.models import lm_head_weight
 from vaopd_trainer.train import Trainer
@@ -54,17 +53,17 @@ def test_memory_formula_matches_the_tiny_models(make_config):
     trainer = Trainer(make_config(gradient_checkpointing=True))
     torch.manual_seed(0)
     batch = trainer.rollouts(0)
-    th = backbone_hidden(trainer.teacher, batch)
-    td = backbone_hidden(trainer.teacher, batch, degraded=True)
+    th = trainer.teacher(batch)
+    td = trainer.teacher(batch, degraded=True)
     rows, width = batch.input_ids.shape
     work = Workload(rollouts=rows, micro_batch=rows, prompt=batch.prompt_len, completion=width - batch.prompt_len,
                     image_patches=int(batch.image_grid_thw[0].prod()))
-    estimate = per_gpu_memory(trainer.student.config, trainer.teacher.config, work, engine="ddp", gpus=1, bf16=False)
+    estimate = per_gpu_memory(trainer.student.config, trainer.teacher.model.config, work, engine="ddp", gpus=1, bf16=False)
     params = list(trainer.inner.parameters())
     assert estimate["parameters"] == nbytes(params)
     assert estimate["teacher"] == nbytes(trainer.teacher.parameters())
 
-    teacher_weight = lm_head_weight(trainer.teacher)
+    teacher_weight = lm_head_weight(trainer.teacher.model)
     coefficients = trainer.inner.coefficients(batch, th, td, teacher_weight, num_prompts=2, num_rollouts=rows)
     token_weight = coefficients.token_weight
     existing = {t.untyped_storage().data_ptr() for t in [*params, *trainer.teacher.parameters(), th, td, token_weight,
