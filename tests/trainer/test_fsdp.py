@@ -1,7 +1,9 @@
 """FSDP2 on 2 gloo processes, sharded by the same function (and YAML) a GPU launch uses.
 
 accelerate does not run FSDP on a CPU (with use_cpu it silently becomes DDP), so the worker builds
-accelerate's plugin from configs/accelerate/fsdp2.yaml and the trainer shards with it itself.
+accelerate's plugin from configs/accelerate/fsdp2.yaml and the trainer shards with it itself. The
+2-process runs shard the teacher too (``teacher_sharding: fsdp2``): the gradient, the evaluation and
+the exact resume below hold with it (test_teacher_shard.py compares it with the whole teacher).
 """
 import json
 import os
@@ -47,7 +49,7 @@ def test_fsdp2_two_process_step_save_resume_match_single_process(make_config, tm
     # before/after and a checkpoint after each step
     overrides = {k: str(v) for k, v in vars(single.cfg).items() if v is not None}
     overrides.update(per_device_train_batch_size="2", micro_batch_size="2", output_dir=str(tmp_path / "fsdp"),
-                     max_steps="2", save_steps="1", val_before_train="true")
+                     max_steps="2", save_steps="1", val_before_train="true", teacher_sharding="fsdp2")
     run = _torchrun(tmp_path, "grad", overrides, "run", str(tmp_path / "batch.pt"))
     assert run["world"] == 2 and run["sharded_params"] == len(reference)
     assert run["uneven_generation"] == 2  # rank 0 stopped after 2 tokens while rank 1 went on to 5
@@ -58,8 +60,8 @@ def test_fsdp2_two_process_step_save_resume_match_single_process(make_config, tm
     assert run["grad_norm"] == pytest.approx(reference_norm, rel=1e-4)
     # what rank 0 holds is the FSDP2 column of the memory formula (docs/trainer.md), exactly
     estimate = per_gpu_memory(single.student.config, single.teacher.model.config, Workload(1, 1, 1, 1, 1), engine="fsdp2",
-                              gpus=2, bf16=False)
-    assert run["memory"] == {k: estimate[k] for k in ("parameters", "gradients", "optimizer")}
+                              gpus=2, bf16=False, teacher_sharding="fsdp2")
+    assert run["memory"] == {k: estimate[k] for k in ("parameters", "gradients", "optimizer", "teacher")}
 
     # generation + evaluation with the sharded student: greedy answers and the student's visual
     # reliance (which reads the LM head outside forward) equal the unsharded model's

@@ -1,0 +1,79 @@
+"""The sharded teacher (``teacher_sharding: fsdp2``, ``teacher_offload``) on 2 gloo processes beside
+the DDP student, against one process with the whole teacher on the same fixed batch. Its run with
+the FSDP2 student (generation, evaluation, checkpoints, exact resume) is in test_fsdp.py."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vaopd_trainer.memory import Workload, per_gpu_memory
+from vaopd_trainer.models import lm_head_weight
+from vaopd_trainer.train import Trainer
+
+from _fixed_batch import save_reference
+
+WORKER = os.path.join(os.path.dirname(__file__), "_teacher_worker.py")
+
+
+def close(actual, expected, name):
+    """Equal within fp32 summation noise (each rank sums over half the batch)."""
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6 * float(expected.abs().max()), msg=name)
+
+
+@pytest.mark.slow
+def test_sharded_teacher_equals_the_whole_teacher_on_two_processes(make_config, tmp_path):
+    single = Trainer(make_config(per_device_train_batch_size=4, num_generations=2))
+    reference = save_reference(single, tmp_path / "batch.pt")
+    saved = torch.load(tmp_path / "batch.pt", weights_only=False)
+    kl = []
+    single.inner.register_forward_hook(lambda module, args, out: kl.append(out[1].kl))
+    result, va = single.loss_and_backward(saved["batch"], saved["teacher_hidden"], saved["teacher_degraded"])
+
+    overrides = {k: str(v) for k, v in vars(single.cfg).items() if v is not None}
+    overrides.update(per_device_train_batch_size="2", micro_batch_size="2", output_dir=str(tmp_path / "sharded"),
+                     teacher_sharding="fsdp2")
+    (tmp_path / "cfg.json").write_text(json.dumps(overrides))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           WORKER, str(tmp_path / "cfg.json"), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = torch.load(tmp_path / "out.pt", weights_only=False)
+    ranks = out["ranks"]
+    both = {key: torch.cat([r[key] for r in ranks]) for key in ("hidden", "degraded", "va", "kl", "token_weight",
+                                                                "rollout_weight", "high_mask", "offload_hidden",
+                                                                "offload_degraded")}
+
+    # the kernels read the whole head, gathered from the shards
+    torch.testing.assert_close(out["head"], lm_head_weight(single.teacher.model), rtol=0, atol=0)
+    # both teacher passes, VA, per-token KL, coefficients, loss and the (all-reduced) student gradient
+    close(both["hidden"], saved["teacher_hidden"], "hidden")
+    close(both["degraded"], saved["teacher_degraded"], "degraded")
+    close(both["va"], va, "va")
+    close(both["kl"], torch.cat(kl), "kl")
+    close(both["token_weight"], result.token_weight, "token_weight")
+    close(both["rollout_weight"], result.rollout_weight, "rollout_weight")
+    assert torch.equal(both["high_mask"], result.high_mask)
+    assert float(sum(r["loss"] for r in ranks)) == pytest.approx(float(result.loss), rel=1e-5)
+    assert out["grads"].keys() == reference.keys()
+    for name, grad in reference.items():
+        close(out["grads"][name], grad, name)
+
+    # each rank holds half the teacher (uneven tensors: rank 0 the larger piece), as the memory table says
+    whole = sum(p.numel() * p.element_size() for p in single.teacher.parameters())
+    assert sum(r["teacher_bytes"] for r in ranks) == whole
+    rounding = sum(math.prod(p.shape[1:]) * p.element_size() for p in single.teacher.parameters())
+    assert whole / 2 <= ranks[0]["teacher_bytes"] <= whole / 2 + rounding
+    estimate = per_gpu_memory(single.student.config, single.teacher.model.config, Workload(1, 1, 1, 1, 1),
+                              engine="ddp", gpus=2, bf16=False, teacher_sharding="fsdp2")
+    assert ranks[0]["teacher_bytes"] == estimate["teacher"]
+    assert ranks[0]["root_bytes"] == estimate["teacher_root"]  # what the kernels' read gathers
+
+    # offload: every unit has FSDP2's CPU offload (on a CPU the shards stay where they are) and scores alike
+    assert all(r["policies"] == {"OffloadPolicy"} and r["offload_policies"] == {"CPUOffloadPolicy"} for r in ranks)
+    close(both["offload_hidden"], saved["teacher_hidden"], "offload_hidden")
+    close(both["offload_degraded"], saved["teacher_degraded"], "offload_degraded")
