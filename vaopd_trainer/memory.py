@@ -39,9 +39,11 @@ largest piece):
 
 A step's peak is the largest of its phases over what it always holds (parameters, optimizer, teacher,
 gathered): generation (kv_cache), the teacher passes (teacher_root + teacher_layers) and the student
-pass (gradients + activations + teacher_root). ``teacher_offload`` moves the whole teacher host to
-device twice a step (b_w x P_teacher H2D per pass, once per chunk of ``micro_batch_size`` rollouts:
-its layers are gathered again for each chunk) plus its root once more for the kernels' read.
+pass (gradients + activations + teacher_root). ``teacher_offload`` copies the teacher host to device
+every step (``offload_traffic``): in each of its 2 passes (1 for OPD) the root once and every layer once
+per chunk of ``micro_batch_size`` rollouts (resharded after each chunk's forward), and the root once
+more for the kernels' read: b_w x (2 x (root + ceil(R / m) x layers) + root), which is
+2 x b_w x P_teacher + b_w x root when a pass is one chunk (``micro_batch_size: 0``).
 
 Not counted: the one layer recomputed at a time in the backward, the loss kernel's workspace, the
 teacher's hidden states (2 x N x D_teacher x b_w) and its per-layer activations (no gradient: one
@@ -142,6 +144,13 @@ def per_gpu_memory(student_config, teacher_config, work: Workload, *, engine: st
     return out
 
 
+def offload_traffic(teacher_config, work: Workload, bf16: bool = True, passes: int = 2) -> int:
+    """Host-to-device bytes per step and GPU of ``teacher_offload`` (the module docstring's formula)."""
+    teacher = parameter_shapes(teacher_config)
+    root, layers = (sum(math.prod(s) for s in teacher[unit]) * (2 if bf16 else 4) for unit in ("root", "layer"))
+    return passes * (root + math.ceil(work.rollouts / work.micro_batch) * layers) + root
+
+
 def qwen3_vl_config(size: str):
     """The released Qwen3-VL-2B/4B/8B-Instruct architectures (their config.json values), for the table."""
     from transformers import Qwen3VLConfig
@@ -184,7 +193,7 @@ def breakdown(work: Workload, gpus: int = 8, teacher: str = "8B") -> str:
     configurations = CONFIGURATIONS[8 if gpus > 1 else 1]
     columns = [per_gpu_memory(student, teacher_config, work, engine=engine, gpus=gpus, teacher_sharding=sharding,
                               teacher_offload=offload) for _, engine, sharding, offload in configurations]
-    lines = [f"| {teacher} -> 2B, per GPU ({gpus} GPUs), GiB | " + " | ".join(c[0] for c in configurations) + " |",
+    lines = [f"| {teacher} -> 2B, GiB per GPU, {gpus} GPU{'s' if gpus > 1 else ''} | " + " | ".join(c[0] for c in configurations) + " |",
              "|---|" + "---:|" * len(configurations)]
     for row in columns[0]:
         lines.append(f"| {row} | " + " | ".join(f"{c[row] / GIB:.2f}" for c in columns) + " |")
@@ -216,7 +225,11 @@ def fits(work: Workload, cards_gib: List[float], reserve_gib: float = RESERVE_GI
                     notes.append(f"- {teacher} -> 2B on {gpus} x {card:g} GiB: nothing fits; the smallest peak "
                                  f"({configurations[best][0]}) is {peaks[best]:.2f} GiB, of which the student's fp32 "
                                  f"weights, gradients and AdamW state are {states:.2f} GiB")
-    return "\n".join(lines + ([""] + notes if notes else []))
+    traffic = ", ".join(f"{teacher} {offload_traffic(qwen3_vl_config(teacher), work) / GIB:.1f} GiB"
+                        for teacher in ("8B", "4B"))
+    notes.append(f"- teacher_offload copies per step and GPU, host to device: {traffic} (2 passes x (root + "
+                 f"{math.ceil(work.rollouts / work.micro_batch)} chunks x layers) + root)")
+    return "\n".join(lines + [""] + notes)
 
 
 def peak(parts: Dict[str, int]) -> int:
@@ -233,7 +246,7 @@ def main(argv=None) -> None:
                                                  "configurations fit which cards (docs/trainer.md)")
     parser.add_argument("--teacher", choices=("8B", "4B"), default="8B", help="of the per-term table")
     parser.add_argument("--gpus", type=int, default=8, help="of the per-term table")
-    parser.add_argument("--card_gib", type=float, nargs="+", default=[24, 80], help="GPU memory sizes to fit")
+    parser.add_argument("--card_gib", type=float, nargs="+", default=[24, 48, 80], help="GPU memory sizes to fit")
     parser.add_argument("--reserve_gib", type=float, default=RESERVE_GIB,
                         help="left free per card for what the table does not count (CUDA context, fragmentation)")
     parser.add_argument("--rollouts", type=int, default=8, help="per GPU: prompts per device x num_generations")

@@ -2,7 +2,8 @@
 
 Parameters, gradients, optimizer state, teacher and KV cache are counted exactly; the activations
 kept between forward and backward (gradient checkpointing) within the tolerance stated in
-docs/trainer.md. The FSDP2 shard sizes are checked in test_fsdp.py (2 processes).
+docs/trainer.md. The FSDP2 shard sizes are checked in test_fsdp.py and, for the sharded teacher, in
+test_teacher_shard.py (2 processes).
 """
 import gc
 import weakref
@@ -83,3 +84,12 @@ def test_memory_formula_matches_the_tiny_models(make_config):
     with torch.no_grad():
         cache = trainer.student(**batch.model_inputs(), use_cache=True).past_key_values
     assert estimate["kv_cache"] == nbytes(t for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def test_table_fits_the_paper_run_into_24_gib_cards_only_with_the_sharded_teacher(capsys):
+    from vaopd_trainer.memory import main
+
+    main(["--card_gib", "24"])
+    rows = {line.split(" | ")[2]: line.split(" | ")[-1].strip(" |") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| 8B -> 2B | 8 |")}
+    assert rows["FSDP2, teacher FSDP2"] == "yes" and rows["FSDP2, teacher replicated"] == "no"

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from vaopd_trainer import engines
 from vaopd_trainer.memory import Workload, per_gpu_memory
 from vaopd_trainer.models import lm_head_weight
 from vaopd_trainer.train import Trainer
@@ -77,3 +78,21 @@ def test_sharded_teacher_equals_the_whole_teacher_on_two_processes(make_config, 
     assert all(r["policies"] == {"OffloadPolicy"} and r["offload_policies"] == {"CPUOffloadPolicy"} for r in ranks)
     close(both["offload_hidden"], saved["teacher_hidden"], "offload_hidden")
     close(both["offload_degraded"], saved["teacher_degraded"], "offload_degraded")
+
+
+def test_offloaded_teacher_in_one_process_trains_as_the_whole_teacher(make_config, tmp_path):
+    """One process (one GPU that cannot hold both models): a process group of one is made for FSDP2,
+    and a step's loss and gradient norm equal those with the whole teacher. Sharding without the
+    offload would only add gathered copies there, so it is refused."""
+    with pytest.raises(ValueError, match="^teacher_sharding:"):
+        Trainer(make_config(teacher_sharding="fsdp2", output_dir=str(tmp_path / "refused")))
+    whole = Trainer(make_config(max_steps=1, output_dir=str(tmp_path / "whole"))).step(0)
+    offloaded = Trainer(make_config(max_steps=1, teacher_sharding="fsdp2", teacher_offload=True,
+                                    output_dir=str(tmp_path / "offloaded")))
+    try:
+        assert engines.is_sharded(offloaded.teacher)
+        step = offloaded.step(0)
+    finally:
+        offloaded.close()  # leaves the process group of one
+    assert step["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert step["grad_norm"] == pytest.approx(whole["grad_norm"], rel=1e-5)
