@@ -109,7 +109,8 @@ def per_gpu_memory(student_config, teacher_config, work: Workload, *, engine: st
     if engine not in ("ddp", "fsdp2"):
         raise ValueError(f"engine: expected 'ddp' or 'fsdp2', got {engine!r}")
     if teacher_sharding not in ("none", "fsdp2") or (teacher_offload and teacher_sharding == "none"):
-        raise ValueError(f"teacher_sharding: expected 'none' or 'fsdp2' (offload needs fsdp2), got {teacher_sharding!r}")
+        raise ValueError(f"teacher_sharding: expected 'none' or 'fsdp2' (offload needs fsdp2), "
+                         f"got {teacher_sharding!r}")
     shards = gpus if engine == "fsdp2" else 1
     student = parameter_shapes(student_config)
     tensors = student["root"] + student["layer"]
@@ -193,8 +194,8 @@ def breakdown(work: Workload, gpus: int = 8, teacher: str = "8B") -> str:
     configurations = CONFIGURATIONS[8 if gpus > 1 else 1]
     columns = [per_gpu_memory(student, teacher_config, work, engine=engine, gpus=gpus, teacher_sharding=sharding,
                               teacher_offload=offload) for _, engine, sharding, offload in configurations]
-    lines = [f"| {teacher} -> 2B, GiB per GPU, {gpus} GPU{'s' if gpus > 1 else ''} | " + " | ".join(c[0] for c in configurations) + " |",
-             "|---|" + "---:|" * len(configurations)]
+    title = f"{teacher} -> 2B, GiB per GPU, {gpus} GPU{'s' if gpus > 1 else ''}"
+    lines = [f"| {title} | " + " | ".join(c[0] for c in configurations) + " |", "|---|" + "---:|" * len(configurations)]
     for row in columns[0]:
         lines.append(f"| {row} | " + " | ".join(f"{c[row] / GIB:.2f}" for c in columns) + " |")
     lines.append("| **peak** (the largest phase) | " + " | ".join(f"**{peak(c) / GIB:.2f}**" for c in columns) + " |")

@@ -95,10 +95,10 @@ class Trainer:
         if cfg.teacher_sharding == "fsdp2" and world == 1 and not cfg.teacher_offload:
             raise ConfigError("teacher_sharding: fsdp2 with one process shards nothing (it only adds gathered "
                               "copies); use none, or add teacher_offload: true")
-        # an offloaded teacher is loaded on the CPU: fully_shard moves one unit at a time to the GPU
-        # and its shard back, so the whole teacher is never on the GPU
-        teacher_device = torch.device("cpu") if cfg.teacher_offload else device
-        self.teacher = Teacher(load_model(teacher_path, torch.bfloat16 if cfg.bf16 else torch.float32, teacher_device))
+        # an offloaded teacher stays on the CPU: fully_shard moves one unit at a time to the GPU and
+        # its shard back, so the whole teacher is never on the GPU
+        self.teacher = Teacher(load_model(teacher_path, torch.bfloat16 if cfg.bf16 else torch.float32, device,
+                                          stay_on_cpu=cfg.teacher_offload))
         if cfg.teacher_sharding == "fsdp2":
             engines.shard_teacher(self.teacher, offload=cfg.teacher_offload)
         student = load_model(student_path, torch.float32, device)

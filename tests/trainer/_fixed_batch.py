@@ -1,6 +1,10 @@
 """What the 2-process engine tests share: one fixed rollout batch, written by the single-process
-reference in the test and read by every rank of its worker, each rank taking its half; and a
-rank's full run, whose results the main process saves."""
+reference in the test and read by every rank of its worker, each rank taking its half; a rank's
+full run, whose results the main process saves; and the torchrun launch of a worker."""
+import os
+import subprocess
+import sys
+
 import torch
 
 
@@ -43,3 +47,12 @@ def run_and_save(trainer, out: dict, path) -> None:
     if trainer.acc.is_main_process:
         torch.save(out, path)
     trainer.close()
+
+
+def torchrun(worker, *args, timeout=400) -> None:
+    """``worker args`` on 2 gloo processes (torchrun); a failure shows the ranks' error lines."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           worker, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+    ranks = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank"))
+    assert proc.returncode == 0, (ranks or proc.stderr)[-4000:]

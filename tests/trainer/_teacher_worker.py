@@ -48,10 +48,11 @@ def main(config_json, batch_path, out_path):
         root_bytes = local_bytes(p for p in trainer.teacher.parameters() if not hasattr(p, "to_local"))
     mine = dict(hidden=hidden, degraded=degraded, va=va, kl=torch.cat(kl), loss=result.loss.detach(),
                 token_weight=result.token_weight, rollout_weight=result.rollout_weight, high_mask=result.high_mask,
-                teacher_bytes=local_bytes(trainer.teacher.parameters()), root_bytes=root_bytes, policies=offload_policies(trainer.teacher))
+                teacher_bytes=local_bytes(trainer.teacher.parameters()), root_bytes=root_bytes,
+                policies=offload_policies(trainer.teacher))
 
-    offloaded = engines.shard_teacher(Teacher(load_model(trainer.cfg.teacher_model, torch.float32, torch.device("cpu"))),
-                                      offload=True)
+    copy = Teacher(load_model(trainer.cfg.teacher_model, torch.float32, torch.device("cpu")))
+    offloaded = engines.shard_teacher(copy, offload=True)
     mine.update(offload_hidden=offloaded(batch), offload_degraded=offloaded(batch, degraded=True),
                 offload_policies=offload_policies(offloaded))
     ranks = [None] * trainer.acc.num_processes

@@ -7,8 +7,6 @@ the exact resume below hold with it (test_teacher_shard.py compares it with the 
 """
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from safetensors.torch import load_file
 from vaopd_trainer.memory import Workload, per_gpu_memory
 from vaopd_trainer.train import Trainer
 
-from _fixed_batch import save_reference
+from _fixed_batch import save_reference, torchrun
 
 WORKER = os.path.join(os.path.dirname(__file__), "_fsdp_worker.py")
 
@@ -25,12 +23,7 @@ WORKER = os.path.join(os.path.dirname(__file__), "_fsdp_worker.py")
 def _torchrun(tmp_path, mode, overrides, out, *extra):
     cfg = tmp_path / f"{out}.json"
     cfg.write_text(json.dumps(overrides))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           WORKER, mode, str(cfg), str(tmp_path / f"{out}.pt"), *extra],
-                          env=env, capture_output=True, text=True, timeout=400)
-    ranks = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank"))
-    assert proc.returncode == 0, (ranks or proc.stderr)[-4000:]
+    torchrun(WORKER, mode, cfg, tmp_path / f"{out}.pt", *extra)
     return torch.load(tmp_path / f"{out}.pt", weights_only=False)
 
 

@@ -4,8 +4,6 @@ the FSDP2 student (generation, evaluation, checkpoints, exact resume) is in test
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +13,7 @@ from vaopd_trainer.memory import Workload, per_gpu_memory
 from vaopd_trainer.models import lm_head_weight
 from vaopd_trainer.train import Trainer
 
-from _fixed_batch import save_reference
+from _fixed_batch import save_reference, torchrun
 
 WORKER = os.path.join(os.path.dirname(__file__), "_teacher_worker.py")
 
@@ -38,11 +36,7 @@ def test_sharded_teacher_equals_the_whole_teacher_on_two_processes(make_config, 
     overrides.update(per_device_train_batch_size="2", micro_batch_size="2", output_dir=str(tmp_path / "sharded"),
                      teacher_sharding="fsdp2")
     (tmp_path / "cfg.json").write_text(json.dumps(overrides))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           WORKER, str(tmp_path / "cfg.json"), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt")],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    torchrun(WORKER, tmp_path / "cfg.json", tmp_path / "batch.pt", tmp_path / "out.pt", timeout=300)
     out = torch.load(tmp_path / "out.pt", weights_only=False)
     ranks = out["ranks"]
     both = {key: torch.cat([r[key] for r in ranks]) for key in ("hidden", "degraded", "va", "kl", "token_weight",
