@@ -16,6 +16,7 @@ import yaml
 TINY = "tiny"  # model name that means "build the tiny offline Qwen3-VL models locally"
 DATASETS = ("synthetic", "geometry3k", "virl39k", "prepared")
 METHODS = ("va_opd", "opd")
+TEACHER_SHARDINGS = ("none", "fsdp2")
 # vaopd_kernels' backend names (its backends registry); kept here so the config is checked without importing torch
 KERNEL_BACKENDS = ("auto", "reference", "torch", "triton", "cuda")
 # the objective's ablation names (vaopd_kernels.objective), kept here like KERNEL_BACKENDS; a test ties them
@@ -79,6 +80,14 @@ class TrainConfig:
     max_steps: int = -1  # > 0 overrides num_train_epochs
     bf16: bool = False
     gradient_checkpointing: bool = False
+    # the frozen teacher per GPU (docs/trainer.md, "Memory per GPU"): "none" keeps a whole copy on
+    # every GPU; "fsdp2" shards it over the processes (1/N of it per GPU; each teacher pass then
+    # all-gathers it layer by layer). Default none: the whole bf16 8B teacher (16.3 GiB) fits beside
+    # the student on 80 GB cards under both engines, and sharding only pays where it does not (24 GB cards)
+    teacher_sharding: str = "none"
+    # with teacher_sharding fsdp2: the teacher's shards stay on the CPU and are copied in for each
+    # pass (FSDP2's CPU offload; one GPU that cannot hold student and teacher)
+    teacher_offload: bool = False
     max_skipped_steps: int = 3  # non-finite loss/gradient steps in a row before the run stops as diverged
     # bookkeeping
     output_dir: str = "runs/vaopd"
@@ -201,6 +210,10 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("high_selection", "rollout_weighting"):
         _check(cfg.method == "va_opd" or getattr(cfg, name) == "va", name,
                f"is a VA-OPD ablation; method={cfg.method!r} needs the default 'va'")
+    _check(cfg.teacher_sharding in TEACHER_SHARDINGS, "teacher_sharding",
+           f"must be one of {TEACHER_SHARDINGS}, got {cfg.teacher_sharding!r}")
+    _check(not cfg.teacher_offload or cfg.teacher_sharding == "fsdp2", "teacher_offload",
+           "needs teacher_sharding: fsdp2 (the offload is FSDP2's)")
     _check(cfg.dataset in DATASETS, "dataset", f"must be one of {DATASETS}, got {cfg.dataset!r}")
     _check(cfg.report_to in ("auto", "tensorboard", "none"), "report_to", "must be auto, tensorboard or none")
     _check(cfg.kernel_backend in KERNEL_BACKENDS, "kernel_backend",

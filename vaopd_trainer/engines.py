@@ -66,6 +66,17 @@ def _check_fsdp2_plugin(plugin) -> None:
         raise ValueError("FSDP config not supported by vaopd_trainer: " + "; ".join(problems))
 
 
+def _shard_units(module: torch.nn.Module, names, unit: dict, root: dict) -> None:
+    """``fully_shard`` (with the settings ``unit``) each submodule whose class is named in ``names``,
+    then ``module`` itself (settings ``root``): the root unit, holding every other parameter."""
+    from torch.distributed.fsdp import fully_shard
+
+    for sub in list(module.modules()):
+        if type(sub).__name__ in names:
+            fully_shard(sub, **unit)
+    fully_shard(module, **root)
+
+
 def shard_fsdp2(module: torch.nn.Module, plugin) -> torch.nn.Module:
     """``fully_shard`` the StudentLoss as the FSDP2 config says, in place; returns it.
 
@@ -76,7 +87,7 @@ def shard_fsdp2(module: torch.nn.Module, plugin) -> torch.nn.Module:
     LM-head matrix there. ``run_on_student`` is registered as a root forward method, so generation
     and evaluation, which never call ``forward``, gather the root too.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import MixedPrecisionPolicy, register_fsdp_forward_method
 
     _check_fsdp2_plugin(plugin)
     names = set(plugin.transformer_cls_names_to_wrap)
@@ -84,20 +95,57 @@ def shard_fsdp2(module: torch.nn.Module, plugin) -> torch.nn.Module:
     if not names <= found:
         raise ValueError(f"fsdp_transformer_layer_cls_to_wrap: {sorted(names - found)} not in the student model")
     mixed_precision = plugin.mixed_precision_policy or MixedPrecisionPolicy()
-    for sub in list(module.modules()):
-        if type(sub).__name__ in names:
-            fully_shard(sub, reshard_after_forward=plugin.reshard_after_forward, mp_policy=mixed_precision,
-                        offload_policy=plugin.cpu_offload)
     # the root keeps its parameters between forward and backward. Its inputs and outputs keep their
     # dtypes: the micro-batch token weights are fp64 coefficients and the loss, per-token KL and
     # metrics are computed in fp32 (accelerate's bf16 policy would round both to bf16)
-    fully_shard(module, mp_policy=dataclasses.replace(mixed_precision, cast_forward_inputs=False, output_dtype=None),
-                offload_policy=plugin.cpu_offload)
+    _shard_units(module, names,
+                 unit=dict(reshard_after_forward=plugin.reshard_after_forward, mp_policy=mixed_precision,
+                           offload_policy=plugin.cpu_offload),
+                 root=dict(mp_policy=dataclasses.replace(mixed_precision, cast_forward_inputs=False, output_dtype=None),
+                           offload_policy=plugin.cpu_offload))
     register_fsdp_forward_method(module, "run_on_student")
     # transformers' generate then runs in lock-step on every rank (synced_gpus): a rank whose rollouts
     # all ended keeps joining the other ranks' forwards, whose layers all-gather across ranks
     module.model._is_fsdp_managed_module = True
     return module
+
+
+def shard_teacher(teacher: torch.nn.Module, offload: bool) -> torch.nn.Module:
+    """``fully_shard`` the frozen ``loss.Teacher`` over all processes, in place; returns it.
+
+    The units are the model's own ``_no_split_modules`` (Qwen3-VL: each decoder layer and vision
+    block, as ``configs/accelerate/fsdp2.yaml`` names them for the student) and the root (embeddings,
+    final norm, mergers, LM head), all resharded after each forward: a pass holds the root and the
+    layer in use (plus the one prefetched). No gradients, no optimizer state, no mixed precision
+    (the teacher is loaded in its compute dtype). ``offload``: the shards live on the CPU and each
+    all-gather copies them in first (FSDP2's ``CPUOffloadPolicy``). Works beside any student engine;
+    with one process it makes a process group of one, which FSDP2 needs.
+    """
+    import torch.distributed as dist
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy
+
+    if not dist.is_initialized():  # accelerate's end_training destroys it with the run's
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", store=dist.HashStore(),
+                                rank=0, world_size=1)
+    # pinned host memory makes the copies asynchronous; it needs CUDA
+    policy = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if offload else OffloadPolicy()
+    settings = dict(reshard_after_forward=True, offload_policy=policy)
+    _shard_units(teacher, set(teacher.model._no_split_modules), unit=settings, root=settings)
+    return teacher
+
+
+@contextmanager
+def gathered(module: torch.nn.Module):
+    """Inside the block, the root unit of an FSDP2 ``module`` holds its full parameters (all-gathered,
+    then resharded on exit); a plain call for a module that is not sharded."""
+    if not is_sharded(module):
+        yield
+        return
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
 
 
 def is_sharded(module: torch.nn.Module) -> bool:

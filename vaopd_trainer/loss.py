@@ -36,6 +36,22 @@ def backbone_hidden(model, batch: Batch, degraded: bool = False, chunk: int = 0)
     return torch.cat(parts)
 
 
+class Teacher(nn.Module):
+    """The frozen teacher; ``forward`` is one scoring pass (``backbone_hidden``).
+
+    A module of its own so that FSDP2 (``engines.shard_teacher``) wraps *this*: its root unit
+    (embeddings, final norm, patch mergers, LM head) is then gathered for each pass, and the kernels
+    read the head inside ``engines.gathered(teacher)``.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+
+    def forward(self, batch: Batch, degraded: bool = False, chunk: int = 0) -> torch.Tensor:
+        return backbone_hidden(self.model, batch, degraded=degraded, chunk=chunk)
+
+
 class StudentLoss(nn.Module):
     """Wraps the student so that accelerate/DDP/FSDP wrap *this* module and the loss is its forward."""
 

@@ -98,8 +98,10 @@ def load_processing(path: str, min_pixels: int, max_pixels: int):
     return tokenizer, image_processor
 
 
-def load_model(path: str, dtype: torch.dtype, device: torch.device) -> Qwen3VLForConditionalGeneration:
-    """flash-attn when installed and on CUDA (the `gpu` extra), PyTorch SDPA otherwise."""
+def load_model(path: str, dtype: torch.dtype, device: torch.device,
+               stay_on_cpu: bool = False) -> Qwen3VLForConditionalGeneration:
+    """The model for computing on ``device``: flash-attn when installed and on CUDA (the `gpu` extra),
+    PyTorch SDPA otherwise. ``stay_on_cpu``: loaded there, for FSDP2 to move it (``engines.shard_teacher``)."""
     attn = "sdpa"
     if device.type == "cuda":
         try:
@@ -108,7 +110,7 @@ def load_model(path: str, dtype: torch.dtype, device: torch.device) -> Qwen3VLFo
         except ImportError:
             pass
     model = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-    return model.to(device)
+    return model if stay_on_cpu else model.to(device)
 
 
 def lm_head_weight(model) -> torch.Tensor:

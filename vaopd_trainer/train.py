@@ -31,7 +31,7 @@ from .errors import DataError, ImageDecodeError
 from .evaluate import evaluate, extract_boxed, is_correct
 from .guard import DivergenceGuard
 from .intervals import mean_ci95
-from .loss import StudentLoss, backbone_hidden
+from .loss import StudentLoss, Teacher
 from .metrics import MetricsLogger, PhaseMemory
 from .models import build_tiny_models, lm_head_weight, load_model, load_processing
 from .resume import prepare_output_dir, restore, run_identity
@@ -94,8 +94,15 @@ class Trainer:
             raise ValueError(f"teacher_model: tokenizer has {teacher_vocab} tokens, the student's has "
                              f"{len(self.tokenizer)}; distillation needs one shared tokenizer")
         device = self.acc.device
-        self.teacher = load_model(teacher_path, torch.bfloat16 if cfg.bf16 else torch.float32, device)
-        self.teacher.eval().requires_grad_(False)
+        if cfg.teacher_sharding == "fsdp2" and world == 1 and not cfg.teacher_offload:
+            raise ConfigError("teacher_sharding: fsdp2 with one process shards nothing (it only adds gathered "
+                              "copies); use none, or add teacher_offload: true")
+        # an offloaded teacher stays on the CPU: fully_shard moves one unit at a time to the GPU and
+        # its shard back, so the whole teacher is never on the GPU
+        self.teacher = Teacher(load_model(teacher_path, torch.bfloat16 if cfg.bf16 else torch.float32, device,
+                                          stay_on_cpu=cfg.teacher_offload))
+        if cfg.teacher_sharding == "fsdp2":
+            engines.shard_teacher(self.teacher, offload=cfg.teacher_offload)
         student = load_model(student_path, torch.float32, device)
         self.eos_token_ids = stop_token_ids(student, self.tokenizer)
         if cfg.gradient_checkpointing:
@@ -111,7 +118,7 @@ class Trainer:
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * self.total_steps),
                                                     self.total_steps)
         self.module, self.optimizer, self.scheduler = engines.prepare(self.acc, module, optimizer, scheduler, cfg)
-        self.context = min(_context_length(self.teacher), _context_length(student))
+        self.context = min(_context_length(self.teacher.model), _context_length(student))
         self.identity = run_identity(cfg, world)
         self.guard = DivergenceGuard(self.acc, cfg.max_skipped_steps)
         self.skipped_images = 0
@@ -190,10 +197,15 @@ class Trainer:
 
     def loss_and_backward(self, batch, teacher_hidden, teacher_degraded, step: int = 0):
         """Backward of the step's loss; returns (whole-batch objective result, visual advantage or None)."""
+        # a sharded teacher's LM head (root unit) is gathered while the kernels read it
+        with engines.gathered(self.teacher):
+            return self._loss_and_backward(batch, teacher_hidden, teacher_degraded, step,
+                                           lm_head_weight(self.teacher.model))
+
+    def _loss_and_backward(self, batch, teacher_hidden, teacher_degraded, step: int, teacher_weight):
         cfg, acc = self.cfg, self.acc
         counts = dict(num_prompts=self.global_prompts, num_rollouts=self.global_prompts * cfg.num_generations,
                       high_seed=self.high_seed(step))
-        teacher_weight = lm_head_weight(self.teacher)
         # DDP/FSDP/DeepSpeed average gradients over ranks; our loss is already a global sum, so undo the mean
         scale = acc.num_processes
         rows = batch.input_ids.shape[0]
@@ -219,8 +231,8 @@ class Trainer:
         with self.memory.phase("generate"):
             batch = self.rollouts(step)
         with self.memory.phase("teacher"), acc.autocast():
-            teacher_hidden = backbone_hidden(self.teacher, batch, chunk=cfg.micro_batch_size)
-            teacher_degraded = (backbone_hidden(self.teacher, batch, degraded=True, chunk=cfg.micro_batch_size)
+            teacher_hidden = self.teacher(batch, chunk=cfg.micro_batch_size)
+            teacher_degraded = (self.teacher(batch, degraded=True, chunk=cfg.micro_batch_size)
                                 if cfg.method == "va_opd" else None)
         with self.memory.phase("student"):
             result, va = self.loss_and_backward(batch, teacher_hidden, teacher_degraded, step)

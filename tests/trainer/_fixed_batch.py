@@ -1,9 +1,12 @@
 """What the 2-process engine tests share: one fixed rollout batch, written by the single-process
-reference in the test and read by every rank of its worker, each rank taking its half; and a
-rank's full run, whose results the main process saves."""
+reference in the test and read by every rank of its worker, each rank taking its half; a rank's
+full run, whose results the main process saves; and the torchrun launch of a worker."""
+import os
+import subprocess
+import sys
+
 import torch
 
-from vaopd_trainer.loss import backbone_hidden
 
 
 def save_reference(single, path) -> dict:
@@ -11,8 +14,8 @@ def save_reference(single, path) -> dict:
     batch and its teacher hidden states saved to ``path``; the gradients are left cleared."""
     torch.manual_seed(0)
     batch = single.rollouts(0)
-    th = backbone_hidden(single.teacher, batch)
-    td = backbone_hidden(single.teacher, batch, degraded=True)
+    th = single.teacher(batch)
+    td = single.teacher(batch, degraded=True)
     single.loss_and_backward(batch, th, td)
     reference = {n: p.grad.clone() for n, p in single.module.named_parameters() if p.grad is not None}
     single.optimizer.zero_grad(set_to_none=True)
@@ -44,3 +47,12 @@ def run_and_save(trainer, out: dict, path) -> None:
     if trainer.acc.is_main_process:
         torch.save(out, path)
     trainer.close()
+
+
+def torchrun(worker, *args, timeout=400) -> None:
+    """``worker args`` on 2 gloo processes (torchrun); a failure shows the ranks' error lines."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           worker, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+    ranks = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank"))
+    assert proc.returncode == 0, (ranks or proc.stderr)[-4000:]

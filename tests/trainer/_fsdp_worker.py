@@ -1,7 +1,8 @@
 """One rank of the 2-process gloo FSDP2 test. The student is sharded by ``engines.shard_fsdp2`` with the
 plugin accelerate builds from the shipped ``configs/accelerate/fsdp2.yaml`` (through accelerate's own
 launch parsing), i.e. the wrapping ``accelerate launch --config_file configs/accelerate/fsdp2.yaml``
-gives on GPUs; only mixed precision stays off (fp32 on the CPU, for exact comparisons).
+gives on GPUs; only mixed precision stays off (fp32 on the CPU, for exact comparisons). The teacher
+is sharded as the config says (``teacher_sharding``).
 
 Usage (torchrun): _fsdp_worker.py MODE CONFIG_JSON OUT_PT [BATCH_PT]
   grad:  the gradient (gathered) of this rank's half of a fixed batch, then a full run
@@ -60,7 +61,8 @@ def gradient(trainer, batch_path):
     grads = {n: full(p.grad) for n, p in trainer.module.named_parameters() if p.grad is not None}
     sharded = sum(hasattr(p, "full_tensor") for p in trainer.module.parameters())
     memory = {"parameters": local_bytes(trainer.module.parameters()),
-              "gradients": local_bytes(p.grad for p in trainer.module.parameters())}
+              "gradients": local_bytes(p.grad for p in trainer.module.parameters()),
+              "teacher": local_bytes(trainer.teacher.parameters())}
     norm = float(trainer.acc.clip_grad_norm_(trainer.module.parameters(), trainer.cfg.max_grad_norm))
     trainer.optimizer.step()
     memory["optimizer"] = local_bytes(t for s in trainer.optimizer.state.values() for t in s.values())

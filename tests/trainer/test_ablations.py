@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from vaopd_trainer.config import ConfigError, load_config
-from vaopd_trainer.loss import backbone_hidden
 from vaopd_trainer.train import Trainer
 
 
@@ -23,7 +22,7 @@ def test_bad_ablation_values_name_the_field(overrides, field):
 def _step_inputs(trainer):
     torch.manual_seed(0)
     batch = trainer.rollouts(0)
-    return batch, backbone_hidden(trainer.teacher, batch), backbone_hidden(trainer.teacher, batch, degraded=True)
+    return batch, trainer.teacher(batch), trainer.teacher(batch, degraded=True)
 
 
 def test_random_high_groups_are_a_function_of_seed_and_step(make_config):

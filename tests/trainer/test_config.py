@@ -28,6 +28,8 @@ from vaopd_trainer.config import ConfigError, load_config, parse_overrides
     ({"min_pixels": "5000", "max_pixels": "4096"}, "min_pixels"),
     ({"resume": "/does/not/exist"}, "resume"),
     ({"num_train_samples": "2", "per_device_train_batch_size": "4"}, "num_train_samples"),
+    ({"teacher_sharding": "fsdp"}, "teacher_sharding"),
+    ({"teacher_offload": "true"}, "teacher_offload"),  # without teacher_sharding: fsdp2
 ])
 def test_bad_values_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=rf"^{field}:"):

@@ -1,12 +1,12 @@
 """FSDP2 on 2 gloo processes, sharded by the same function (and YAML) a GPU launch uses.
 
 accelerate does not run FSDP on a CPU (with use_cpu it silently becomes DDP), so the worker builds
-accelerate's plugin from configs/accelerate/fsdp2.yaml and the trainer shards with it itself.
+accelerate's plugin from configs/accelerate/fsdp2.yaml and the trainer shards with it itself. The
+2-process runs shard the teacher too (``teacher_sharding: fsdp2``): the gradient, the evaluation and
+the exact resume below hold with it (test_teacher_shard.py compares it with the whole teacher).
 """
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from vaopd_trainer.memory import Workload, per_gpu_memory
 from vaopd_trainer.train import Trainer
 
-from _fixed_batch import save_reference
+from _fixed_batch import save_reference, torchrun
 
 WORKER = os.path.join(os.path.dirname(__file__), "_fsdp_worker.py")
 
@@ -23,12 +23,7 @@ WORKER = os.path.join(os.path.dirname(__file__), "_fsdp_worker.py")
 def _torchrun(tmp_path, mode, overrides, out, *extra):
     cfg = tmp_path / f"{out}.json"
     cfg.write_text(json.dumps(overrides))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           WORKER, mode, str(cfg), str(tmp_path / f"{out}.pt"), *extra],
-                          env=env, capture_output=True, text=True, timeout=400)
-    ranks = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("[rank"))
-    assert proc.returncode == 0, (ranks or proc.stderr)[-4000:]
+    torchrun(WORKER, mode, cfg, tmp_path / f"{out}.pt", *extra)
     return torch.load(tmp_path / f"{out}.pt", weights_only=False)
 
 
@@ -47,7 +42,7 @@ def test_fsdp2_two_process_step_save_resume_match_single_process(make_config, tm
     # before/after and a checkpoint after each step
     overrides = {k: str(v) for k, v in vars(single.cfg).items() if v is not None}
     overrides.update(per_device_train_batch_size="2", micro_batch_size="2", output_dir=str(tmp_path / "fsdp"),
-                     max_steps="2", save_steps="1", val_before_train="true")
+                     max_steps="2", save_steps="1", val_before_train="true", teacher_sharding="fsdp2")
     run = _torchrun(tmp_path, "grad", overrides, "run", str(tmp_path / "batch.pt"))
     assert run["world"] == 2 and run["sharded_params"] == len(reference)
     assert run["uneven_generation"] == 2  # rank 0 stopped after 2 tokens while rank 1 went on to 5
@@ -57,9 +52,9 @@ def test_fsdp2_two_process_step_save_resume_match_single_process(make_config, tm
         torch.testing.assert_close(run["grads"][name], grad, rtol=1e-4, atol=1e-6 * float(scale), msg=name)
     assert run["grad_norm"] == pytest.approx(reference_norm, rel=1e-4)
     # what rank 0 holds is the FSDP2 column of the memory formula (docs/trainer.md), exactly
-    estimate = per_gpu_memory(single.student.config, single.teacher.config, Workload(1, 1, 1, 1, 1), engine="fsdp2",
-                              gpus=2, bf16=False)
-    assert run["memory"] == {k: estimate[k] for k in ("parameters", "gradients", "optimizer")}
+    estimate = per_gpu_memory(single.student.config, single.teacher.model.config, Workload(1, 1, 1, 1, 1), engine="fsdp2",
+                              gpus=2, bf16=False, teacher_sharding="fsdp2")
+    assert run["memory"] == {k: estimate[k] for k in ("parameters", "gradients", "optimizer", "teacher")}
 
     # generation + evaluation with the sharded student: greedy answers and the student's visual
     # reliance (which reads the LM head outside forward) equal the unsharded model's

@@ -2,7 +2,8 @@
 
 Parameters, gradients, optimizer state, teacher and KV cache are counted exactly; the activations
 kept between forward and backward (gradient checkpointing) within the tolerance stated in
-docs/trainer.md. The FSDP2 shard sizes are checked in test_fsdp.py (2 processes).
+docs/trainer.md. The FSDP2 shard sizes are checked in test_fsdp.py and, for the sharded teacher, in
+test_teacher_shard.py (2 processes).
 """
 import gc
 import weakref
@@ -11,7 +12,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from vaopd_trainer.loss import backbone_hidden
 from vaopd_trainer.memory import Workload, per_gpu_memory
 from vaopd_trainer.models import lm_head_weight
 from vaopd_trainer.train import Trainer
@@ -54,17 +54,17 @@ def test_memory_formula_matches_the_tiny_models(make_config):
     trainer = Trainer(make_config(gradient_checkpointing=True))
     torch.manual_seed(0)
     batch = trainer.rollouts(0)
-    th = backbone_hidden(trainer.teacher, batch)
-    td = backbone_hidden(trainer.teacher, batch, degraded=True)
+    th = trainer.teacher(batch)
+    td = trainer.teacher(batch, degraded=True)
     rows, width = batch.input_ids.shape
     work = Workload(rollouts=rows, micro_batch=rows, prompt=batch.prompt_len, completion=width - batch.prompt_len,
                     image_patches=int(batch.image_grid_thw[0].prod()))
-    estimate = per_gpu_memory(trainer.student.config, trainer.teacher.config, work, engine="ddp", gpus=1, bf16=False)
+    estimate = per_gpu_memory(trainer.student.config, trainer.teacher.model.config, work, engine="ddp", gpus=1, bf16=False)
     params = list(trainer.inner.parameters())
     assert estimate["parameters"] == nbytes(params)
     assert estimate["teacher"] == nbytes(trainer.teacher.parameters())
 
-    teacher_weight = lm_head_weight(trainer.teacher)
+    teacher_weight = lm_head_weight(trainer.teacher.model)
     coefficients = trainer.inner.coefficients(batch, th, td, teacher_weight, num_prompts=2, num_rollouts=rows)
     token_weight = coefficients.token_weight
     existing = {t.untyped_storage().data_ptr() for t in [*params, *trainer.teacher.parameters(), th, td, token_weight,
@@ -84,3 +84,12 @@ def test_memory_formula_matches_the_tiny_models(make_config):
     with torch.no_grad():
         cache = trainer.student(**batch.model_inputs(), use_cache=True).past_key_values
     assert estimate["kv_cache"] == nbytes(t for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def test_table_fits_the_paper_run_into_24_gib_cards_only_with_the_sharded_teacher(capsys):
+    from vaopd_trainer.memory import main
+
+    main(["--card_gib", "24"])
+    rows = {line.split(" | ")[2]: line.split(" | ")[-1].strip(" |") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| 8B -> 2B | 8 |")}
+    assert rows["FSDP2, teacher FSDP2"] == "yes" and rows["FSDP2, teacher replicated"] == "no"

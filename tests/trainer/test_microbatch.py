@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import vaopd_kernels
-from vaopd_trainer.loss import backbone_hidden
 from vaopd_trainer.models import lm_head_weight
 from vaopd_trainer.train import Trainer
 
@@ -24,7 +23,7 @@ def _va_opd_loss_grads(trainer, batch, th, td):
     hidden = inner.model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
     rollouts = batch.input_ids.shape[0]
     result = vaopd_kernels.va_opd_loss(
-        batch.response_hidden(hidden), lm_head_weight(inner.model), th, lm_head_weight(trainer.teacher),
+        batch.response_hidden(hidden), lm_head_weight(inner.model), th, lm_head_weight(trainer.teacher.model),
         batch.targets(), batch.cu_seqlens(), batch.prompt_ids, teacher_hidden_degraded=td, vocab_size=inner.vocab_size,
         num_prompts=trainer.global_prompts, num_rollouts=rollouts, backend=inner.backend, **inner.objective)
     result.loss.backward()
@@ -37,8 +36,8 @@ def test_microbatch_gradient_equals_full_batch(make_config, method):
     trainer = Trainer(make_config(method=method))
     torch.manual_seed(0)
     batch = trainer.rollouts(0)  # 2 prompts x 3 rollouts, ragged response lengths
-    th = backbone_hidden(trainer.teacher, batch)
-    td = backbone_hidden(trainer.teacher, batch, degraded=True) if method == "va_opd" else None
+    th = trainer.teacher(batch)
+    td = trainer.teacher(batch, degraded=True) if method == "va_opd" else None
     assert trainer.global_prompts * trainer.cfg.num_generations == batch.input_ids.shape[0]
     direct_loss, direct, direct_result = _va_opd_loss_grads(trainer, batch, th, td)
     full_loss, full = _grads(trainer, batch, th, td, micro=0)  # the whole batch in one forward
@@ -59,8 +58,8 @@ def test_step_metrics_match_va_opd_loss(make_config, micro):
     trainer = Trainer(make_config(method="va_opd"))
     torch.manual_seed(0)
     batch = trainer.rollouts(0)
-    th = backbone_hidden(trainer.teacher, batch)
-    td = backbone_hidden(trainer.teacher, batch, degraded=True)
+    th = trainer.teacher(batch)
+    td = trainer.teacher(batch, degraded=True)
     _, _, direct = _va_opd_loss_grads(trainer, batch, th, td)
     trainer.cfg = dataclasses.replace(trainer.cfg, micro_batch_size=micro)
     result, va = trainer.loss_and_backward(batch, th, td)
