@@ -19,9 +19,10 @@ install: $(STAMP)
 test: install
 	$(PYTHON) -m pytest tests -q
 
-# VA-OPD on the CPU: the shipped tiny teacher and student (experiments/assets) on the fine-detail task.
+# OPD and VA-OPD side by side on the CPU: the shipped tiny teacher and partially sighted student
+# (experiments/assets) on the fine-detail task, held-out accuracy with 95% intervals (runs/demo/).
 demo: install
-	$(PYTHON) -m vaopd_trainer --config configs/demo.yaml
+	$(PYTHON) -m experiments.demo
 
 # The loss alone at the real Qwen3-VL vocabulary, torch backend vs the full-logit reference.
 demo-loss: install

@@ -31,10 +31,11 @@ import torch
 
 from vaopd_trainer.models import load_model, load_processing
 
-from . import code_task, task
+from . import code_task
 from .code_eval import flipped_slot_share, greedy_eval, pixelated
-from .supervised import save, train
-from .teacher import ASSETS, accuracy
+from .student import give_partial_skill
+from .supervised import checked_stop, save, train
+from .teacher import ASSETS
 
 TEACHER_DIR = os.path.join(ASSETS, "code_teacher")
 STUDENT_DIR = os.path.join(ASSETS, "code_student")
@@ -45,19 +46,6 @@ FLUENT = 0.95  # the start student's format rate and flipped-slot share: phase B
 def _load(path: str):
     tokenizer, processor = load_processing(path, *code_task.PIXEL_BUDGET)
     return load_model(path, torch.float32, torch.device("cpu")), tokenizer, processor
-
-
-def _checked(evaluate, *, check_every: int, reached, checks: list):
-    """A ``stop`` for ``supervised.train``: every ``check_every`` steps, ``evaluate()`` -> dict is
-    recorded in ``checks`` as (step, accuracy, dict) and training stops once ``reached(dict)``."""
-    def stop(done: int) -> bool:
-        if done % check_every:
-            return False
-        result = evaluate()
-        checks.append((done, result["accuracy"], result))
-        print(f"check at step {done}: {result}")
-        return reached(result)
-    return stop
 
 
 def _fluent_and_skilled(result: dict, stop_accuracy: float) -> bool:
@@ -77,18 +65,10 @@ def build(which: str, *, steps: int, batch: int, lr: float, seed: int, out: str,
               "flipped_code": student}
     began = time.perf_counter()
     if student:  # phase A: partial visual skill where the width sits near the image
-        short_val = task.dataset(seed, "val", num_val)
-        short_checks: list = []
-
-        def short_batches(step):
-            samples = task.dataset(seed, "train", batch, offset=step * batch)
-            return samples, [task.template(s.answer) for s in samples]
-
-        stop = _checked(lambda: {"accuracy": accuracy(model, tokenizer, processor, short_val, pixelated=False)},
-                        check_every=check_every, reached=lambda r: r["accuracy"] >= stop_accuracy, checks=short_checks)
-        short = train(model, tokenizer, processor, short_batches, steps=short_steps, lr=lr, stop=stop)
-        report.update(short_steps_run=len(short), short_max_steps=short_steps,
-                      short_checks=[c[:2] for c in short_checks])
+        short_steps_run, short_checks = give_partial_skill(model, tokenizer, processor, seed=seed, batch=batch, lr=lr,
+                                                           max_steps=short_steps, check_every=check_every,
+                                                           stop_accuracy=stop_accuracy, num_val=num_val)
+        report.update(short_steps_run=short_steps_run, short_max_steps=short_steps, short_checks=short_checks)
 
     def batches(step):
         samples = code_task.dataset(seed, "train", batch, offset=step * batch)
@@ -97,7 +77,7 @@ def build(which: str, *, steps: int, batch: int, lr: float, seed: int, out: str,
     checks: list = []
     stop = None
     if student:  # phase B: the code format, flipped, until fluent and still partly skilled
-        stop = _checked(lambda: greedy_eval(model, val, tokenizer, processor, reliance=False),
+        stop = checked_stop(lambda: greedy_eval(model, val, tokenizer, processor, reliance=False),
                         check_every=check_every, reached=lambda r: _fluent_and_skilled(r, stop_accuracy), checks=checks)
     losses = train(model, tokenizer, processor, batches, steps=steps, lr=lr, stop=stop)
     report.update(steps_run=len(losses), max_steps=steps, train_seconds=round(time.perf_counter() - began),

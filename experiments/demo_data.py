@@ -13,7 +13,7 @@ from . import task
 from .teacher import ASSETS
 
 DEMO_DIR = os.path.join(ASSETS, "demo")
-SEED, NUM_TRAIN, NUM_VAL = 0, 256, 32
+SEED, NUM_TRAIN, NUM_VAL = 0, 512, 256
 
 
 def main(argv=None) -> int:

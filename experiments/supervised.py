@@ -107,3 +107,16 @@ def train(model, tokenizer, processor, batches: Callable[[int], tuple], *, steps
             model.train()
     model.eval()
     return losses
+
+
+def checked_stop(evaluate, *, check_every: int, reached, checks: list):
+    """A ``stop`` for ``supervised.train``: every ``check_every`` steps, ``evaluate()`` -> dict is
+    recorded in ``checks`` as (step, accuracy, dict) and training stops once ``reached(dict)``."""
+    def stop(done: int) -> bool:
+        if done % check_every:
+            return False
+        result = evaluate()
+        checks.append((done, result["accuracy"], result))
+        print(f"check at step {done}: {result}")
+        return reached(result)
+    return stop
