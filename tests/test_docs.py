@@ -71,3 +71,15 @@ def test_readme_python_blocks_run_and_micro_batches_sum_to_the_whole():
     for whole, micro in zip(whole_grads, (p.grad for p in student.parameters())):
         torch.testing.assert_close(micro, whole, rtol=1e-5, atol=1e-7)
     assert len(logged) == 2
+
+
+@pytest.mark.parametrize("doc", ["README.md", *(os.path.join("docs", n) for n in sorted(os.listdir(
+    os.path.join(os.path.dirname(README), "docs"))) if n.endswith(".md"))])
+def test_relative_links_resolve(doc):
+    """Every relative link in the README and docs/ names a file that exists (anchors and URLs aside)."""
+    root = os.path.dirname(README)
+    with open(os.path.join(root, doc)) as f:
+        targets = re.findall(r"\]\(([^)\s]+)\)", f.read())
+    missing = [t for t in targets if not re.match(r"[a-z]+:|#", t)
+               and not os.path.exists(os.path.join(root, os.path.dirname(doc), t.split("#")[0]))]
+    assert not missing, f"{doc}: {missing}"
