@@ -44,7 +44,7 @@ def describe(accelerator: Accelerator, module: torch.nn.Module) -> str:
     if is_sharded(module):
         engine = "FSDP2"
     elif accelerator.distributed_type == DistributedType.DEEPSPEED:
-        engine = f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+        engine = f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.deepspeed_config['zero_optimization']['stage']}"
     elif world > 1:
         engine = "DDP"
     else:
