@@ -32,6 +32,7 @@ demo-loss: install
 bench: install
 	$(PYTHON) -m bench.compare --preset cpu-small
 
-# OPD vs VA-OPD on the fine-detail task, 3 seeds, on the CPU (~15 min): writes docs/reproduction.md.
+# OPD vs VA-OPD (+ ablations) on the fine-detail task: 24 runs, 6 seeds per main arm, on the CPU
+# (19.4 min on 2 cores last time): writes docs/reproduction.md.
 reproduce: install
 	$(PYTHON) -m experiments.code_reproduce

@@ -6,8 +6,11 @@ import os
 import sys
 from typing import List, Optional
 
-from .config import ConfigError, load_config, parse_overrides
+from .config import ConfigError, fields_help, load_config, parse_overrides
 from .intervals import paired_gain_ci95
+
+EXIT_CODES = ("exit status: 0 done; 1 a fault the trainer detected (its message says what to do); 2 a bad "
+              "command line or config value, before any model loads; 128 + N stopped by signal N with a checkpoint")
 
 
 def _summary(outputs: dict) -> str:
@@ -77,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:1] == ["prepare"]:
         return prepare_main(argv[1:])
     if argv[:1] in (["-h"], ["--help"]):
-        print(__doc__.strip() + "\nFields: see vaopd_trainer/config.py (TrainConfig) or docs/trainer.md.")
+        print(f"{__doc__.strip()}\n\nfields (defaults < --config YAML < --field value):\n{fields_help()}\n\n{EXIT_CODES}")
         return 0
     config_path = None
     if "--config" in argv:

@@ -28,85 +28,88 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the field."""
 
 
+def _field(default: Any, help: str) -> Any:
+    """A config field with its one-line help (``vaopd-train --help`` lists them)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    # models: a hub id or a local folder (from_pretrained), or "tiny": a small random offline
-    # teacher/student pair built under output_dir/tiny_models
-    student_model: str = TINY
-    teacher_model: str = TINY
+    # models
+    student_model: str = _field(TINY, "hub id or local folder (from_pretrained); 'tiny': a small random offline "
+                                      "pair built under output_dir/tiny_models")
+    teacher_model: str = _field(TINY, "hub id or local folder, or 'tiny' (as student_model)")
     # data
-    dataset: str = "synthetic"
-    # a local data file (parquet), or a dataset folder / hub id that datasets.load_dataset reads
-    train_file: Optional[str] = None
-    eval_file: Optional[str] = None
-    dataset_train_split: str = "train"  # the split read from train_file when it is a folder / hub id
-    dataset_test_split: str = "validation"  # the split read from eval_file when it is a folder / hub id
-    image_root: Optional[str] = None  # ViRL39K stores image paths relative to this folder
-    num_train_samples: int = 64  # synthetic only
-    num_eval_samples: int = 16  # synthetic only; real data evaluates the whole eval_file
-    image_size: int = 64  # synthetic only
-    # the image processor resizes every image (aspect kept) to between these pixel counts
-    min_pixels: int = 262144  # 512 x 512
-    max_pixels: int = 4194304  # 2048 x 2048
-    skip_bad_images: bool = False  # an undecodable image: False = stop naming its row, True = skip and count it
+    dataset: str = _field("synthetic", f"one of {DATASETS}")
+    train_file: Optional[str] = _field(None, "parquet file, or a dataset folder / hub id that datasets.load_dataset reads")
+    eval_file: Optional[str] = _field(None, "as train_file, for evaluation")
+    dataset_train_split: str = _field("train", "split read from train_file when it is a folder / hub id")
+    dataset_test_split: str = _field("validation", "split read from eval_file when it is a folder / hub id")
+    image_root: Optional[str] = _field(None, "ViRL39K: the folder its image paths are relative to")
+    num_train_samples: int = _field(64, "synthetic only: training problems")
+    num_eval_samples: int = _field(16, "synthetic only: evaluation problems (real data evaluates all of eval_file)")
+    image_size: int = _field(64, "synthetic only: image side in pixels")
+    min_pixels: int = _field(262144, "the image processor resizes each image (aspect kept) to at least this "
+                                     "many pixels (512 x 512)")
+    max_pixels: int = _field(4194304, "... and at most this many (2048 x 2048)")
+    skip_bad_images: bool = _field(False, "an undecodable image: false = stop naming its row, true = skip and count it")
     # method
-    method: str = "va_opd"
-    high_fraction: float = 0.2
-    high_weight: float = 0.5
-    pixelate_ratio: float = 0.1
-    va_temperature: float = 1.0  # tau of the softmax over sibling rollouts' VA z-scores
-    high_selection: str = "va"  # ablation "random": ceil(f T) random tokens per rollout (seeded by seed, step)
-    rollout_weighting: str = "va"  # ablation "uniform": sibling rollouts weighted 1/K
-    kernel_backend: str = "auto"
+    method: str = _field("va_opd", f"one of {METHODS}")
+    high_fraction: float = _field(0.2, "share of each rollout's tokens in its high-VA group (f)")
+    high_weight: float = _field(0.5, "loss mass of the high-VA group (lambda)")
+    pixelate_ratio: float = _field(0.1, "degraded view: down to floor(ratio x side), nearest back up")
+    va_temperature: float = _field(1.0, "tau of the softmax over sibling rollouts' VA z-scores")
+    high_selection: str = _field("va", "ablation 'random': ceil(f T) random tokens per rollout (seeded by seed, step)")
+    rollout_weighting: str = _field("va", "ablation 'uniform': sibling rollouts weighted 1/K")
+    kernel_backend: str = _field("auto", f"vaopd_kernels backend, one of {KERNEL_BACKENDS}")
     # rollouts
-    per_device_train_batch_size: int = 16  # prompts per device per step
-    num_generations: int = 4  # rollouts per prompt (K)
-    max_completion_length: int = 4096
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 0  # 0 = off (the paper: off)
-    min_p: float = 0.0  # 0 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    prompt_suffix: str = ""  # appended to the raw question inside the chat template (paper: nothing)
-    micro_batch_size: int = 0  # rollouts per student forward/backward; 0 = the whole batch at once
+    per_device_train_batch_size: int = _field(16, "prompts per device per step")
+    num_generations: int = _field(4, "rollouts per prompt (K)")
+    max_completion_length: int = _field(4096, "tokens per rollout at most")
+    temperature: float = _field(0.7, "sampling temperature of the rollouts")
+    top_p: float = _field(0.95, "nucleus sampling of the rollouts")
+    top_k: int = _field(0, "top-k sampling of the rollouts; 0 = off (the paper: off)")
+    min_p: float = _field(0.0, "min-p sampling of the rollouts; 0 = off")
+    repetition_penalty: float = _field(1.0, "1 = off")
+    prompt_suffix: str = _field("", "appended to the raw question inside the chat template (paper: nothing)")
+    micro_batch_size: int = _field(0, "rollouts per student forward/backward; 0 = the whole batch at once")
     # optimisation
-    learning_rate: float = 1e-6
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0  # 0 = no clipping (the norm is still computed and logged)
-    warmup_ratio: float = 0.05
-    num_train_epochs: int = 5
-    max_steps: int = -1  # > 0 overrides num_train_epochs
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    # the frozen teacher per GPU (docs/trainer.md, "Memory per GPU"): "none" keeps a whole copy on
-    # every GPU; "fsdp2" shards it over the processes (1/N of it per GPU; each teacher pass then
-    # all-gathers it layer by layer). Default none: the whole bf16 8B teacher (16.3 GiB) fits beside
-    # the student on 80 GB cards under both engines, and sharding only pays where it does not (24 GB cards)
-    teacher_sharding: str = "none"
-    # with teacher_sharding fsdp2: the teacher's shards stay on the CPU and are copied in for each
-    # pass (FSDP2's CPU offload; one GPU that cannot hold student and teacher)
-    teacher_offload: bool = False
-    max_skipped_steps: int = 3  # non-finite loss/gradient steps in a row before the run stops as diverged
+    learning_rate: float = _field(1e-6, "AdamW learning rate (cosine schedule after warm-up)")
+    adam_beta1: float = _field(0.9, "AdamW beta1")
+    adam_beta2: float = _field(0.95, "AdamW beta2")
+    weight_decay: float = _field(0.1, "AdamW weight decay")
+    max_grad_norm: float = _field(1.0, "gradient clipping; 0 = none (the norm is still computed and logged)")
+    warmup_ratio: float = _field(0.05, "share of the steps spent warming up the learning rate")
+    num_train_epochs: int = _field(5, "passes over the training set")
+    max_steps: int = _field(-1, "> 0 overrides num_train_epochs")
+    bf16: bool = _field(False, "bf16 teacher and mixed precision")
+    gradient_checkpointing: bool = _field(False, "recompute the student's activations in backward")
+    # Default none: the whole bf16 8B teacher (16.3 GiB) fits beside the student on 80 GB cards under
+    # both engines, and sharding only pays where it does not (24 GB cards)
+    teacher_sharding: str = _field("none", "the frozen teacher per GPU (docs/trainer.md, 'Memory per GPU'): none = a "
+                                           "whole copy on every GPU; fsdp2 = sharded over the processes, all-gathered "
+                                           "layer by layer in each teacher pass")
+    teacher_offload: bool = _field(False, "with teacher_sharding fsdp2: the teacher's shards stay on the CPU and are "
+                                          "copied in for each pass (one GPU that cannot hold student and teacher)")
+    max_skipped_steps: int = _field(3, "non-finite loss/gradient steps in a row before the run stops as diverged")
     # bookkeeping
-    output_dir: str = "runs/vaopd"
-    seed: int = 42
-    logging_steps: int = 1
-    save_steps: int = 50  # 0 = only the final checkpoint
-    save_total_limit: Optional[int] = None  # keep at most this many checkpoints (the oldest go); None = all
-    eval_steps: int = 0  # 0 = only at the end
-    eval_num_generations: int = 8  # samples per validation problem; accuracy = their mean (avg@8)
-    eval_do_sample: bool = True  # false: one greedy answer per problem
-    eval_greedy: bool = False  # with eval_do_sample: also one greedy answer per problem (eval_greedy_accuracy)
-    eval_temperature: float = 1.0
-    eval_top_p: float = 1.0
-    eval_top_k: int = 0  # 0 = off
-    val_before_train: bool = True
-    resume: Optional[str] = None  # a checkpoint folder, or "latest" (the newest in output_dir)
-    overwrite_output_dir: bool = False  # a fresh run may replace another run's checkpoints/metrics in output_dir
-    num_visualize: int = 4  # rollouts shown in the token-level VA page
-    report_to: str = "auto"  # "auto" (TensorBoard when installed), "tensorboard" or "none"
+    output_dir: str = _field("runs/vaopd", "checkpoints, metrics.jsonl, curves, the exported student")
+    seed: int = _field(42, "seed of sampling, data order and the tiny models")
+    logging_steps: int = _field(1, "log every this many steps")
+    save_steps: int = _field(50, "checkpoint every this many steps; 0 = only the final checkpoint")
+    save_total_limit: Optional[int] = _field(None, "keep at most this many checkpoints (the oldest go); None = all")
+    eval_steps: int = _field(0, "evaluate every this many steps; 0 = only at the end")
+    eval_num_generations: int = _field(8, "samples per validation problem; accuracy = their mean (avg@8)")
+    eval_do_sample: bool = _field(True, "false: one greedy answer per problem")
+    eval_greedy: bool = _field(False, "with eval_do_sample: also one greedy answer per problem (eval_greedy_accuracy)")
+    eval_temperature: float = _field(1.0, "evaluation sampling temperature")
+    eval_top_p: float = _field(1.0, "evaluation nucleus sampling")
+    eval_top_k: int = _field(0, "evaluation top-k sampling; 0 = off")
+    val_before_train: bool = _field(True, "evaluate once before the first step")
+    resume: Optional[str] = _field(None, "a checkpoint folder, or 'latest' (the newest in output_dir)")
+    overwrite_output_dir: bool = _field(False, "a fresh run may replace another run's checkpoints/metrics in output_dir")
+    num_visualize: int = _field(4, "rollouts shown in the token-level VA page (va_tokens.html)")
+    report_to: str = _field("auto", "'auto' (TensorBoard when installed), 'tensorboard' or 'none'")
 
     @property
     def rollouts_per_device(self) -> int:
@@ -261,3 +264,11 @@ def validate(cfg: TrainConfig) -> None:
 
 def to_dict(cfg: TrainConfig) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def fields_help() -> str:
+    """Every field with its type, default and help, in TrainConfig's order (``vaopd-train --help``)."""
+    rows = [(f"--{f.name} {f.type.removeprefix('Optional[').removesuffix(']')}",
+             f"{f.metadata['help']} [default: {f.default!r}]") for f in fields(TrainConfig)]
+    width = max(len(flag) for flag, _ in rows)
+    return "\n".join(f"  {flag:<{width}}  {text}" for flag, text in rows)

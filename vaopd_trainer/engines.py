@@ -38,6 +38,21 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
                        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed_on_cpu else None)
 
 
+def describe(accelerator: Accelerator, module: torch.nn.Module) -> str:
+    """What the run is on, printed at start-up so a launcher that silently fell back to one process shows."""
+    world = accelerator.num_processes
+    if is_sharded(module):
+        engine = "FSDP2"
+    elif accelerator.distributed_type == DistributedType.DEEPSPEED:
+        engine = f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.deepspeed_config['zero_optimization']['stage']}"
+    elif world > 1:
+        engine = "DDP"
+    else:
+        engine = "single process"
+    backend = f", {torch.distributed.get_backend()}" if torch.distributed.is_initialized() else ""
+    return f"{world} process{'es' if world > 1 else ''}, {engine} on {accelerator.device.type}{backend}"
+
+
 def fsdp2_plugin(accelerator: Accelerator):
     """accelerate's FSDP plugin when the run was launched with an FSDP config, else None."""
     if accelerator.distributed_type != DistributedType.FSDP:

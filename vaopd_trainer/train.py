@@ -118,6 +118,7 @@ class Trainer:
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * self.total_steps),
                                                     self.total_steps)
         self.module, self.optimizer, self.scheduler = engines.prepare(self.acc, module, optimizer, scheduler, cfg)
+        self.acc.print(f"vaopd-train: {engines.describe(self.acc, self.module)}")
         self.context = min(_context_length(self.teacher.model), _context_length(student))
         self.identity = run_identity(cfg, world)
         self.guard = DivergenceGuard(self.acc, cfg.max_skipped_steps)

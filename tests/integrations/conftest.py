@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-pytest.importorskip("trl", reason="the trl extra: pip install vaopd[trl]")
+pytest.importorskip("trl", reason="the trl extra: pip install -e \".[trl]\"")
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "trainer"))

@@ -14,7 +14,7 @@ transformers or vLLM, PEFT, accelerate / FSDP2 / DeepSpeed, logging) stays TRL's
   for the whole batch before any student work, so gradient accumulation gives the full-batch
   gradient. The divergence (``beta``) is taken at temperature 1, as in the paper.
 
-Requires ``pip install vaopd[trl]`` (trl >= 1.16).
+Requires the ``trl`` extra (trl >= 1.16): ``pip install -e ".[trl]"`` from a clone.
 """
 from __future__ import annotations
 
