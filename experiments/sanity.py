@@ -72,10 +72,11 @@ def _interval(pair) -> str:
     return f"{mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}]"
 
 
-def markdown(rows: List[dict], machine: str) -> str:
+def markdown(rows: List[dict]) -> str:
+    machines = sorted({r["machine"] for r in rows})
     lines = ["# Distillation sanity (stripe task, shipped tiny models)", "",
-             f"`python -m experiments.sanity`; {machine}; greedy accuracy on {rows[0]['images']} held-out images "
-             "(95% intervals over images; gains paired by image).", "",
+             f"`python -m experiments.sanity`; greedy accuracy on {rows[0]['images']} held-out images "
+             "(95% intervals over images; gains paired by image). Runs: " + "; ".join(machines) + ".", "",
              "| case | seed | student | steps | lr | wd | before | after | gain [95% interval] | KL first / last / max |"
              " evals by step | train s |", "|" + "---|" * 12]
     for r in rows:
@@ -102,14 +103,22 @@ def main(argv=None) -> int:
             rows.append(run_case(name, seed, args.runs_dir))
             print(json.dumps(rows[-1]), flush=True)
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-               f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - began:.0f} s")
+               f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - began:.0f} s, 1-min load average at the end "
+               f"{os.getloadavg()[0]:.1f} (other jobs slow the train times)")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"machine": machine, "cases": {k: CASES[k] for k in args.cases}, "common": COMMON, "rows": rows}, f,
-                  indent=1)
+    path = os.path.join(args.out, "results.json")
+    # a later invocation (other cases or seeds) adds its rows; a (case, seed) run again replaces its row
+    earlier = json.load(open(path))["rows"] if os.path.exists(path) else []
+    ran = {(r["case"], r["seed"]) for r in rows}
+    rows = [r for r in earlier if (r["case"], r["seed"]) not in ran] + rows
+    rows.sort(key=lambda r: (list(CASES).index(r["case"]), r["seed"]))
+    for r in rows:
+        r.setdefault("machine", machine)
+    with open(path, "w") as f:
+        json.dump({"cases": CASES, "common": COMMON, "rows": rows}, f, indent=1)
     with open(os.path.join(args.out, "sanity.md"), "w") as f:
-        f.write(markdown(rows, machine))
-    print(markdown(rows, machine))
+        f.write(markdown(rows))
+    print(markdown(rows))
     return 0
 
 

@@ -69,20 +69,23 @@ def test_micro_batches_add_up_to_the_va_opd_loss_and_gradient():
     uid = np.array(["b", "b", "b", "a", "a", "a"], dtype=object)  # verl: one uuid string per prompt
     student, teacher = _Backbone(vocab, ds, 1), _Backbone(vocab, dt, 2)
     gen = torch.Generator().manual_seed(3)
-    student_weight = torch.nn.Parameter(torch.randn(vocab, ds, generator=gen))
-    teacher_weight = torch.randn(vocab, dt, generator=gen)
+    rows = vocab + 6  # padded heads, as Qwen3-VL's: the rows past the tokenizer must stay out of every softmax
+    student_weight = torch.nn.Parameter(torch.randn(rows, ds, generator=gen))
+    teacher_weight = torch.randn(rows, dt, generator=gen)
     with torch.no_grad():
         th = ex["response_hidden"](teacher, batch, {})
         thd = ex["response_hidden"](teacher, batch, {"shift": 0.3})  # the pixelated view
-    coefficients, objective = ex["va_opd_coefficients"](th, thd, teacher_weight, batch, uid, num_prompts=2)
+    coefficients, objective = ex["va_opd_coefficients"](th, thd, teacher_weight, batch, uid, num_prompts=2,
+                                                         vocab_size=vocab)
 
     micro = 2  # DataProto.split(2): contiguous rows
     total, kls = 0.0, []
     for start in range(0, 6, micro):
-        rows = slice(start, start + micro)
-        part = {key: value[rows] for key, value in batch.items()}
+        mine = slice(start, start + micro)
+        part = {key: value[mine] for key, value in batch.items()}
         sh = ex["response_hidden"](student, part, {})
-        loss, kl = ex["micro_batch_loss"](sh, student_weight, th[rows], teacher_weight, part, coefficients[rows])
+        loss, kl = ex["micro_batch_loss"](sh, student_weight, th[mine], teacher_weight, part, coefficients[mine],
+                                          vocab_size=vocab)
         loss.backward()
         kls.append(kl)
         total += float(loss)
@@ -95,7 +98,8 @@ def test_micro_batches_add_up_to_the_va_opd_loss_and_gradient():
     cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
     sh = ex["response_hidden"](student, batch, {})
     ref = vk.va_opd_loss(sh[mask], student_weight, th[mask], teacher_weight, batch["responses"][mask], cu,
-                         torch.tensor([1, 1, 1, 0, 0, 0]), teacher_hidden_degraded=thd[mask], backend="reference")
+                         torch.tensor([1, 1, 1, 0, 0, 0]), teacher_hidden_degraded=thd[mask], vocab_size=vocab,
+                         backend="reference")
     ref.loss.backward()
     assert abs(total - float(ref.loss)) <= 1e-5 * abs(float(ref.loss))
     logged = vk.objective_from_coefficients(torch.cat(kls), objective)  # step 4: the loss and metrics to log
@@ -104,6 +108,7 @@ def test_micro_batches_add_up_to_the_va_opd_loss_and_gradient():
     assert 0.0 < logged.metrics["va_high_share"] <= 1.0 and logged.metrics["va_mean"] > 0
     for got, want in ((grad_weight, student_weight.grad), (grad_embed, student.embed.weight.grad)):
         assert float((got - want).norm() / want.norm()) <= 1e-5
+    assert not grad_weight[vocab:].any()  # the padding rows never entered a softmax
     # siblings' rollout weights sum to 1 per prompt, over 2 prompts
     per_prompt = coefficients.sum(1).view(2, k).sum(1)
     torch.testing.assert_close(per_prompt, torch.full((2,), 0.5), rtol=1e-5, atol=1e-6)
