@@ -100,6 +100,8 @@ class TrainConfig:
     save_total_limit: Optional[int] = _field(None, "keep at most this many checkpoints (the oldest go); None = all")
     eval_steps: int = _field(0, "evaluate every this many steps; 0 = only at the end")
     eval_num_generations: int = _field(8, "samples per validation problem; accuracy = their mean (avg@8)")
+    per_device_eval_batch_size: int = _field(0, "answers generated at once in evaluation; 0 = the training rollout "
+                                                "batch (per_device_train_batch_size x num_generations)")
     eval_do_sample: bool = _field(True, "false: one greedy answer per problem")
     eval_greedy: bool = _field(False, "with eval_do_sample: also one greedy answer per problem (eval_greedy_accuracy)")
     eval_temperature: float = _field(1.0, "evaluation sampling temperature")
@@ -227,7 +229,8 @@ def validate(cfg: TrainConfig) -> None:
                  "logging_steps", "image_size", "min_pixels", "max_pixels", "eval_num_generations",
                  "max_skipped_steps"):
         _check(getattr(cfg, name) >= 1, name, f"must be >= 1, got {getattr(cfg, name)}")
-    for name in ("micro_batch_size", "save_steps", "eval_steps", "num_visualize", "seed", "top_k", "eval_top_k"):
+    for name in ("micro_batch_size", "save_steps", "eval_steps", "num_visualize", "seed", "top_k", "eval_top_k",
+                 "per_device_eval_batch_size"):
         _check(getattr(cfg, name) >= 0, name, f"must be >= 0, got {getattr(cfg, name)}")
     _check(cfg.max_steps == -1 or cfg.max_steps >= 1, "max_steps", f"must be -1 or >= 1, got {cfg.max_steps}")
     _check(cfg.save_total_limit is None or cfg.save_total_limit >= 1, "save_total_limit",

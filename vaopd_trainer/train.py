@@ -329,7 +329,7 @@ class Trainer:
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, step, acc.process_index]).generate_state(1)[0]))
             return self.inner.run_on_student(
                 evaluate, shard, self.tokenizer, self.image_processor,
-                batch_size=cfg.per_device_train_batch_size * cfg.num_generations,
+                batch_size=cfg.per_device_eval_batch_size or cfg.per_device_train_batch_size * cfg.num_generations,
                 max_new_tokens=cfg.max_completion_length, pixelate_ratio=cfg.pixelate_ratio,
                 device=acc.device, sampling=sampling,
                 num_generations=cfg.eval_num_generations if sampling.do_sample else 1,
