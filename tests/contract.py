@@ -38,9 +38,9 @@ CASES = [
     ("linear_logprob", dict(temperature=0.5)),
     ("teacher_logprobs", {}),
     ("va_kl", {}),
-    ("weighted_kl", {}),
-    ("given_weights_kl", dict(targets=True)),
-    ("given_weights_kl", dict(targets=False)),
+    ("va_opd_loss", {}),
+    ("weighted_kl", dict(targets=True)),
+    ("weighted_kl", dict(targets=False)),
 ]
 
 
@@ -70,14 +70,14 @@ def run_case(impl, name, options, x):
         outs.update(kl=r.kl, va=r.visual_advantage, slp=r.student_logprob, tlp=r.teacher_logprob,
                     ent=r.student_entropy)
         scalar = (r.kl * up.to(r.kl.dtype)).sum()
-    elif name == "weighted_kl":
-        weights = Coefficients(x["token_weight"], None, None, None)
-        loss, r, _ = ops.weighted_kl(impl, sh, sw, th, tw, y, thd, lambda va: weights, vocab_size=vocab, **ko)
+    elif name == "va_opd_loss":
+        coefficients = Coefficients(x["token_weight"], None, None, None)
+        loss, r, _ = ops.va_opd_loss(impl, sh, sw, th, tw, y, thd, lambda va: coefficients, vocab_size=vocab, **ko)
         outs.update(loss=loss, kl=r.kl, slp=r.student_logprob, ent=r.student_entropy, tlp=r.teacher_logprob)
         scalar = 2.5 * loss
-    elif name == "given_weights_kl":
-        loss, r = ops.given_weights_kl(impl, sh, sw, th, tw, x["token_weight"], y if options["targets"] else None,
-                                       vocab_size=vocab, **ko)
+    elif name == "weighted_kl":
+        loss, r = ops.weighted_kl(impl, sh, sw, th, tw, x["token_weight"], y if options["targets"] else None,
+                                  vocab_size=vocab, **ko)
         assert r.visual_advantage is None
         if options["targets"]:
             outs.update(slp=r.student_logprob, ent=r.student_entropy)

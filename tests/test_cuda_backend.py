@@ -58,9 +58,9 @@ def test_close_distributions_emulated(emulated_ops):
 def test_objective_weights_emulated(emulated_ops):
     va = torch.tensor([0.0, 0.3, 0.3, 0.1, 0.0, 2.0, 0.5, 0.5, 0.5, 0.0], dtype=torch.float64)
     cu, prompts = torch.tensor([0, 1, 4, 10]), torch.tensor([3, 8, 3])
-    options = dict(high_fraction=0.34, high_weight=0.7, temperature=0.5, eps=1e-6, num_prompts=None)
-    got, want = cuda_backend.va_opd_weights(va, cu, prompts, **options), objective.va_opd_weights(va, cu, prompts,
-                                                                                                    **options)
+    options = dict(high_fraction=0.34, high_weight=0.7, va_temperature=0.5, eps=1e-6, num_prompts=None)
+    got = cuda_backend.va_opd_coefficients(va, cu, prompts, **options)
+    want = objective.va_opd_coefficients(va, cu, prompts, **options)
     assert torch.equal(got.high_mask, want.high_mask)
     for field in ("token_weight", "rollout_weight", "visual_advantage"):
         torch.testing.assert_close(getattr(got, field), getattr(want, field), rtol=1e-8, atol=0)
@@ -71,11 +71,11 @@ def test_native_head_grad_accumulation_emulated(emulated_ops):
     one bf16 rounding per chunk, and no fp32 [V, Ds] buffer."""
     x = make_inputs(n=96, ds=32, dt=48, vocab=160, dtype=torch.bfloat16, seed=5)
     budget = 12 * x["vocab"] * 4 * 2  # 12 rows per chunk: 8 chunks
-    want = oracle("weighted_kl", {}, x)[1]["d_sw"].double()
+    want = oracle("va_opd_loss", {}, x)[1]["d_sw"].double()
     errors = {}
     for mode in ("fp32", "native"):
         x["kernel_options"] = KernelOptions(chunk_budget_bytes=budget, head_grad=mode)
-        got = run_case(cuda_backend, "weighted_kl", {}, x)[1]["d_sw"].double()
+        got = run_case(cuda_backend, "va_opd_loss", {}, x)[1]["d_sw"].double()
         errors[mode] = rel_err(got, want)
     # Measured: fp32 2.5e-3 (bf16 dlogits and one final rounding), native 4.1e-3 (8 chunk roundings);
     # a dropped or doubled chunk would cost ~10% or more.
@@ -119,7 +119,7 @@ def test_rows_per_chunk_respects_budget():
 
 
 def test_backend_contract_surface():
-    for fn in ("scan", "gradients", "va_opd_weights", "unavailable_reason", "supports_device"):
+    for fn in ("scan", "gradients", "va_opd_coefficients", "unavailable_reason", "supports_device"):
         assert callable(getattr(cuda_backend, fn))
     assert cuda_backend.supports_device(torch.device("cpu")) is False
     if not torch.cuda.is_available():

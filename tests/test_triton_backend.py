@@ -207,7 +207,7 @@ def test_weighted_kl_without_grad():
     from vaopd_kernels.backends import triton as tb
     w = torch.rand(5, device=DEVICE)
     sh, sw = low[0].detach(), low[1].detach()
-    loss, _, _ = ops.weighted_kl(tb, sh, sw, low[2], low[3], y, None, lambda va: Coefficients(w, None, None, None),
+    loss, _, _ = ops.va_opd_loss(tb, sh, sw, low[2], low[3], y, None, lambda va: Coefficients(w, None, None, None),
                                  vocab_size=40, options=vk.KernelOptions())
     assert not loss.requires_grad
     close(loss, (w.double().cpu() * vk.linear_kl(*ref[:4], vocab_size=40, backend="reference").detach().cpu()).sum(),
@@ -409,7 +409,7 @@ def test_changing_the_teacher_before_backward_raises(call):
         out = vk.linear_kl(*low[:4], vocab_size=50, backend="triton").sum()
     else:
         ones = lambda va: Coefficients(torch.ones_like(va), None, None, None)  # noqa: E731
-        out, _, _ = ops.weighted_kl(tb, *low[:4], y, low[4], ones, vocab_size=50, options=vk.KernelOptions())
+        out, _, _ = ops.va_opd_loss(tb, *low[:4], y, low[4], ones, vocab_size=50, options=vk.KernelOptions())
     with torch.no_grad():
         low[3].mul_(1.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):

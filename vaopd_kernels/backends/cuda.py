@@ -134,11 +134,13 @@ def _register_fakes() -> None:
     def _fake_logprob_grad(student, lse, targets, row_grad, inv_temperature, grad_format):
         return None
 
-    def _fake_va_opd_weights(va, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature, eps, num_prompts):
+    def _fake_va_opd_coefficients(va, cu_seqlens, prompt_ids, high_fraction, high_weight, va_temperature, eps,
+                                  num_prompts):
         return va.new_empty(va.shape), va.new_empty(prompt_ids.shape), va.new_empty(va.shape, dtype=torch.bool)
 
     for name, fn in (("vaopd::view_stats", _fake_view_stats), ("vaopd::divergence", _fake_divergence),
-                     ("vaopd::logprob_grad", _fake_logprob_grad), ("vaopd::va_opd_weights", _fake_va_opd_weights)):
+                     ("vaopd::logprob_grad", _fake_logprob_grad),
+                     ("vaopd::va_opd_coefficients", _fake_va_opd_coefficients)):
         try:
             torch.library.register_fake(name, fn)
         except RuntimeError as exc:  # already registered (module reloaded)
@@ -283,11 +285,11 @@ def gradients(saved, row_weight, *, options):
     return _scan(views, options=options, divergence=divergence, beta=beta, row_grad=row_weight).grads
 
 
-def va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction, high_weight, temperature, eps,
-                   num_prompts):
-    """The objective's coefficients from csrc/objective.cu: objective.va_opd_weights' results, on the GPU."""
+def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction, high_weight, va_temperature, eps,
+                        num_prompts):
+    """The objective's coefficients from csrc/objective.cu: objective.va_opd_coefficients' results, on the GPU."""
     va = visual_advantage.detach().to(torch.float64).contiguous()
-    token_weight, rollout_weight, high = _load_ops().va_opd_weights(
+    token_weight, rollout_weight, high = _load_ops().va_opd_coefficients(
         va, cu_seqlens.long().contiguous(), prompt_ids.long().contiguous(), high_fraction, high_weight,
-        temperature, eps, num_prompts or 0)
+        va_temperature, eps, num_prompts or 0)
     return Coefficients(token_weight, rollout_weight, high, va)
