@@ -166,8 +166,9 @@ void logprob_grad(Tensor student, const Tensor& lse, const Tensor& targets, cons
 }
 
 std::tuple<Tensor, Tensor, Tensor> va_opd_coefficients(const Tensor& visual_advantage, const Tensor& cu_seqlens,
-                                                       const Tensor& prompt_ids, double high_fraction, double high_weight,
-                                                       double va_temperature, double eps, int64_t num_prompts) {
+                                                       const Tensor& prompt_ids, double high_fraction,
+                                                       double high_weight, double va_temperature, double eps,
+                                                       int64_t num_prompts) {
   TORCH_CHECK(visual_advantage.is_cuda() && visual_advantage.dim() == 1, "visual_advantage: expected a 1-D CUDA tensor");
   const int64_t rows = visual_advantage.size(0), rollouts = prompt_ids.numel();
   check_rows(visual_advantage, rows, at::kDouble, "visual_advantage", visual_advantage);

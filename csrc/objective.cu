@@ -100,7 +100,8 @@ cudaError_t va_opd_coefficients(const VAOPDCoefficientsArgs& a, cudaStream_t str
   }
   if (!(a.high_fraction > 0.0 && a.high_fraction <= 1.0) || !(a.high_weight >= 0.0 && a.high_weight <= 1.0) ||
       !(a.va_temperature > 0.0) || !(a.eps > 0.0) || a.num_prompts < 0) {
-    return invalid_argument("va_opd_coefficients: need 0 < f <= 1, 0 <= lambda <= 1, va_temperature > 0, eps > 0, P >= 0");
+    return invalid_argument(
+        "va_opd_coefficients: need 0 < f <= 1, 0 <= lambda <= 1, va_temperature > 0, eps > 0, P >= 0");
   }
   const cudaError_t zeroed = cudaMemsetAsync(a.distinct_prompts, 0, sizeof(unsigned long long), stream);
   if (zeroed != cudaSuccess) return zeroed;

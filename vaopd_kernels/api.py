@@ -123,8 +123,8 @@ def _coefficients_from_va(visual_advantage, cu_seqlens, prompt_ids, rule, backen
 
 
 def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
-                        va_temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None, high_selection="va",
-                        rollout_weighting="va", high_seed=None) -> Coefficients:
+                        va_temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None,
+                        high_selection="va", rollout_weighting="va", high_seed=None) -> Coefficients:
     """The VA-OPD objective's detached per-token coefficients from VA alone (they never depend on
     the KL): sibling-softmax rollout weights and a lambda / (1 - lambda) split between each
     rollout's top-VA tokens and the rest, over P prompts (``num_prompts`` overrides P, e.g. the
@@ -162,8 +162,8 @@ def objective_from_coefficients(token_kl, coefficients: Coefficients) -> Objecti
 
 
 def va_opd_objective(token_kl, visual_advantage, cu_seqlens, prompt_ids, *, high_fraction=0.2, high_weight=0.5,
-                     va_temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None, high_selection="va",
-                     rollout_weighting="va", high_seed=None) -> ObjectiveResult:
+                     va_temperature=1.0, eps=1e-6, num_prompts=None, backend="auto", options=None,
+                     high_selection="va", rollout_weighting="va", high_seed=None) -> ObjectiveResult:
     """VA-OPD loss from per-token KL and VA: ``sum(va_opd_coefficients(...).token_weight * token_kl)``,
     with the objective's metrics (ablation keywords as in :func:`va_opd_coefficients`)."""
     check_tensor("token_kl", token_kl, 1)
@@ -213,9 +213,9 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
         return rule(impl, va, cu, pid)  # a non-finite VA is reported after the scan (no host sync here)
 
     with no_autocast(student_hidden.device):
-        loss, stats, coefficients = ops.va_opd_loss(impl, student_hidden, student_weight, teacher_hidden.detach(),
-                                                    teacher_weight.detach(), targets, _detached(teacher_hidden_degraded),
-                                                    coefficients_for, vocab_size=vocab, options=options)
+        loss, stats, coefficients = ops.va_opd_loss(
+            impl, student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(), targets,
+            _detached(teacher_hidden_degraded), coefficients_for, vocab_size=vocab, options=options)
     finite([loss, stats.kl, stats.visual_advantage, stats.student_logprob], student_hidden=student_hidden,
             student_weight=student_weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
             teacher_hidden_degraded=teacher_hidden_degraded)

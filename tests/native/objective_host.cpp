@@ -53,8 +53,9 @@ class ThreadTeam {
 // Same arguments, outputs and stage order as vaopd::va_opd_coefficients (vaopd_kernels.cuh).
 extern "C" void vaopd_va_opd_coefficients_host(int64_t num_rollouts, const double* visual_advantage,
                                                const int64_t* cu_seqlens, const int64_t* prompt_ids,
-                                               double high_fraction, double high_weight, double va_temperature, double eps,
-                                               int64_t num_prompts, double* token_weight, double* rollout_weight,
+                                               double high_fraction, double high_weight, double va_temperature,
+                                               double eps, int64_t num_prompts, double* token_weight,
+                                               double* rollout_weight,
                                                bool* high_mask, double* rollout_mean_va, int team_size) {
   using namespace vaopd::objective;
   for (int64_t r = 0; r < num_rollouts; ++r) {
