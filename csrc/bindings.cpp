@@ -107,7 +107,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence(Tensor student, co
   TORCH_CHECK(teacher.sizes() == student.sizes() && teacher.scalar_type() == student.scalar_type() &&
                   teacher.device() == student.device(),
               "teacher: expected the student chunk's shape, dtype and device");
-  TORCH_CHECK(kind >= 0 && kind <= 2, "divergence: expected 0 (reverse), 1 (forward) or 2 (jsd), got ", kind);
+  TORCH_CHECK(kind >= 0 && kind <= static_cast<int64_t>(vaopd::Divergence::kJSD),
+              "divergence: expected a vaopd::Divergence value (vaopd_kernels.cuh), got ", kind);
   const c10::cuda::CUDAGuard guard(student.device());
   vaopd::DivergenceArgs a;
   a.rows = student.size(0);

@@ -25,6 +25,7 @@ enum class LogitType : int { kFloat32 = 0, kFloat64 = 1 };
 //              [rows, V] matrix with row stride 2 * ld (elements), ready for a bf16/fp16 GEMM.
 enum class GradFormat : int { kSame = 0, kBFloat16 = 1, kFloat16 = 2 };
 
+// base.Divergence's values (vaopd_kernels/backends/base.py; tests/kernels/test_divergence_codes.py checks them)
 enum class Divergence : int { kReverse = 0, kForward = 1, kJSD = 2 };
 
 constexpr int kMaxViews = 3;

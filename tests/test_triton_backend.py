@@ -22,6 +22,7 @@ import vaopd_kernels as vk  # noqa: E402
 from vaopd_kernels import ops  # noqa: E402
 from vaopd_kernels.results import Coefficients  # noqa: E402
 from vaopd_kernels.backends import backend_unavailable_reason  # noqa: E402
+from vaopd_kernels.backends.base import Divergence  # noqa: E402
 
 _REASON = backend_unavailable_reason("triton")
 pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"triton backend unavailable: {_REASON}"),
@@ -278,7 +279,7 @@ def test_teacher_skip_threshold_is_sound(splits):
         sh, th = (torch.randn(n, dim, generator=gen) * s for s in sharp)
         sw, tw = (torch.randn(vocab + 3, dim, generator=gen) / dim ** 0.5 for _ in range(2))
         _, rows = kernel_stats.row_stats(vocab_size=vocab, student=(sh.to(DEVICE), sw.to(DEVICE)),
-                                         teacher=(th.to(DEVICE), tw.to(DEVICE)), cross=kernel_stats.CROSS_REVERSE,
+                                         teacher=(th.to(DEVICE), tw.to(DEVICE)), cross=int(Divergence.REVERSE),
                                          teacher_min=True)
         z_s, z_t = sh.double() @ sw.double()[:vocab].T, th.double() @ tw.double()[:vocab].T
         min_t = rows[kernel_stats.SavedRow.MIN_T].double().cpu()

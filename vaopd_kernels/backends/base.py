@@ -27,7 +27,7 @@ Grads = Tuple[torch.Tensor, torch.Tensor]  # (d hidden [N, Ds], d head [V or V_h
 
 
 class Divergence(enum.IntEnum):
-    """The per-token divergence; the values are what the Triton and CUDA kernels take."""
+    """The per-token divergence; its values are the kernels' codes (triton/_codes.py, csrc's enum)."""
 
     REVERSE = 0  # KL(p_s || p_t), the paper's
     FORWARD = 1  # KL(p_t || p_s)
