@@ -24,6 +24,7 @@ from typing import Dict, Optional
 
 import torch
 
+from vaopd_kernels import environment
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.backends.base import RowStats, compute_dtype
 from vaopd_kernels.results import Coefficients
@@ -59,18 +60,12 @@ def _rows_per_chunk(num_rows: int, vocab_size: int, num_views: int, dtype: torch
 
 # ----------------------------------------------------------------------------- loading
 def arch_flags() -> list:
-    """nvcc -gencode flags: ``VAOPD_CUDA_ARCH`` ("80;90a"), else the current device's arch."""
-    spec = os.environ.get("VAOPD_CUDA_ARCH")
-    if spec:
-        archs = [a.strip().replace(".", "") for a in spec.replace(",", ";").split(";") if a.strip()]
-    else:
-        major, minor = torch.cuda.get_device_capability()
-        archs = [f"{major}{minor}" + ("a" if (major, minor) in ((9, 0), (10, 0)) else "")]
-    return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    """nvcc -gencode flags for ``environment.cuda_archs`` on this machine's GPU."""
+    return environment.gencode_flags(environment.cuda_archs(torch.cuda.get_device_capability()))
 
 
 def _build_dir() -> Path:
-    override = os.environ.get("VAOPD_CUDA_BUILD_DIR")
+    override = environment.cuda_build_dir()
     if override:
         return Path(override)
     tag = f"torch{torch.__version__}-cu{torch.version.cuda}".replace("+", "_")
@@ -108,7 +103,7 @@ def _load_ops():
                 import vaopd_kernels._cuda_ext  # noqa: F401  (registers the ops on import)
                 BUILD_INFO.update(source="installed", module="vaopd_kernels._cuda_ext")
             except ImportError:
-                jit_build(verbose=os.environ.get("VAOPD_CUDA_VERBOSE", "") not in ("", "0"))
+                jit_build(verbose=environment.cuda_verbose())
             _register_fakes()
             _ops = torch.ops.vaopd
         except Exception as exc:

@@ -9,11 +9,10 @@ float64 inputs run in float32 (returned as float64 with fp32 accuracy).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
+from vaopd_kernels import environment
 from vaopd_kernels.backends.base import Divergence
 from vaopd_kernels.backends.triton import _codes, _config, backward, stats as kernel_stats
 from vaopd_kernels.backends.triton.stats import SavedRow
@@ -24,7 +23,7 @@ FUSES_VIEWS = False  # two logit tiles live per kernel (three spill); KernelOpti
 def unavailable_reason():
     if _config.INTERPRET:
         return None
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if environment.triton_interpret():
         return "TRITON_INTERPRET=1 was set after the triton backend was imported"
     if not torch.cuda.is_available():
         return "no CUDA device (set TRITON_INTERPRET=1 before import to run the kernels on the CPU)"
