@@ -2,7 +2,7 @@
 
 ``per_gpu_memory`` gives bytes per GPU for each part of a VA-OPD step; docs/trainer.md ("Memory per
 GPU") prints it for Qwen3-VL-8B -> 2B on 8 GPUs (``python -m vaopd_trainer.memory``) and
-tests/trainer/test_memory.py checks it against the tensors the tiny models really hold. With s the
+tests/trainer/test_memory_table.py checks it against the tensors the tiny models really hold. With s the
 number of shards (1 under DDP, the GPU count under FSDP2), P_i the parameter tensors of the student,
 and shard(P_i) = ceil(rows_i / s) x the rest (FSDP2 splits each tensor by rows; the first rank holds
 the largest piece):
