@@ -10,7 +10,7 @@ import torch
 from bench import check, report
 from bench.peers import Outputs, build_impls, trl_jsd
 from bench.presets import get_preset
-from bench.problem import make_inputs
+from vaopd_kernels.testing import make_inputs
 from bench.worker import run_job
 
 pytest.importorskip("trl")

@@ -34,7 +34,7 @@ _GEMM_ROW_TILE = 128
 # d(head) sums over row chunks. KernelOptions.head_grad "fp32" (default): in one fp32 [V, Ds]
 # buffer, exact (1.2 GiB at V = 151,936, Ds = 2048). "native": in the head's own bf16/fp16, each
 # chunk's GEMM accumulating in fp32 inside cuBLAS and rounding once into the sum: no buffer beyond
-# the chunks, one half-precision rounding per chunk (error measured in tests/test_cuda_backend.py).
+# the chunks, one half-precision rounding per chunk (error measured in tests/kernels/test_cuda_backend.py).
 _HALF = (torch.bfloat16, torch.float16)
 _GRAD_FORMAT = {None: 0, torch.bfloat16: 1, torch.float16: 2}
 FUSES_VIEWS = False

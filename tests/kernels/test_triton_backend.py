@@ -11,7 +11,7 @@ from functools import partial
 import pytest
 import torch
 
-from bench import check, problem
+from vaopd_kernels import testing
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -49,7 +49,7 @@ def _poison_and_splits():
 
 # Largest absolute error relative to the largest reference value; inf = a non-finite value
 # (unwritten or poisoned memory?).
-rel_err = partial(check.rel_err, norm="max", floor=1e-12)
+rel_err = partial(testing.rel_err, norm="max", floor=1e-12)
 
 
 def close(got, want, dtype, name=""):
@@ -58,12 +58,12 @@ def close(got, want, dtype, name=""):
 
 
 def make(n, ds, dt, vocab, dtype, *, extra_rows=(5, 3), seed=0, near=False):
-    """The shared problem (bench.problem) in ``dtype`` on DEVICE, plus float64 copies of the same
+    """The shared problem (vaopd_kernels.testing) in ``dtype`` on DEVICE, plus float64 copies of the same
     rounded values; ``near``: teacher = student + tiny perturbation (KL ~ 1e-4)."""
-    shape = problem.Shape(n, ds, dt, vocab, dtype=str(dtype).removeprefix("torch."), seed=seed)
-    p = problem.make_inputs(shape, DEVICE, logit_std=1.5, head_padding=extra_rows, degraded_noise=0.7)
+    shape = testing.Shape(n, ds, dt, vocab, dtype=str(dtype).removeprefix("torch."), seed=seed)
+    p = testing.make_inputs(shape, DEVICE, logit_std=1.5, head_padding=extra_rows, degraded_noise=0.7)
     if near:
-        p = problem.near_teacher(p, degraded_noise=0.7)
+        p = testing.near_teacher(p, degraded_noise=0.7)
     low = [t.detach() for t in (p.student_hidden, p.student_weight, p.teacher_hidden, p.teacher_weight,
                                 p.teacher_hidden_degraded)]
     ref = [t.double() for t in low]
@@ -432,7 +432,7 @@ def test_large_bf16_gpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (host-sync debug mode)")
 def test_va_opd_loss_waits_for_the_gpu_only_at_its_reads():
     """va_opd_loss (triton) synchronises with the GPU at most at its four reads of device values
-    (tests/test_validation.py counts them on the CPU), and its backward never."""
+    (test_validation.py counts them on the CPU), and its backward never."""
     low, _, y = make(64, 32, 48, 300, torch.bfloat16)
     cu = torch.tensor([0, 20, 41, 64], device=DEVICE)
     pid = torch.tensor([0, 0, 1], device=DEVICE)

@@ -1,9 +1,9 @@
-"""The "cuda" backend's own checks (its contract matrix runs in tests/test_contract.py).
+"""The "cuda" backend's own checks (its contract matrix runs in test_contract.py).
 
 * ``*_gpu`` tests run the real CUDA kernels (skipped without a CUDA device / buildable extension).
 * ``*_emulated`` tests run the backend's orchestration (chunking, GEMM routes, packed half
   gradients, autograd wiring) on the CPU with a torch emulation of the kernels
-  (``tests/_cuda_emulation.py``), so that part is covered on every machine.
+  (``_cuda_emulation.py``), so that part is covered on every machine.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _cuda_emulation import EmulatedOps
-from bench.check import rel_err
+from vaopd_kernels.testing import rel_err
 from contract import CASES, compare, make_inputs, oracle, run_case
 from vaopd_kernels import KernelOptions, objective, ops
 from vaopd_kernels.backends import cuda as cuda_backend
@@ -81,34 +81,6 @@ def test_native_head_grad_accumulation_emulated(emulated_ops):
     # a dropped or doubled chunk would cost ~10% or more.
     assert errors["fp32"] < 4e-3 and errors["native"] < 8e-3, errors
 
-
-def test_chunk_buffer_precision_on_the_emulated_row_kernels():
-    """bench/chunk_precision.py: bf16 chunk buffers against fp32 ones, on the row kernels' emulation,
-    at a small vocabulary. Target shifting must help where the high-probability entries sit near
-    the target (peaked rows), and the fp32 student buffer must carry the gradient on flat rows,
-    as docs/backends.md ("Chunk buffer precision") says from the full-size run."""
-    from bench import chunk_precision as cp
-
-    gen = torch.Generator().manual_seed(0)
-    n, vocab = 32, 4096
-    z_s = torch.randn(n, vocab, generator=gen, dtype=torch.float64) * 2.0
-    z_t = 0.7 * z_s + 0.7 * torch.randn(n, vocab, generator=gen, dtype=torch.float64) * 2.0
-    flat = cp.errors(EmulatedOps(), z_s, z_t, torch.randint(0, vocab, (n,), generator=gen))
-    y = torch.randint(0, vocab, (n,), generator=gen)
-    rows = torch.arange(n)
-    z_s[rows, y] += 16.0
-    z_t[rows, y] += 16.0
-    peaked = cp.errors(EmulatedOps(), z_s, z_t, y)
-    fp32, bf16, shifted, mixed = (f"{s} / {t}" for s, t in cp.PAIRS)
-    for e in (flat, peaked):
-        assert e[fp32]["grad_logits"] < 1e-5 and e[fp32]["teacher_logprob_abs"] < 1e-5, e[fp32]
-        assert e[bf16]["grad_logits"] > 3e-3, e[bf16]           # bf16 rounding is visible
-        assert e[shifted]["teacher_logprob_abs"] < e[bf16]["teacher_logprob_abs"], e
-    assert peaked[shifted]["teacher_logprob_abs"] * 10 < peaked[bf16]["teacher_logprob_abs"], peaked
-    assert peaked[shifted]["grad_logits"] * 5 < peaked[bf16]["grad_logits"], peaked
-    # flat rows: the shift does not rescue the gradient; an fp32 student buffer does
-    assert flat[shifted]["grad_logits"] > 0.5 * flat[bf16]["grad_logits"], flat
-    assert flat[mixed]["grad_logits"] * 2 < flat[shifted]["grad_logits"], flat
 
 
 def test_rows_per_chunk_respects_budget():

@@ -1,5 +1,5 @@
 // Host build of csrc/objective_core.h: the same per-rollout and per-sibling code the CUDA kernels
-// run (objective.cu), behind a C function for ctypes (tests/native_objective.py). A rollout is
+// run (objective.cu), behind a C function for ctypes (tests/kernels/native_objective.py). A rollout is
 // processed by a team of `team_size` std::threads meeting at barriers where a thread block meets
 // at __syncthreads, so the strided loops, block sums and scans run with real concurrency too.
 #include <barrier>

@@ -1,4 +1,4 @@
-"""ctypes access to tests/native/objective_host.cpp: the CUDA objective's algorithm (csrc/objective_core.h)
+"""ctypes access to native/objective_host.cpp: the CUDA objective's algorithm (csrc/objective_core.h)
 compiled for the host, so its code is tested on machines without a GPU."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "tests" / "native" / "objective_host.cpp"
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = Path(__file__).resolve().parent / "native" / "objective_host.cpp"
 HEADER = ROOT / "csrc" / "objective_core.h"
 _library = None
 

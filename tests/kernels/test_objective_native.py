@@ -1,6 +1,6 @@
 """The CUDA objective's algorithm (csrc/objective_core.h) equals the torch objective, ties included.
 
-On every machine the header is compiled for the host (tests/native/objective_host.cpp) and run by
+On every machine the header is compiled for the host (native/objective_host.cpp) and run by
 teams of 1 to 5 threads that meet at barriers where a thread block meets at __syncthreads. On a
 GPU the real kernels (csrc/objective.cu) are checked against the same torch objective.
 """
