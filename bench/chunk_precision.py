@@ -28,8 +28,8 @@ from typing import Dict, List
 
 import torch
 
-from vaopd_kernels.testing import rel_err
 from bench.filter_reach import draw_rows
+from vaopd_kernels.testing import rel_err
 
 BUFFERS = ("fp32", "bf16", "bf16 target-shifted")
 # (student buffer, teacher buffer): the student pass holds both; the teacher-only pass (VA) two teachers

@@ -98,6 +98,8 @@ cudaError_t va_opd_coefficients(const VAOPDCoefficientsArgs& a, cudaStream_t str
       !a.high_mask || !a.rollout_mean_va || !a.distinct_prompts) {
     return invalid_argument("va_opd_coefficients: null pointer");
   }
+  // This C++ entry point guards its own arguments (a caller need not be Python); the Python API's
+  // range check is vaopd_kernels.validation.check_objective_options, run before any launch.
   if (!(a.high_fraction > 0.0 && a.high_fraction <= 1.0) || !(a.high_weight >= 0.0 && a.high_weight <= 1.0) ||
       !(a.va_temperature > 0.0) || !(a.eps > 0.0) || a.num_prompts < 0) {
     return invalid_argument(

@@ -9,11 +9,12 @@ from vaopd_kernels import objective, ops
 from vaopd_kernels.backends import check_backend_name, resolve_backend
 from vaopd_kernels.backends._autograd import no_autocast
 from vaopd_kernels.options import check_count, resolve_options
+from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult, WeightedKLResult
 from vaopd_kernels.validation import (INT, check_ablation, check_cu_seqlens, check_degraded, check_divergence,
                                       check_objective_options, check_pair, check_positive, check_rollouts,
                                       check_rows, check_same_device, check_student_teacher, check_targets,
                                       check_tensor, finite, resolve_vocab)
-from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult, WeightedKLResult
+
 
 def _coefficients_rule(high_fraction, high_weight, va_temperature, eps, num_prompts, high_selection,
                        rollout_weighting, high_seed):

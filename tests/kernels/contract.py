@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from vaopd_kernels import testing
-from vaopd_kernels.testing import rel_err
-from vaopd_kernels import Coefficients, KernelOptions, ops
+from vaopd_kernels import Coefficients, KernelOptions, ops, testing
 from vaopd_kernels.backends import reference
+from vaopd_kernels.testing import rel_err
 
 
 def make_inputs(n=12, ds=16, dt=24, vocab=37, pad=3, dtype=torch.float32, device="cpu", seed=0, close=False):

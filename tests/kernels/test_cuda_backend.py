@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from _cuda_emulation import EmulatedOps
-from vaopd_kernels.testing import rel_err
-from contract import CASES, compare, make_inputs, oracle, run_case
+from contract import compare, make_inputs, oracle, run_case
 from vaopd_kernels import KernelOptions, objective, ops
 from vaopd_kernels.backends import cuda as cuda_backend
+from vaopd_kernels.testing import rel_err
 
 # ----------------------------------------------------------------------------- helpers
 

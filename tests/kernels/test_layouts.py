@@ -12,8 +12,8 @@ import torch
 
 import vaopd_kernels as vk
 from vaopd_kernels import testing
-from vaopd_kernels.testing import rel_err
 from vaopd_kernels.backends import backend_unavailable_reason
+from vaopd_kernels.testing import rel_err
 
 N, DS, DT, V, PAD = 11, 8, 12, 37, 3
 LAYOUTS = ["strided", "expanded", "offset", "column_major", "mixed"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import vaopd_kernels as vk
-from vaopd_kernels.testing import near_teacher, rel_err
 from problems import make_problem
+from vaopd_kernels.testing import near_teacher, rel_err
 
 # fp32 evaluates sum p (z_s - z_t) and lse_t - lse_s, two numbers of logit size whose difference
 # is the KL: that costs ~1e-6 absolute whatever the formula, so a KL of 0.05 on a single row

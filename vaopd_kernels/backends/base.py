@@ -10,8 +10,8 @@
 
 A backend module also has ``FUSES_VIEWS`` (its VA-OPD loss scores all views in one scan) and,
 optionally, ``unavailable_reason() -> str | None`` and ``supports_device(device)`` (without them it
-runs anywhere) and ``va_opd_coefficients(...)`` (its own objective coefficients). Everything above the primitives (the
-public ops, autograd, VA, weighting, reductions) lives in ``vaopd_kernels.ops``.
+runs anywhere) and ``va_opd_coefficients(...)`` (its own objective coefficients). Everything above
+the primitives (the public ops, autograd, VA, coefficients, reductions) lives in ``vaopd_kernels.ops``.
 """
 from __future__ import annotations
 
