@@ -3,7 +3,7 @@ side-by-side runner against the peers (``python -m bench.compare``). See docs/be
 
 Modules, one job each:
 
-- ``problem``  shapes, deterministic inputs, packed rollout layout, GEMM floor FLOPs
+- ``problem``  the tasks and their GEMM floor FLOPs (shapes, inputs, ``rel_err``: ``vaopd_kernels.testing``)
 - ``presets``  the named shape sets (cpu-small, qwen3vl-2b-8b, sweep-n, sweep-v)
 - ``peers``    every implementation of each task (naive, authors, liger, cce, our backends)
 - ``measure``  wall time / CUDA events and peak memory of one job

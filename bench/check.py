@@ -19,35 +19,11 @@ import torch
 
 import vaopd_kernels
 from bench.peers import Outputs
-from bench.problem import JSD_BETA, Inputs
+from bench.problem import JSD_BETA
+from vaopd_kernels.testing import Inputs, rel_err
 
 SLICE_ROWS = 128
 TOLERANCE = {"float32": 1e-3, "float64": 1e-6, "bfloat16": 5e-2, "float16": 2e-2}
-
-
-def rel_err(out: Optional[torch.Tensor], ref: torch.Tensor, norm: str = "fro", floor: float = 1e-30) -> Optional[float]:
-    """Relative error ``||out - ref|| / max(||ref||, floor * ||ones||)`` in float64, on ``ref``'s device.
-
-    ``norm``: "fro" (root of the sum of squares) or "max" (largest absolute value). ``floor`` is a
-    per-element absolute scale, so refs near zero are judged in absolute terms. A missing output
-    gives None; a wrong shape or any non-finite value counts as infinitely wrong.
-    """
-    if out is None:
-        return None
-    ref = ref.detach().double()
-    out = out.detach().to(device=ref.device, dtype=torch.float64)
-    if out.shape != ref.shape or not bool(torch.isfinite(out).all()):
-        return float("inf")
-    if norm not in ("fro", "max"):
-        raise ValueError(f"norm must be 'fro' or 'max', got {norm!r}")
-    if ref.numel() == 0:
-        return 0.0
-
-    def size(t: torch.Tensor) -> float:
-        return float(t.norm() if norm == "fro" else t.abs().max())
-
-    unit = ref.numel() ** 0.5 if norm == "fro" else 1.0
-    return size(out - ref) / max(size(ref), floor * unit)
 
 
 def _slice_rows(inputs: Inputs, task: str):

@@ -12,9 +12,9 @@ per-row shift.
 This script measures it without a GPU: rows of logits at the real vocabulary size (flat, peaked,
 near certain, and peaked at a larger logit scale) are drawn in float64, rounded as each buffer
 would hold them (the GEMM's fp32 result, then the buffer's dtype), and fed to the row kernels'
-emulation (tests/_cuda_emulation.py: the same in-place contract, fp32 math, as the CUDA kernels,
+emulation (tests/kernels/_cuda_emulation.py: the same in-place contract, fp32 math, as the CUDA kernels,
 which read a bf16 buffer into fp32 registers). Errors against float64 on the same logits:
-norm-wise relative (bench.check.rel_err) for the per-token KL and d loss / d z_s, max absolute
+norm-wise relative (vaopd_kernels.testing.rel_err) for the per-token KL and d loss / d z_s, max absolute
 for the target log-probs (VA is their difference).
 
     python -m bench.chunk_precision [--rows 128]
@@ -28,8 +28,8 @@ from typing import Dict, List
 
 import torch
 
-from bench.check import rel_err
 from bench.filter_reach import draw_rows
+from vaopd_kernels.testing import rel_err
 
 BUFFERS = ("fp32", "bf16", "bf16 target-shifted")
 # (student buffer, teacher buffer): the student pass holds both; the teacher-only pass (VA) two teachers
@@ -101,8 +101,8 @@ def markdown(results: List[Dict], rows: int) -> str:
 
 
 def emulated_ops():
-    """The row kernels' CPU emulation, which lives with the tests (tests/_cuda_emulation.py)."""
-    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    """The row kernels' CPU emulation, which lives with the kernel tests (tests/kernels/_cuda_emulation.py)."""
+    tests = str(Path(__file__).resolve().parents[1] / "tests" / "kernels")
     if tests not in sys.path:
         sys.path.insert(0, tests)
     from _cuda_emulation import EmulatedOps

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.problem import Shape, make_inputs
+from vaopd_kernels.testing import Shape, make_inputs
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Small shapes: the point is per-op, per-backend relative cost, not the headline numbers.

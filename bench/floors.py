@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List
 
-from bench.problem import Shape
+from vaopd_kernels.testing import Shape
 
 # Card rates (dense, datasheet-level, measured matmul rate close to these): bf16 tensor-core GEMM;
 # plain fp32 GEMM (no TF32: torch's default) on the CUDA cores; HBM bandwidth.

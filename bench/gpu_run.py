@@ -11,7 +11,7 @@ fused views vs cuBLAS backward; KL-only through the scalar path, ours vs Liger-K
 the same inputs; the gradient filter on peaked rows; the trainer's demo; the backends' tests on
 the GPU. ``--stages compare`` (a call of its own) runs the side-by-side runner at the headline
 preset with the peers installed the same way. Every timed case goes
-through the bench's own pieces: ``problem`` inputs, ``measure`` timing and memory, ``check``
+through the same pieces: ``vaopd_kernels.testing`` inputs, ``measure`` timing and memory, ``check``
 errors against the reference on a row slice. A stage that overruns its limit is killed; the
 cases it finished are kept (it rewrites its result file after each).
 

@@ -27,7 +27,7 @@ class Context:
     def __init__(self, stage: str, result_path: Path, smoke: bool, limit_s: float):
         import torch
 
-        from bench.problem import Shape
+        from vaopd_kernels.testing import Shape
 
         self.torch = torch
         self.stage, self.path, self.smoke, self.limit_s = stage, result_path, smoke, limit_s
@@ -56,9 +56,9 @@ class Context:
         return case
 
     def inputs(self):
-        """The stage's one problem (problem.make_inputs): every case of a stage sees the same inputs."""
+        """The stage's one problem (vaopd_kernels.testing.make_inputs): every case of a stage sees the same inputs."""
         if self._inputs is None:
-            from bench.problem import make_inputs
+            from vaopd_kernels.testing import make_inputs
             self._inputs = make_inputs(self.shape, self.device)
         return self._inputs
 
@@ -81,6 +81,7 @@ def timed_case(ctx: Context, name: str, fn: Callable, task: str, x=None, design:
     (hidden, head), compared with ``reference_grads`` when given (same error measure)."""
     from bench import check
     from bench.measure import measure
+    from vaopd_kernels.testing import rel_err
 
     x = x if x is not None else ctx.inputs()
     case = {"case": name, "task": task, "design": design, **extra}
@@ -103,7 +104,7 @@ def timed_case(ctx: Context, name: str, fn: Callable, task: str, x=None, design:
     grads = tuple(None if g is None else g.detach().clone() for g in grads)
     if reference_grads is not None:
         case["grad_error_vs_reference_case"] = {
-            name_: check.rel_err(g, r) for name_, g, r in zip(("hidden", "head"), grads, reference_grads)}
+            name_: rel_err(g, r) for name_, g, r in zip(("hidden", "head"), grads, reference_grads)}
     ctx.add(case)
     x.zero_grad()
     del m
@@ -291,7 +292,7 @@ def stage_filter(ctx: Context) -> None:
     backward visits them), and the gradient error against the unfiltered run."""
     torch = ctx.torch
     from bench import filter_reach, peers
-    from bench.problem import peaked
+    from vaopd_kernels.testing import peaked
 
     for label, margin, uncertain in (("peaked rows (margin 16, p_target ~ 0.95)", 16.0, 0.0),
                                      ("70% near-certain (margin 24) + 30% margin 16", 24.0, 0.3)):
@@ -340,7 +341,8 @@ def stage_trainer(ctx: Context) -> None:
                  "metrics": [json.loads(line) for line in lines[-8:]], "output_tail": (proc.stdout + proc.stderr)[-1500:]})
 
 
-GPU_TESTS = ("tests/test_cuda_backend.py", "tests/test_triton_backend.py", "tests/test_objective_native.py")
+GPU_TESTS = ("tests/kernels/test_cuda_backend.py", "tests/kernels/test_triton_backend.py",
+             "tests/kernels/test_objective_native.py")
 
 
 def stage_gpu_tests(ctx: Context) -> None:
@@ -423,7 +425,7 @@ def annotate_bounds(result: Dict) -> None:
     """Each timed case with a design gets its design's bound (bench.floors) on the measured matmul
     rate and copy bandwidth (datasheet values when the gemm stage did not run), and time / bound."""
     from bench import floors
-    from bench.problem import Shape
+    from vaopd_kernels.testing import Shape
 
     measured = next((s.get("measured") for s in result["stages"] if s.get("measured")), None)
     card = "H100" if "H100" in str(result.get("card", "")) else "H200"

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List
 import torch
 
 from bench.peers import Outputs
-from bench.problem import Inputs
+from vaopd_kernels.testing import Inputs
 
 
 def _proc_status_kib() -> Dict[str, int]:

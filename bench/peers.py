@@ -1,6 +1,6 @@
 """Every implementation of the benchmark tasks, ours and the peers', behind one interface.
 
-A task function takes ``problem.Inputs`` and returns ``Outputs``; for the forward + backward
+A task function takes ``vaopd_kernels.testing.Inputs`` and returns ``Outputs``; for the forward + backward
 tasks it also calls ``backward()``, leaving the gradients on ``inputs.student_hidden.grad`` and
 ``inputs.student_weight.grad``. Tasks (problem.TASKS):
 
@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import vaopd_kernels
-from bench.problem import JSD_BETA, Inputs
+from bench.problem import JSD_BETA
+from vaopd_kernels.testing import Inputs
 
 
 @dataclass

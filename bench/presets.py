@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Tuple
 
-from bench.problem import Shape
+from vaopd_kernels.testing import Shape
 
 QWEN_VOCAB = 151_936
 

@@ -8,7 +8,8 @@ from typing import Dict, List, Optional
 
 from bench.check import TOLERANCE
 from bench.peers import CROSS_CHECK_ORDER
-from bench.problem import Shape, floor_flops
+from bench.problem import floor_flops
+from vaopd_kernels.testing import Shape
 
 MIB = 2 ** 20
 TASK_TITLES = {"va_opd": "VA-OPD loss, forward + backward (with the pixelated pass)",

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from bench import floors
-from bench.problem import Shape
+from vaopd_kernels.testing import Shape
 
 
 def test_materialized_counts_by_hand():

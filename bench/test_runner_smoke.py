@@ -45,7 +45,7 @@ def test_wrong_answer_is_flagged():
     """A fast wrong answer must not pass the check: scale the naive KL by 1.01."""
     from bench import check
     from bench.peers import Outputs, naive_va_opd
-    from bench.problem import make_inputs
+    from vaopd_kernels.testing import make_inputs
 
     x = make_inputs(get_preset("smoke", "cpu").shapes[0])
     out = naive_va_opd(x)
@@ -62,7 +62,7 @@ def test_kl_task_times_our_scalar_opd_loss_and_keeps_the_per_token_row(monkeypat
     from bench import check
     from bench.compare import planned_jobs
     from bench.peers import TOKEN_KL_SUFFIX
-    from bench.problem import make_inputs
+    from vaopd_kernels.testing import make_inputs
 
     shape = get_preset("smoke", "cpu").shapes[0]
     impls = build_impls()

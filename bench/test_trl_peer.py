@@ -10,8 +10,8 @@ import torch
 from bench import check, report
 from bench.peers import Outputs, build_impls, trl_jsd
 from bench.presets import get_preset
-from bench.problem import make_inputs
 from bench.worker import run_job
+from vaopd_kernels.testing import make_inputs
 
 pytest.importorskip("trl")
 

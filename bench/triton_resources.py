@@ -30,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from vaopd_kernels import KernelOptions
-from vaopd_kernels.backends.triton import _config, backward, matmul, stats
+from vaopd_kernels.backends.triton import _codes, _config, backward, matmul, stats
 
 # The launches the backend makes at the headline shape (bf16, N = 8192, Ds = 2048, Dt = 4096,
 # V = 151,936): kernel, constexpr flags, and the integer arguments it sees there. Integers are
@@ -39,25 +39,26 @@ from vaopd_kernels.backends.triton import _config, backward, matmul, stats
 N, V, DS, DT = 8192, 151_936, 2048, 4096
 COLS = backward._chunk_columns(N, V, 2, KernelOptions().triton_workspace_bytes)  # backward vocab chunk (bf16)
 _SHAPE = dict(N=N, V=V, Ds=DS, Dt=DT, stride_sh=DS, stride_sw=DS, stride_th=DT, stride_tw=DT)
-_STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=stats.CROSS_NONE, MIN_T=False)
+_REVERSE = _codes.DIV_REVERSE.value
+_STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=_codes.DIV_NONE.value, MIN_T=False)
 _MATMUL = dict(stride_bk=DS, stride_bn=1, stride_cm=DS)
 LAUNCHES = {
     "stats: teacher + pixelated (VA)": (stats._stats_kernel, {**_STATS, "HAS_T": True, "HAS_D": True,
                                                                      "HAS_Y": True}, _SHAPE, {}),
     "stats: student + teacher, reverse KL": (stats._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
-                                                                          "HAS_Y": True, "CROSS": 1}, _SHAPE, {}),
+                                                                          "HAS_Y": True, "CROSS": _REVERSE}, _SHAPE, {}),
     "stats: three views (va_kl)": (stats._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
-                                                               "HAS_D": True, "HAS_Y": True, "CROSS": 1}, _SHAPE, {}),
+                                                               "HAS_D": True, "HAS_Y": True, "CROSS": _REVERSE}, _SHAPE, {}),
     # with the gradient filter on, the forward also keeps the teacher's smallest logit
     "stats: student + teacher, reverse KL, filtered": (stats._stats_kernel, {
-        **_STATS, "HAS_S": True, "HAS_T": True, "HAS_Y": True, "CROSS": 1, "MIN_T": True}, _SHAPE, {}),
+        **_STATS, "HAS_S": True, "HAS_T": True, "HAS_Y": True, "CROSS": _REVERSE, "MIN_T": True}, _SHAPE, {}),
 }
 _FLAG_COLS = COLS // 64
 _MM_FLAGS = dict(LIST_STAGES=matmul._LIST_STAGES)
 for _filter in (False, True):
     _tag, _flags = (", filtered" if _filter else ""), dict(FILTER=_filter, FLAG_BLOCK=64)
     LAUNCHES.update({
-        f"dlogits: reverse KL{_tag}": (backward.dlogits_kernel, dict(MODE=backward.MODE_REVERSE.value, **_flags),
+        f"dlogits: reverse KL{_tag}": (backward.dlogits_kernel, dict(MODE=_REVERSE, **_flags),
                                        {**_SHAPE, "v_begin": 0, "v_end": COLS, "Vc": COLS, "stride_dz": COLS,
                                         "flag_cols": _FLAG_COLS}, {}),
         f"matmul: d head = dz^T h{_tag}": (matmul._matmul_kernel, dict(ACCUMULATE=False, ORDER_B=_filter,

@@ -17,7 +17,7 @@ import torch
 from bench import check as check_mod
 from bench.measure import measure
 from bench.peers import build_impls
-from bench.problem import Shape, make_inputs
+from vaopd_kernels.testing import Shape, make_inputs
 
 PREFIX = "BENCH_JOB "
 

@@ -11,7 +11,7 @@
 //       packed at the start of each row, see vaopd_kernels.cuh).
 //   logprob_grad(student!, lse, targets, row_grad, inv_temperature, grad_format) -> ()
 //       student chunk := row_grad[n] / T * (onehot(y_n) - p_s).
-//   va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature, eps,
+//   va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, va_temperature, eps,
 //                  num_prompts) -> (token_weight [N] f64, rollout_weight [R] f64, high_mask [N] bool)
 //       the VA-OPD objective's coefficients (visual_advantage float64, cu_seqlens/prompt_ids int64;
 //       num_prompts 0 counts the distinct prompt ids). Offsets are trusted: the Python API validates them.
@@ -107,7 +107,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence(Tensor student, co
   TORCH_CHECK(teacher.sizes() == student.sizes() && teacher.scalar_type() == student.scalar_type() &&
                   teacher.device() == student.device(),
               "teacher: expected the student chunk's shape, dtype and device");
-  TORCH_CHECK(kind >= 0 && kind <= 2, "divergence: expected 0 (reverse), 1 (forward) or 2 (jsd), got ", kind);
+  TORCH_CHECK(kind >= 0 && kind <= static_cast<int64_t>(vaopd::Divergence::kJSD),
+              "divergence: expected a vaopd::Divergence value (vaopd_kernels.cuh), got ", kind);
   const c10::cuda::CUDAGuard guard(student.device());
   vaopd::DivergenceArgs a;
   a.rows = student.size(0);
@@ -165,9 +166,10 @@ void logprob_grad(Tensor student, const Tensor& lse, const Tensor& targets, cons
   check_cuda(vaopd::logprob_grad(a, c10::cuda::getCurrentCUDAStream()), "logprob_grad");
 }
 
-std::tuple<Tensor, Tensor, Tensor> va_opd_weights(const Tensor& visual_advantage, const Tensor& cu_seqlens,
-                                                  const Tensor& prompt_ids, double high_fraction, double high_weight,
-                                                  double temperature, double eps, int64_t num_prompts) {
+std::tuple<Tensor, Tensor, Tensor> va_opd_coefficients(const Tensor& visual_advantage, const Tensor& cu_seqlens,
+                                                       const Tensor& prompt_ids, double high_fraction,
+                                                       double high_weight, double va_temperature, double eps,
+                                                       int64_t num_prompts) {
   TORCH_CHECK(visual_advantage.is_cuda() && visual_advantage.dim() == 1, "visual_advantage: expected a 1-D CUDA tensor");
   const int64_t rows = visual_advantage.size(0), rollouts = prompt_ids.numel();
   check_rows(visual_advantage, rows, at::kDouble, "visual_advantage", visual_advantage);
@@ -180,7 +182,7 @@ std::tuple<Tensor, Tensor, Tensor> va_opd_weights(const Tensor& visual_advantage
   Tensor high_mask = at::empty({rows}, f64.dtype(at::kBool));
   Tensor mean_va = at::empty({rollouts}, f64);
   Tensor distinct = at::empty({1}, f64.dtype(at::kLong));
-  vaopd::VAOPDWeightsArgs a;
+  vaopd::VAOPDCoefficientsArgs a;
   a.num_rows = rows;
   a.num_rollouts = rollouts;
   a.visual_advantage = visual_advantage.data_ptr<double>();
@@ -188,7 +190,7 @@ std::tuple<Tensor, Tensor, Tensor> va_opd_weights(const Tensor& visual_advantage
   a.prompt_ids = prompt_ids.data_ptr<int64_t>();
   a.high_fraction = high_fraction;
   a.high_weight = high_weight;
-  a.temperature = temperature;
+  a.va_temperature = va_temperature;
   a.eps = eps;
   a.num_prompts = num_prompts;
   a.token_weight = token_weight.data_ptr<double>();
@@ -196,7 +198,7 @@ std::tuple<Tensor, Tensor, Tensor> va_opd_weights(const Tensor& visual_advantage
   a.high_mask = high_mask.data_ptr<bool>();
   a.rollout_mean_va = mean_va.data_ptr<double>();
   a.distinct_prompts = reinterpret_cast<unsigned long long*>(distinct.data_ptr<int64_t>());
-  check_cuda(vaopd::va_opd_weights(a, c10::cuda::getCurrentCUDAStream()), "va_opd_weights");
+  check_cuda(vaopd::va_opd_coefficients(a, c10::cuda::getCurrentCUDAStream()), "va_opd_coefficients");
   return {token_weight, rollout_weight, high_mask};
 }
 
@@ -209,15 +211,15 @@ TORCH_LIBRARY(vaopd, m) {
         "float beta, float inv_temperature, int grad_format) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("logprob_grad(Tensor(a!) student, Tensor lse, Tensor targets, Tensor row_grad, float inv_temperature, "
         "int grad_format) -> ()");
-  m.def("va_opd_weights(Tensor visual_advantage, Tensor cu_seqlens, Tensor prompt_ids, float high_fraction, "
-        "float high_weight, float temperature, float eps, int num_prompts) -> (Tensor, Tensor, Tensor)");
+  m.def("va_opd_coefficients(Tensor visual_advantage, Tensor cu_seqlens, Tensor prompt_ids, float high_fraction, "
+        "float high_weight, float va_temperature, float eps, int num_prompts) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(vaopd, CUDA, m) {
   m.impl("view_stats", &view_stats);
   m.impl("divergence", &divergence);
   m.impl("logprob_grad", &logprob_grad);
-  m.impl("va_opd_weights", &va_opd_weights);
+  m.impl("va_opd_coefficients", &va_opd_coefficients);
 }
 
 // An (empty) Python module so that `import vaopd_kernels._cuda_ext` loads the library; importing

@@ -61,7 +61,7 @@ struct BlockTeam {
   }
 };
 
-__global__ void __launch_bounds__(kThreads) select_kernel(VAOPDWeightsArgs a) {
+__global__ void __launch_bounds__(kThreads) select_kernel(VAOPDCoefficientsArgs a) {
   __shared__ Slot slots[kWarps];
   BlockTeam team{slots};
   const int64_t r = blockIdx.x, start = a.cu_seqlens[r], length = a.cu_seqlens[r + 1] - start;
@@ -71,16 +71,16 @@ __global__ void __launch_bounds__(kThreads) select_kernel(VAOPDWeightsArgs a) {
   if (threadIdx.x == 0) a.rollout_mean_va[r] = mean;
 }
 
-__global__ void __launch_bounds__(kThreads) sibling_kernel(VAOPDWeightsArgs a) {
+__global__ void __launch_bounds__(kThreads) sibling_kernel(VAOPDCoefficientsArgs a) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (r >= a.num_rollouts) return;
   const objective::SiblingWeight w =
-      objective::sibling_weight(r, a.num_rollouts, a.prompt_ids, a.rollout_mean_va, a.temperature, a.eps);
+      objective::sibling_weight(r, a.num_rollouts, a.prompt_ids, a.rollout_mean_va, a.va_temperature, a.eps);
   a.rollout_weight[r] = w.weight;
   if (w.first_of_group) atomicAdd(a.distinct_prompts, 1ull);
 }
 
-__global__ void __launch_bounds__(kThreads) scale_kernel(VAOPDWeightsArgs a) {
+__global__ void __launch_bounds__(kThreads) scale_kernel(VAOPDCoefficientsArgs a) {
   const int64_t r = blockIdx.x, start = a.cu_seqlens[r], stop = a.cu_seqlens[r + 1];
   const double prompts = static_cast<double>(a.num_prompts > 0 ? static_cast<unsigned long long>(a.num_prompts)
                                                                : *a.distinct_prompts);
@@ -90,17 +90,20 @@ __global__ void __launch_bounds__(kThreads) scale_kernel(VAOPDWeightsArgs a) {
 
 }  // namespace
 
-cudaError_t va_opd_weights(const VAOPDWeightsArgs& a, cudaStream_t stream) {
+cudaError_t va_opd_coefficients(const VAOPDCoefficientsArgs& a, cudaStream_t stream) {
   if (a.num_rows < 1 || a.num_rollouts < 1 || a.num_rollouts > a.num_rows || a.num_rollouts > 0x7fffffff) {
-    return invalid_argument("va_opd_weights: need 1 <= num_rollouts <= num_rows and num_rollouts < 2^31");
+    return invalid_argument("va_opd_coefficients: need 1 <= num_rollouts <= num_rows and num_rollouts < 2^31");
   }
   if (!a.visual_advantage || !a.cu_seqlens || !a.prompt_ids || !a.token_weight || !a.rollout_weight ||
       !a.high_mask || !a.rollout_mean_va || !a.distinct_prompts) {
-    return invalid_argument("va_opd_weights: null pointer");
+    return invalid_argument("va_opd_coefficients: null pointer");
   }
+  // This C++ entry point guards its own arguments (a caller need not be Python); the Python API's
+  // range check is vaopd_kernels.validation.check_objective_options, run before any launch.
   if (!(a.high_fraction > 0.0 && a.high_fraction <= 1.0) || !(a.high_weight >= 0.0 && a.high_weight <= 1.0) ||
-      !(a.temperature > 0.0) || !(a.eps > 0.0) || a.num_prompts < 0) {
-    return invalid_argument("va_opd_weights: need 0 < f <= 1, 0 <= lambda <= 1, temperature > 0, eps > 0, P >= 0");
+      !(a.va_temperature > 0.0) || !(a.eps > 0.0) || a.num_prompts < 0) {
+    return invalid_argument(
+        "va_opd_coefficients: need 0 < f <= 1, 0 <= lambda <= 1, va_temperature > 0, eps > 0, P >= 0");
   }
   const cudaError_t zeroed = cudaMemsetAsync(a.distinct_prompts, 0, sizeof(unsigned long long), stream);
   if (zeroed != cudaSuccess) return zeroed;

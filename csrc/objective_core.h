@@ -1,5 +1,5 @@
 // The VA-OPD objective's per-rollout and per-sibling-group work (docs/math.md), written once
-// for both a CUDA thread block (objective.cu) and a single host thread (tests/native/objective_host.cpp),
+// for both a CUDA thread block (objective.cu) and a single host thread (tests/kernels/native/objective_host.cpp),
 // so the exact code the GPU runs is also tested on machines without one.
 //
 // Plain C++ (no CUDA or torch headers). Parallel loops and reductions go through a "team":

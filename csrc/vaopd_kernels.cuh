@@ -25,6 +25,7 @@ enum class LogitType : int { kFloat32 = 0, kFloat64 = 1 };
 //              [rows, V] matrix with row stride 2 * ld (elements), ready for a bf16/fp16 GEMM.
 enum class GradFormat : int { kSame = 0, kBFloat16 = 1, kFloat16 = 2 };
 
+// base.Divergence's values (vaopd_kernels/backends/base.py; tests/kernels/test_divergence_codes.py checks them)
 enum class Divergence : int { kReverse = 0, kForward = 1, kJSD = 2 };
 
 constexpr int kMaxViews = 3;
@@ -90,7 +91,7 @@ cudaError_t logprob_grad(const LogprobGradArgs& args, cudaStream_t stream);
 // per rollout the top ceil(f T) tokens by VA (ties to the earlier token), the lambda / (1 - lambda)
 // group split and the sibling-softmax rollout weight, over P prompts. Float64 throughout, so the
 // results match the torch objective's float64 arithmetic to rounding.
-struct VAOPDWeightsArgs {
+struct VAOPDCoefficientsArgs {
   int64_t num_rows = 0;
   int64_t num_rollouts = 0;
   const double* visual_advantage = nullptr;  // [num_rows]
@@ -98,7 +99,7 @@ struct VAOPDWeightsArgs {
   const int64_t* prompt_ids = nullptr;       // [num_rollouts]
   double high_fraction = 0.2;                // 0 < f <= 1
   double high_weight = 0.5;                  // 0 <= lambda <= 1
-  double temperature = 1.0;
+  double va_temperature = 1.0;
   double eps = 1e-6;
   int64_t num_prompts = 0;                   // P; 0 = the number of distinct prompt ids
   // outputs
@@ -110,7 +111,7 @@ struct VAOPDWeightsArgs {
   unsigned long long* distinct_prompts = nullptr;
 };
 
-cudaError_t va_opd_weights(const VAOPDWeightsArgs& args, cudaStream_t stream);
+cudaError_t va_opd_coefficients(const VAOPDCoefficientsArgs& args, cudaStream_t stream);
 
 // Human-readable name of the last argument-validation failure of this thread ("" if none).
 const char* last_argument_error();

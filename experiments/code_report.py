@@ -9,8 +9,7 @@ import os
 import platform
 from typing import Dict, List
 
-from .code_reproduce import ARMS
-from .code_stats import MAX_OPD_SD, MIN_EFFECT, decide, mean_sd
+from .code_stats import ARMS, MAX_OPD_SD, MIN_EFFECT, decide, mean_sd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABEL = {"opd": "OPD", "va_opd": "VA-OPD", "random_high": "random-high", "va_opd_uniform": "VA-OPD, uniform weights",

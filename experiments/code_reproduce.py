@@ -22,18 +22,11 @@ from typing import Dict, List
 from . import code_task
 from .task import PROMPT_SUFFIX
 from .code_setup import STUDENT_DIR, TEACHER_DIR
+from .code_stats import ARMS
 
 STEPS = 40  # fixed from the timing run recorded in docs/preregistration.md
 LR = 1e-3
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# arm -> (trainer options, number of seeds); learning rates are multiples of --lr
-ARMS = {
-    "opd": (dict(method="opd"), 6),
-    "va_opd": (dict(method="va_opd"), 6),
-    "random_high": (dict(method="va_opd", high_selection="random"), 6),
-    "va_opd_uniform": (dict(method="va_opd", rollout_weighting="uniform"), 3),
-    "opd_lr2.5": (dict(method="opd", lr_scale=2.5), 3),
-}
 
 
 def probe_trainer_class():

@@ -10,6 +10,15 @@ from typing import Dict, List, Sequence
 ALPHA = 0.05
 MIN_EFFECT = 2.0  # points: falsified when the one-sided 95% upper bound of VA-OPD - OPD is below this
 MAX_OPD_SD = 8.0  # points: above this seed-to-seed SD the comparison is declared underpowered
+# The pre-registered arms, run by code_reproduce and reported by code_report:
+# arm -> (trainer options, number of seeds); learning rates are multiples of --lr
+ARMS = {
+    "opd": (dict(method="opd"), 6),
+    "va_opd": (dict(method="va_opd"), 6),
+    "random_high": (dict(method="va_opd", high_selection="random"), 6),
+    "va_opd_uniform": (dict(method="va_opd", rollout_weighting="uniform"), 3),
+    "opd_lr2.5": (dict(method="opd", lr_scale=2.5), 3),
+}
 
 
 def t_cdf(t: float, df: int) -> float:

@@ -1,7 +1,7 @@
 """The VA-OPD and OPD reductions of per-token KL to a loss (backend independent).
 
 Everything here is vectorised over packed rollouts: no Python loop over rollouts, and the
-weights need no host synchronisation (the python-float metrics need one).
+coefficients need no host synchronisation (the python-float metrics need one).
 Inputs are assumed validated by ``api.py``.
 """
 from __future__ import annotations
@@ -88,10 +88,10 @@ def uniform_sibling_weights(group: torch.Tensor) -> torch.Tensor:
     return 1.0 / count[group]
 
 
-def va_opd_weights(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, prompt_ids: torch.Tensor, *,
-                   high_fraction: float, high_weight: float, temperature: float, eps: float,
-                   num_prompts: Optional[int], high_selection: str = "va", rollout_weighting: str = "va",
-                   high_seed: Optional[int] = None) -> Coefficients:
+def va_opd_coefficients(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, prompt_ids: torch.Tensor, *,
+                        high_fraction: float, high_weight: float, va_temperature: float, eps: float,
+                        num_prompts: Optional[int], high_selection: str = "va", rollout_weighting: str = "va",
+                        high_seed: Optional[int] = None) -> Coefficients:
     """The paper's coefficients: (1/P) w_r [lambda/|H_r| on H_r, (1-lambda)/|L_r| on L_r].
 
     Ablations (the paper's recipe is "va" for both): ``high_selection="random"`` draws H_r as
@@ -107,7 +107,7 @@ def va_opd_weights(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, pro
     if rollout_weighting == "uniform":
         rollout_weight = uniform_sibling_weights(group)
     else:
-        rollout_weight = sibling_softmax_weights(rollout_mean_va, group, temperature, eps)
+        rollout_weight = sibling_softmax_weights(rollout_mean_va, group, va_temperature, eps)
 
     if high_selection == "random":
         high = random_high_mask(rollout, lengths, high_fraction, high_seed)
@@ -123,7 +123,7 @@ def va_opd_weights(visual_advantage: torch.Tensor, cu_seqlens: torch.Tensor, pro
     return Coefficients(token_weight, rollout_weight, high, va)
 
 
-def opd_weights(cu_seqlens: torch.Tensor, num_rows: int, num_rollouts: Optional[int]) -> Coefficients:
+def opd_coefficients(cu_seqlens: torch.Tensor, num_rows: int, num_rollouts: Optional[int]) -> Coefficients:
     """Standard OPD: (1/R) sum_r mean_{n in r} KL_n."""
     rollout = rollout_index(cu_seqlens, num_rows)
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).double()
@@ -132,16 +132,16 @@ def opd_weights(cu_seqlens: torch.Tensor, num_rows: int, num_rollouts: Optional[
     return Coefficients(token_weight, torch.ones_like(lengths), high, None)
 
 
-def reduce_kl(token_kl: torch.Tensor, weights: Coefficients, loss: Optional[torch.Tensor] = None,
+def reduce_kl(token_kl: torch.Tensor, coefficients: Coefficients, loss: Optional[torch.Tensor] = None,
               extra_metrics: Optional[Dict[str, torch.Tensor]] = None) -> ObjectiveResult:
     """The objective's result; ``loss`` is sum(token_weight * token_kl) unless already computed.
     ``extra_metrics`` (0-dim tensors) join the metrics, which reach Python in one host sync."""
     if loss is None:
-        loss = (weights.token_weight.to(token_kl.dtype) * token_kl).sum()
-    metrics = _metrics(token_kl.detach(), weights)
+        loss = (coefficients.token_weight.to(token_kl.dtype) * token_kl).sum()
+    metrics = _metrics(token_kl.detach(), coefficients)
     metrics.update(extra_metrics or {})
-    return ObjectiveResult(loss, weights.token_weight.float(), weights.rollout_weight.float(),
-                           weights.high_mask, to_python(metrics))
+    return ObjectiveResult(loss, coefficients.token_weight.float(), coefficients.rollout_weight.float(),
+                           coefficients.high_mask, to_python(metrics))
 
 
 def to_python(values: Dict[str, torch.Tensor]) -> Dict[str, float]:
@@ -152,15 +152,15 @@ def to_python(values: Dict[str, torch.Tensor]) -> Dict[str, float]:
     return dict(zip(values, floats))
 
 
-def _metrics(kl: torch.Tensor, weights: Coefficients) -> Dict[str, torch.Tensor]:
+def _metrics(kl: torch.Tensor, coefficients: Coefficients) -> Dict[str, torch.Tensor]:
     """The metrics as 0-dim tensors; means over no token are NaN (0 / 0)."""
     kl = kl.double()
     metrics = {
         "kl_mean": kl.sum() / kl.numel(),
-        "rollout_weight_min": weights.rollout_weight.min(),
-        "rollout_weight_max": weights.rollout_weight.max(),
+        "rollout_weight_min": coefficients.rollout_weight.min(),
+        "rollout_weight_max": coefficients.rollout_weight.max(),
     }
-    va, high = weights.visual_advantage, weights.high_mask
+    va, high = coefficients.visual_advantage, coefficients.high_mask
     if va is not None:
         va = va.double()
         num_high = high.sum().double()

@@ -74,44 +74,44 @@ def va_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded, *, vocab_size: in
     return _result(stats, kl, _visual_advantage(stats), dtype)
 
 
-def weighted_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded,
-                token_weights: Callable[[Optional[torch.Tensor]], Coefficients], *, vocab_size: int,
+def va_opd_loss(impl: Backend, sh, sw, th, tw, targets, th_degraded,
+                coefficients_for: Callable[[Optional[torch.Tensor]], Coefficients], *, vocab_size: int,
                 options: KernelOptions) -> Tuple[torch.Tensor, VAKLResult, Coefficients]:
-    """loss = sum(token_weight * reverse KL), the weights asked for (``token_weights(VA or None)``) as
-    soon as VA is known, so the gradients are formed during this call and backward only rescales
-    them. Returns (loss, detached per-token results, the weights)."""
+    """loss = sum(token_weight * reverse KL), the coefficients asked for (``coefficients_for(VA or
+    None)``) as soon as VA is known, so the gradients are formed during this call and backward only
+    rescales them. Returns (loss, detached per-token results, the coefficients)."""
     need_grad = wants_grad(sh, sw)  # asked outside any no_grad region
     views = Views(vocab_size, student=(sh, sw), teacher=(th, tw), targets=targets)
     if th_degraded is not None and (impl.FUSES_VIEWS or options.fused_views):  # all views in one scan
         views.degraded = th_degraded
         stats = _scan(impl, views, options, Divergence.REVERSE)
         va = _visual_advantage(stats)
-        weights = token_weights(va)
-        grads = impl.gradients(stats.saved, weights.token_weight, options=options) if need_grad else None
-    else:  # the teacher views first (VA), then student + teacher with the weights known
+        coefficients = coefficients_for(va)
+        grads = impl.gradients(stats.saved, coefficients.token_weight, options=options) if need_grad else None
+    else:  # the teacher views first (VA), then student + teacher with the coefficients known
         va = None
         if th_degraded is not None:
             teacher = _scan(impl, Views(vocab_size, teacher=(th, tw), degraded=th_degraded, targets=targets), options)
             va = _visual_advantage(teacher)
-        weights = token_weights(va)
-        stats = _scan(impl, views, options, Divergence.REVERSE, row_weight=weights.token_weight if need_grad else None)
+        coefficients = coefficients_for(va)
+        row_weight = coefficients.token_weight if need_grad else None
+        stats = _scan(impl, views, options, Divergence.REVERSE, row_weight=row_weight)
         grads = stats.grads
     dtype = compute_dtype(sh, sw, th, tw)
     kl = stats.kl.to(dtype)
     with torch.no_grad():
-        loss = (weights.token_weight.to(dtype) * kl).sum()
-    recompute = lambda: impl.gradients(stats.saved, weights.token_weight, options=options)  # noqa: E731
+        loss = (coefficients.token_weight.to(dtype) * kl).sum()
+    recompute = lambda: impl.gradients(stats.saved, coefficients.token_weight, options=options)  # noqa: E731
     loss = precomputed_loss(loss, sh, sw, grads, recompute, recomputed_from=(th, tw))
-    return loss, _result(stats, kl, va, dtype), weights
+    return loss, _result(stats, kl, va, dtype), coefficients
 
 
-def given_weights_kl(impl: Backend, sh, sw, th, tw, token_weight: torch.Tensor, targets: Optional[torch.Tensor], *,
-                     vocab_size: int, options: KernelOptions) -> Tuple[torch.Tensor, VAKLResult]:
-    """loss = sum(token_weight * reverse KL) for weights known before the call: :func:`weighted_kl`
+def weighted_kl(impl: Backend, sh, sw, th, tw, token_weight: torch.Tensor, targets: Optional[torch.Tensor], *,
+                vocab_size: int, options: KernelOptions) -> Tuple[torch.Tensor, VAKLResult]:
+    """loss = sum(token_weight * reverse KL) for weights known before the call: :func:`va_opd_loss`
     without a degraded view, one scan that forms the gradients as it goes. Returns (loss, detached
     per-token results; log-probs and entropy only with ``targets``)."""
-    weights = Coefficients(token_weight, None, None, None)
-    loss, result, _ = weighted_kl(impl, sh, sw, th, tw, targets, None, lambda va: weights, vocab_size=vocab_size,
-                                  options=options)
+    coefficients = Coefficients(token_weight, None, None, None)
+    loss, result, _ = va_opd_loss(impl, sh, sw, th, tw, targets, None, lambda va: coefficients,
+                                  vocab_size=vocab_size, options=options)
     return loss, result
-

@@ -113,10 +113,6 @@ class TrainConfig:
     num_visualize: int = _field(4, "rollouts shown in the token-level VA page (va_tokens.html)")
     report_to: str = _field("auto", "'auto' (TensorBoard when installed), 'tensorboard' or 'none'")
 
-    @property
-    def rollouts_per_device(self) -> int:
-        return self.per_device_train_batch_size * self.num_generations
-
 
 def _coerce(name: str, value: Any, typ: Any) -> Any:
     """Turn a YAML or command-line value into the field's type, or raise naming the field."""
@@ -200,6 +196,15 @@ def _check(ok: bool, name: str, message: str) -> None:
         raise ConfigError(f"{name}: {message}")
 
 
+def _check_objective(cfg: TrainConfig) -> None:
+    """high_fraction, high_weight, va_temperature: the kernels' own range check."""
+    from vaopd_kernels.validation import check_objective_options  # on use: importing the config stays torch-free
+    try:
+        check_objective_options(cfg.high_fraction, cfg.high_weight, cfg.va_temperature)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _check_model(name: str, value: str) -> None:
     # whether a hub id or folder exists is from_pretrained's to say (cache, HF_HUB_OFFLINE, its own error)
     _check(value.strip() != "", name, f"expected a hub id, a local model folder or '{TINY}'")
@@ -235,19 +240,18 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.max_steps == -1 or cfg.max_steps >= 1, "max_steps", f"must be -1 or >= 1, got {cfg.max_steps}")
     _check(cfg.save_total_limit is None or cfg.save_total_limit >= 1, "save_total_limit",
            f"must be >= 1 or None (keep all), got {cfg.save_total_limit}")
-    for name in ("learning_rate", "temperature", "eval_temperature", "va_temperature", "high_fraction", "pixelate_ratio",
-                 "repetition_penalty"):
+    for name in ("learning_rate", "temperature", "eval_temperature", "pixelate_ratio", "repetition_penalty"):
         value = getattr(cfg, name)
         _check(math.isfinite(value) and value > 0, name, f"must be a positive finite number, got {value}")
     for name in ("top_p", "eval_top_p"):
         _check(0 < getattr(cfg, name) <= 1.0, name, f"must be in (0, 1], got {getattr(cfg, name)}")
     _check(0 <= cfg.min_p < 1.0, "min_p", f"must be in [0, 1), got {cfg.min_p}")
     _check(cfg.min_pixels <= cfg.max_pixels, "min_pixels", f"must be <= max_pixels ({cfg.max_pixels}), got {cfg.min_pixels}")
-    _check(cfg.high_fraction <= 1.0, "high_fraction", f"must be in (0, 1], got {cfg.high_fraction}")
     _check(cfg.pixelate_ratio < 1.0, "pixelate_ratio", f"must be in (0, 1), got {cfg.pixelate_ratio}")
-    for name in ("high_weight", "warmup_ratio", "adam_beta1", "adam_beta2"):
+    for name in ("warmup_ratio", "adam_beta1", "adam_beta2"):
         value = getattr(cfg, name)
-        _check(0.0 <= value < 1.0 or (name == "high_weight" and value == 1.0), name, f"must be in [0, 1), got {value}")
+        _check(0.0 <= value < 1.0, name, f"must be in [0, 1), got {value}")
+    _check_objective(cfg)
     for name in ("weight_decay", "max_grad_norm"):
         value = getattr(cfg, name)
         _check(math.isfinite(value) and value >= 0, name, f"must be a finite number >= 0, got {value}")

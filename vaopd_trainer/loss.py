@@ -61,8 +61,7 @@ class StudentLoss(nn.Module):
         self.model = model
         self.vocab_size = vocab_size
         self.va = method == "va_opd"
-        # temperature here is tau of the sibling softmax over rollout z-scores, not a logit temperature
-        self.objective = dict(high_fraction=high_fraction, high_weight=high_weight, temperature=va_temperature,
+        self.objective = dict(high_fraction=high_fraction, high_weight=high_weight, va_temperature=va_temperature,
                               high_selection=high_selection, rollout_weighting=rollout_weighting)
         self.backend = backend
 

@@ -9,4 +9,4 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "trainer"))
 from _bootstrap import ensure_importable  # noqa: E402
 
-ensure_importable()  # vaopd_trainer from the checkout (pixelation, the tiny tokenizer and config)
+ensure_importable()  # vaopd_kernels and vaopd_trainer from the checkout (the tiny tokenizer and config)

@@ -12,6 +12,8 @@ from vaopd_trainer.config import ConfigError, load_config, parse_overrides
     ({"num_generations": "0"}, "num_generations"),
     ({"method": "grpo"}, "method"),
     ({"high_fraction": "0"}, "high_fraction"),
+    ({"high_weight": "1.5"}, "high_weight"),
+    ({"va_temperature": "0"}, "va_temperature"),
     ({"pixelate_ratio": "1"}, "pixelate_ratio"),
     ({"max_steps": "2.5"}, "max_steps"),
     ({"bf16": "maybe"}, "bf16"),

@@ -10,8 +10,8 @@
 
 A backend module also has ``FUSES_VIEWS`` (its VA-OPD loss scores all views in one scan) and,
 optionally, ``unavailable_reason() -> str | None`` and ``supports_device(device)`` (without them it
-runs anywhere) and ``va_opd_weights(...)`` (its own objective coefficients). Everything above the primitives (the
-public ops, autograd, VA, weighting, reductions) lives in ``vaopd_kernels.ops``.
+runs anywhere) and ``va_opd_coefficients(...)`` (its own objective coefficients). Everything above
+the primitives (the public ops, autograd, VA, coefficients, reductions) lives in ``vaopd_kernels.ops``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ Grads = Tuple[torch.Tensor, torch.Tensor]  # (d hidden [N, Ds], d head [V or V_h
 
 
 class Divergence(enum.IntEnum):
-    """The per-token divergence; the values are what the Triton and CUDA kernels take."""
+    """The per-token divergence; its values are the kernels' codes (triton/_codes.py, csrc's enum)."""
 
     REVERSE = 0  # KL(p_s || p_t), the paper's
     FORWARD = 1  # KL(p_t || p_s)

@@ -24,6 +24,7 @@ from typing import Dict, Optional
 
 import torch
 
+from vaopd_kernels import environment
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.backends.base import RowStats, compute_dtype
 from vaopd_kernels.results import Coefficients
@@ -33,7 +34,7 @@ _GEMM_ROW_TILE = 128
 # d(head) sums over row chunks. KernelOptions.head_grad "fp32" (default): in one fp32 [V, Ds]
 # buffer, exact (1.2 GiB at V = 151,936, Ds = 2048). "native": in the head's own bf16/fp16, each
 # chunk's GEMM accumulating in fp32 inside cuBLAS and rounding once into the sum: no buffer beyond
-# the chunks, one half-precision rounding per chunk (error measured in tests/test_cuda_backend.py).
+# the chunks, one half-precision rounding per chunk (error measured in tests/kernels/test_cuda_backend.py).
 _HALF = (torch.bfloat16, torch.float16)
 _GRAD_FORMAT = {None: 0, torch.bfloat16: 1, torch.float16: 2}
 FUSES_VIEWS = False
@@ -59,18 +60,12 @@ def _rows_per_chunk(num_rows: int, vocab_size: int, num_views: int, dtype: torch
 
 # ----------------------------------------------------------------------------- loading
 def arch_flags() -> list:
-    """nvcc -gencode flags: ``VAOPD_CUDA_ARCH`` ("80;90a"), else the current device's arch."""
-    spec = os.environ.get("VAOPD_CUDA_ARCH")
-    if spec:
-        archs = [a.strip().replace(".", "") for a in spec.replace(",", ";").split(";") if a.strip()]
-    else:
-        major, minor = torch.cuda.get_device_capability()
-        archs = [f"{major}{minor}" + ("a" if (major, minor) in ((9, 0), (10, 0)) else "")]
-    return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    """nvcc -gencode flags for ``environment.cuda_archs`` on this machine's GPU."""
+    return environment.gencode_flags(environment.cuda_archs(torch.cuda.get_device_capability()))
 
 
 def _build_dir() -> Path:
-    override = os.environ.get("VAOPD_CUDA_BUILD_DIR")
+    override = environment.cuda_build_dir()
     if override:
         return Path(override)
     tag = f"torch{torch.__version__}-cu{torch.version.cuda}".replace("+", "_")
@@ -108,7 +103,7 @@ def _load_ops():
                 import vaopd_kernels._cuda_ext  # noqa: F401  (registers the ops on import)
                 BUILD_INFO.update(source="installed", module="vaopd_kernels._cuda_ext")
             except ImportError:
-                jit_build(verbose=os.environ.get("VAOPD_CUDA_VERBOSE", "") not in ("", "0"))
+                jit_build(verbose=environment.cuda_verbose())
             _register_fakes()
             _ops = torch.ops.vaopd
         except Exception as exc:
@@ -134,11 +129,13 @@ def _register_fakes() -> None:
     def _fake_logprob_grad(student, lse, targets, row_grad, inv_temperature, grad_format):
         return None
 
-    def _fake_va_opd_weights(va, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature, eps, num_prompts):
+    def _fake_va_opd_coefficients(va, cu_seqlens, prompt_ids, high_fraction, high_weight, va_temperature, eps,
+                                  num_prompts):
         return va.new_empty(va.shape), va.new_empty(prompt_ids.shape), va.new_empty(va.shape, dtype=torch.bool)
 
     for name, fn in (("vaopd::view_stats", _fake_view_stats), ("vaopd::divergence", _fake_divergence),
-                     ("vaopd::logprob_grad", _fake_logprob_grad), ("vaopd::va_opd_weights", _fake_va_opd_weights)):
+                     ("vaopd::logprob_grad", _fake_logprob_grad),
+                     ("vaopd::va_opd_coefficients", _fake_va_opd_coefficients)):
         try:
             torch.library.register_fake(name, fn)
         except RuntimeError as exc:  # already registered (module reloaded)
@@ -283,11 +280,11 @@ def gradients(saved, row_weight, *, options):
     return _scan(views, options=options, divergence=divergence, beta=beta, row_grad=row_weight).grads
 
 
-def va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction, high_weight, temperature, eps,
-                   num_prompts):
-    """The objective's coefficients from csrc/objective.cu: objective.va_opd_weights' results, on the GPU."""
+def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, *, high_fraction, high_weight, va_temperature, eps,
+                        num_prompts):
+    """The objective's coefficients from csrc/objective.cu: objective.va_opd_coefficients' results, on the GPU."""
     va = visual_advantage.detach().to(torch.float64).contiguous()
-    token_weight, rollout_weight, high = _load_ops().va_opd_weights(
+    token_weight, rollout_weight, high = _load_ops().va_opd_coefficients(
         va, cu_seqlens.long().contiguous(), prompt_ids.long().contiguous(), high_fraction, high_weight,
-        temperature, eps, num_prompts or 0)
+        va_temperature, eps, num_prompts or 0)
     return Coefficients(token_weight, rollout_weight, high, va)

@@ -29,6 +29,7 @@ from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, split_t
 
 import vaopd_kernels
 from ..pixelate import pixelate
+from ..validation import check_objective_options
 
 METHODS = ("opd", "va_opd")
 # The per-completion vision fields TRL carries in a batch (DistillationTrainer._compute_loss reads the same ones).
@@ -76,12 +77,7 @@ class VAOPDConfig(DistillationConfig):
                              f"num_generations = {self.num_generations}")
         if not 0.0 < self.pixelate_ratio < 1.0:
             raise ValueError(f"pixelate_ratio: expected 0 < ratio < 1, got {self.pixelate_ratio!r}")
-        if not 0.0 < self.high_fraction <= 1.0:
-            raise ValueError(f"high_fraction: expected 0 < f <= 1, got {self.high_fraction!r}")
-        if not 0.0 <= self.high_weight <= 1.0:
-            raise ValueError(f"high_weight: expected 0 <= lambda <= 1, got {self.high_weight!r}")
-        if not self.va_temperature > 0.0:
-            raise ValueError(f"va_temperature: expected > 0, got {self.va_temperature!r}")
+        check_objective_options(self.high_fraction, self.high_weight, self.va_temperature)
 
 
 def divergence_options(beta: float) -> Dict:
@@ -280,7 +276,7 @@ class VAOPDTrainer(DistillationTrainer):
         coefficients = vaopd_kernels.va_opd_coefficients(
             va, cu_seqlens, prompt_index, num_prompts=prompts * self.accelerator.num_processes if training else prompts,
             high_fraction=self.vaopd.high_fraction, high_weight=self.vaopd.high_weight,
-            temperature=self.vaopd.va_temperature)
+            va_temperature=self.vaopd.va_temperature)
         token_weight = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
         token_weight[valid] = coefficients.token_weight.float()
         high_mask = torch.zeros_like(valid)

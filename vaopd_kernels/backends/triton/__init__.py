@@ -9,13 +9,12 @@ float64 inputs run in float32 (returned as float64 with fp32 accuracy).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
+from vaopd_kernels import environment
 from vaopd_kernels.backends.base import Divergence
-from vaopd_kernels.backends.triton import _config, backward, stats as kernel_stats
+from vaopd_kernels.backends.triton import _codes, _config, backward, stats as kernel_stats
 from vaopd_kernels.backends.triton.stats import SavedRow
 
 FUSES_VIEWS = False  # two logit tiles live per kernel (three spill); KernelOptions.fused_views asks for it
@@ -24,7 +23,7 @@ FUSES_VIEWS = False  # two logit tiles live per kernel (three spill); KernelOpti
 def unavailable_reason():
     if _config.INTERPRET:
         return None
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if environment.triton_interpret():
         return "TRITON_INTERPRET=1 was set after the triton backend was imported"
     if not torch.cuda.is_available():
         return "no CUDA device (set TRITON_INTERPRET=1 before import to run the kernels on the CPU)"
@@ -36,17 +35,15 @@ def supports_device(device) -> bool:
     return device.type == "cpu" if _config.INTERPRET else device.type == "cuda"
 
 
-_CROSS = {None: kernel_stats.CROSS_NONE, Divergence.REVERSE: kernel_stats.CROSS_REVERSE,
-          Divergence.FORWARD: kernel_stats.CROSS_FORWARD, Divergence.JSD: kernel_stats.CROSS_NONE}
-
-
 @torch.no_grad()
 def scan(views, *, divergence, beta, row_weight, options):
     flat = kernel_stats.operands(*(t for pair in (views.student, views.teacher) if pair for t in pair), views.degraded)
     student = tuple(flat[:2]) if views.student else None
     teacher = tuple(flat[-3:-1]) if views.teacher else None
     common = dict(vocab_size=views.vocab_size, student=student, teacher=teacher, temperature=views.temperature)
-    out, rows = kernel_stats.row_stats(degraded=flat[-1], targets=views.targets, cross=_CROSS[divergence],
+    # JSD's first pass finds the normalisers only; jsd_sums is its second
+    cross = _codes.code(None if divergence == Divergence.JSD else divergence)
+    out, rows = kernel_stats.row_stats(degraded=flat[-1], targets=views.targets, cross=cross,
                                        teacher_min=options.gradient_filter_eps is not None, **common)
     if divergence == Divergence.JSD:
         jsd_t, jsd_s = kernel_stats.jsd_sums(lse=rows[[SavedRow.LSE_S, SavedRow.LSE_T]], beta=beta, **common)

@@ -1,4 +1,5 @@
-"""Switches shared by the Triton kernels (read once, at import, like TRITON_INTERPRET itself).
+"""Switches shared by the Triton kernels (from ``vaopd_kernels.environment``, once, at import, as
+Triton reads TRITON_INTERPRET).
 
 - ``INTERPRET``: Triton's CPU interpreter is active (``TRITON_INTERPRET=1`` before import). Its
   ``tl.dot`` is wrong on bf16 operands and row-position dependent, so ``_tiles.dot`` replaces it
@@ -16,15 +17,15 @@ The numerical options (workspace, fused views, backward matmuls, gradient filter
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 
-INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") == "1"
-POISON: bool = os.environ.get("VAOPD_TRITON_POISON", "0") == "1"
+from vaopd_kernels import environment
+
+INTERPRET: bool = environment.triton_interpret()
+POISON: bool = environment.triton_poison()
 FORCE_SPLITS = None
-AUTOTUNE: bool = os.environ.get("VAOPD_TRITON_AUTOTUNE", "1") != "0"
+AUTOTUNE: bool = environment.triton_autotune()
 FLAG_BLOCK: int = 16 if INTERPRET else 64
 
 

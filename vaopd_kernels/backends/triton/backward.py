@@ -32,22 +32,20 @@ import triton.language as tl
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
 from vaopd_kernels.backends.base import Divergence
 from vaopd_kernels.backends.triton import _config as C
-from vaopd_kernels.backends.triton import experimental_filter
+from vaopd_kernels.backends.triton import _codes, experimental_filter
+from vaopd_kernels.backends.triton._codes import DIV_FORWARD, DIV_NONE, DIV_REVERSE
 from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, scaled
 from vaopd_kernels.backends.triton.matmul import matmul
 from vaopd_kernels.backends.triton.stats import SavedRow
 
-# MODE: a Divergence value, or the target log-prob
-MODE_REVERSE: tl.constexpr = tl.constexpr(int(Divergence.REVERSE))
-MODE_FORWARD: tl.constexpr = tl.constexpr(int(Divergence.FORWARD))
-MODE_LOGPROB: tl.constexpr = tl.constexpr(3)
 # rows of the saved statistics (stats.SavedRow)
 LSE_S: tl.constexpr = tl.constexpr(int(SavedRow.LSE_S))
 LSE_T: tl.constexpr = tl.constexpr(int(SavedRow.LSE_T))
 GAP: tl.constexpr = tl.constexpr(int(SavedRow.GAP))
 AUX: tl.constexpr = tl.constexpr(int(SavedRow.AUX))
 
-# Configurations that won no key on an H200 and spill on sm_90a (4 warps; 128 x 256 tiles) are gone.
+# Only configurations that win some key on an H200 (autotuning compiles every candidate per key) and
+# do not spill on sm_90a, as 4 warps or 128 x 256 tiles do.
 _DZ_CONFIGS = [
     C.cfg(8, 4, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
     C.cfg(8, 3, BLOCK_N=128, BLOCK_V=128, BLOCK_D=64),
@@ -78,7 +76,7 @@ def dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr,
     lse_s = tl.load(rows_ptr + LSE_S * N + offs_n, mask=n_mask, other=0.0)
     g = tl.load(g_ptr + offs_n, mask=n_mask, other=0.0)
     teacher_depth = Dt
-    if FILTER and MODE == MODE_REVERSE:
+    if FILTER and MODE == DIV_REVERSE:
         # Reverse KL: where every p_s of the tile is <= its row's tau (see teacher_skip_threshold),
         # every entry is provably below the filter's threshold: the teacher's GEMM loop runs zero
         # steps and the tile's gradient is zero. (A loop bound, not a branch around the GEMM: the
@@ -88,7 +86,7 @@ def dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr,
         teacher_depth = Dt * live.to(tl.int32)
     logp_s = z_s - lse_s[:, None]
     p_s = tl.exp(logp_s)
-    if MODE == MODE_LOGPROB:
+    if MODE == DIV_NONE:  # the target log-prob
         y = tl.load(y_ptr + offs_n, mask=n_mask, other=-1)
         dz = tl.where(offs_v[None, :] == y[:, None], 1.0, 0.0) - p_s
     else:
@@ -98,11 +96,11 @@ def dlogits_kernel(sh_ptr, sw_ptr, th_ptr, tw_ptr, y_ptr, rows_ptr, log_tau_ptr,
         lse_t = tl.load(rows_ptr + LSE_T * N + offs_n, mask=n_mask, other=0.0)
         gap = tl.load(rows_ptr + GAP * N + offs_n, mask=n_mask, other=0.0)
         aux = tl.load(rows_ptr + AUX * N + offs_n, mask=n_mask, other=0.0)
-        if MODE == MODE_REVERSE:
+        if MODE == DIV_REVERSE:
             dz = p_s * ((z_s - z_t) + (gap - aux)[:, None])
             if FILTER:
                 dz = tl.where(teacher_depth > 0, dz, 0.0)
-        elif MODE == MODE_FORWARD:
+        elif MODE == DIV_FORWARD:
             dz = p_s - tl.exp(z_t - lse_t[:, None])
         else:
             logp_t = z_t - lse_t[:, None]
@@ -175,7 +173,7 @@ def student_grads(*, mode: Optional[Divergence], sh, sw, rows: torch.Tensor, row
                              order if filtering else g, n, v_begin, v_end, cols, ds, th.shape[1], sh.stride(0),
                              sw.stride(0), th.stride(0), tw.stride(0), dz.stride(0), flag_cols, 1.0 / temperature,
                              1.0 - beta, math.log(beta), math.log1p(-beta), eps or 0.0,
-                             MODE=MODE_LOGPROB.value if mode is None else int(mode), CAST_F32=C.INTERPRET,
+                             MODE=_codes.code(mode), CAST_F32=C.INTERPRET,
                              PRECISION=precision, FILTER=filtering, FLAG_BLOCK=C.FLAG_BLOCK)
         if cublas:
             mm_into(grad_w[v_begin:v_end], dz.t(), sh)  # same dtype in and out: torch.mm, fp32 inside

@@ -5,12 +5,12 @@ view, degraded teacher view, targets, which cross terms). Per (token tile, vocab
 keeps, per row and per view, a running max ``m`` and ``l = sum e^(z - m)``, plus
 
 - student: ``b = sum e^(z_s - m_s) z_s`` (entropy) and the target logit;
-- CROSS=REVERSE: ``a = sum e^(z_s - m_s)(z_s - z_t)`` and ``c = sum (e^(z_t - m_s) - e^(z_s - m_s))``
+- CROSS=DIV_REVERSE: ``a = sum e^(z_s - m_s)(z_s - z_t)`` and ``c = sum (e^(z_t - m_s) - e^(z_s - m_s))``
   so KL = a/l_s + (lse_t - lse_s) with the gap taken as log1p(c/l_s) when it is small (the
   difference z_s - z_t stays inside the sums: accurate when student ~ teacher); with MIN_T also
   the teacher's smallest logit, which bounds -log p_t for the backward's gradient filter;
-- CROSS=FORWARD: the same with the roles swapped (teacher max);
-- CROSS=JSD: a second pass with lse_s, lse_t known: sum p_t(log p_t - log m), sum p_s(log p_s - log m).
+- CROSS=DIV_FORWARD: the same with the roles swapped (teacher max);
+- CROSS=DIV_JSD: a second pass with lse_s, lse_t known: sum p_t(log p_t - log m), sum p_s(log p_s - log m).
 
 Partial statistics of the splits are merged on the host side of the launch with a logaddexp-style
 rescale (a few [S, N] torch ops; no locks, no [N, V] memory).
@@ -27,9 +27,9 @@ import triton.language as tl
 
 from vaopd_kernels.backends.base import RowStats
 from vaopd_kernels.backends.triton import _config as C
+from vaopd_kernels.backends.triton._codes import DIV_FORWARD, DIV_JSD, DIV_NONE, DIV_REVERSE
 from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, online_lse, pick, scaled
 
-CROSS_NONE, CROSS_REVERSE, CROSS_FORWARD, CROSS_JSD = 0, 1, 2, 3
 # rows of the [NUM_STATS, S, N] partial-statistics buffer
 M_S, L_S, B_S, Y_S, M_T, L_T, Y_T, M_D, L_D, Y_D, A_X, C_X, LO_T = range(13)
 NUM_STATS = 13
@@ -37,9 +37,9 @@ NUM_STATS = 13
 # difference of two ~log(V)-sized normalisers (which loses ~1e-6 in fp32 when student ~ teacher).
 SMALL_GAP = 0.5
 
-# First the configurations that won autotuning on an H200 (64 x 256; 128 x 128 for the JSD pass);
-# ones that won no key there are gone (autotuning compiles each per key). The last three spread
-# 8192-element tiles over 8 warps: none spills on sm_90a with two or three views
+# H200 autotuning's winners first (64 x 256; 128 x 128 for the JSD pass), and only configurations
+# that win some key there: autotuning compiles every candidate per key. The last three spread
+# 8192-element tiles over 8 warps, so none spills on sm_90a with two or three views
 # (``python -m bench.triton_resources``).
 _CONFIGS = [
     C.cfg(8, 3, BLOCK_N=64, BLOCK_V=256, BLOCK_D=64),
@@ -89,7 +89,7 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
         y = tl.load(y_ptr + offs_n, mask=n_mask, other=-1)
     lse_s = zero
     lse_t = zero
-    if CROSS == 3:
+    if CROSS == DIV_JSD:
         lse_s = tl.load(lse_ptr + offs_n, mask=n_mask, other=0.0)
         lse_t = tl.load(lse_ptr + N + offs_n, mask=n_mask, other=0.0)
 
@@ -113,7 +113,7 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
             raw, _unused = logits_tile(sh_ptr, sh_ptr, stride_sh, sw_ptr, stride_sw, offs_n, n_mask, offs_v, v_mask,
                                        Ds, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
             z_s = scaled(raw, v_mask, inv_temp)
-        if CROSS == 3:
+        if CROSS == DIV_JSD:
             # second JSD pass: exact log-probabilities from the first pass's normalisers
             logp_s = z_s - lse_s[:, None]
             logp_t = z_t - lse_t[:, None]
@@ -127,7 +127,7 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
                 b_s = b_s * alpha_s + tl.sum(e_s * z_s, 1)
                 if HAS_Y:
                     y_s += pick(z_s, offs_v, y)
-                if CROSS == 1:
+                if CROSS == DIV_REVERSE:
                     a_x = a_x * alpha_s + tl.sum(e_s * diff, 1)
                     c_x = c_x * alpha_s + tl.sum(tl.exp(z_t - m_new[:, None]) - e_s, 1)
                     if MIN_T:
@@ -137,14 +137,14 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
                 m_new_t, l_t, alpha_t, e_t = online_lse(m_t, l_t, z_t)
                 if HAS_Y:
                     y_t += pick(z_t, offs_v, y)
-                if CROSS == 2:
+                if CROSS == DIV_FORWARD:
                     a_x = a_x * alpha_t - tl.sum(e_t * diff, 1)
                     c_x = c_x * alpha_t + tl.sum(tl.exp(z_s - m_new_t[:, None]) - e_t, 1)
                 m_t = m_new_t
 
     base = out_ptr + split * N + offs_n
     stride = num_splits * N
-    if CROSS != 3:  # the second JSD pass writes its two sums only
+    if CROSS != DIV_JSD:  # the second JSD pass writes its two sums only
         if HAS_S:
             tl.store(base + 0 * stride, m_s, mask=n_mask)
             tl.store(base + 1 * stride, l_s, mask=n_mask)
@@ -158,7 +158,7 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
             tl.store(base + 7 * stride, m_d, mask=n_mask)
             tl.store(base + 8 * stride, l_d, mask=n_mask)
             tl.store(base + 9 * stride, y_d, mask=n_mask)
-    if CROSS != 0:
+    if CROSS != DIV_NONE:
         tl.store(base + 10 * stride, a_x, mask=n_mask)
         tl.store(base + 11 * stride, c_x, mask=n_mask)
     if MIN_T:
@@ -243,16 +243,16 @@ def _launch(*, vocab_size: int, student, teacher, degraded=None, targets=None, t
 
 
 def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, targets=None,
-              temperature: float = 1.0, cross: int = CROSS_NONE, teacher_min: bool = False):
+              temperature: float = 1.0, cross: int = DIV_NONE.value, teacher_min: bool = False):
     """Launch the statistics kernel over all rows and merge the vocabulary splits.
 
     ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`operands`;
-    ``degraded`` is the teacher's second hidden view. ``teacher_min`` (CROSS_REVERSE): also find the
+    ``degraded`` is the teacher's second hidden view. ``teacher_min`` (DIV_REVERSE): also find the
     teacher's smallest logit (the gradient filter's bound). Returns (``base.RowStats``: the KL for
-    CROSS_REVERSE/FORWARD, the student's entropy, log-probs with ``targets``; the
+    DIV_REVERSE/FORWARD, the student's entropy, log-probs with ``targets``; the
     [len(SavedRow), N] fp32 rows the backward reads, with the KL as AUX and absent rows zero).
     """
-    min_t = teacher_min and cross == CROSS_REVERSE
+    min_t = teacher_min and cross == DIV_REVERSE.value
     parts = _launch(vocab_size=vocab_size, student=student, teacher=teacher, degraded=degraded, targets=targets,
                     temperature=temperature, cross=cross, min_t=min_t)
     out, saved = RowStats(), parts.new_zeros(len(SavedRow), parts.shape[2])
@@ -271,10 +271,10 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
             out.teacher_logprob = parts[Y_T].sum(0) - lse_t
     if degraded is not None and targets is not None:
         out.degraded_logprob = parts[Y_D].sum(0) - _merge_lse(parts, M_D, L_D)[0]
-    if cross == CROSS_REVERSE:
+    if cross == DIV_REVERSE.value:
         saved[SavedRow.GAP] = _accurate_gap(lse_t - lse_s, (parts[C_X] * w_s).sum(0), l_s)
         out.kl = (parts[A_X] * w_s).sum(0) / l_s + saved[SavedRow.GAP]
-    elif cross == CROSS_FORWARD:
+    elif cross == DIV_FORWARD.value:
         gap = _accurate_gap(lse_s - lse_t, (parts[C_X] * w_t).sum(0), l_t)
         out.kl = (parts[A_X] * w_t).sum(0) / l_t + gap
     if out.kl is not None:
@@ -285,6 +285,6 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
 def jsd_sums(*, vocab_size: int, student, teacher, lse: torch.Tensor, temperature: float, beta: float):
     """The second JSD pass, given ``lse`` [2, N] (lse_s, lse_t): (sum p_t (log p_t - log m),
     sum p_s (log p_s - log m))."""
-    parts = _launch(vocab_size=vocab_size, student=student, teacher=teacher, temperature=temperature, cross=CROSS_JSD,
-                    beta=beta, lse=lse)
+    parts = _launch(vocab_size=vocab_size, student=student, teacher=teacher, temperature=temperature,
+                    cross=DIV_JSD.value, beta=beta, lse=lse)
     return parts[A_X].sum(0), parts[C_X].sum(0)

@@ -1,6 +1,6 @@
 """vaopd_kernels.weighted_kl: sum(token_weight * reverse KL) for weights known in advance.
 
-Every backend's contract (values, gradients, float64 oracle) is in tests/contract.py; here the
+Every backend's contract (values, gradients, float64 oracle) is in contract.py; here the
 public function against a float64 closed form on fresh random inputs, its gradient against
 ``(token_weight * linear_kl(...)).sum()``, and its argument checks.
 """

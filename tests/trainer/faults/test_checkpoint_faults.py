@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import losses, metric_steps
+from _runs import losses, metric_steps
 
 from vaopd_trainer import checkpoint
 from vaopd_trainer.errors import CheckpointError, DiskFullError

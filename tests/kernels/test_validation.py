@@ -47,7 +47,7 @@ def _loss(p, **overrides):
     (lambda p: dict(high_fraction=1.5), ValueError, "high_fraction"),
     (lambda p: dict(high_weight=-0.1), ValueError, "high_weight"),
     (lambda p: dict(high_weight=1.1), ValueError, "high_weight"),
-    (lambda p: dict(temperature=0.0), ValueError, "temperature"),
+    (lambda p: dict(va_temperature=0.0), ValueError, "va_temperature"),
     (lambda p: dict(eps=-1.0), ValueError, "eps"),
     (lambda p: dict(num_prompts=0), ValueError, "num_prompts"),
     (lambda p: dict(teacher_hidden=torch.full_like(p.teacher_hidden, float("nan"))), ValueError, "teacher_hidden"),
@@ -254,7 +254,7 @@ def test_changing_an_input_before_backward_raises(p, changed, call):
                                          (dict(vocab_size=2.0), "vocab_size"), (dict(backend="tritn"), "backend"),
                                          (dict(high_fraction=True), "high_fraction"),
                                          (dict(high_weight=True), "high_weight"),
-                                         (dict(temperature=True), "temperature"),
+                                         (dict(va_temperature=True), "va_temperature"),
                                          (dict(eps=False), "eps")])
 def test_vaopd_loss_module_rejects_bad_settings_at_construction(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name}: expected"):
@@ -324,3 +324,15 @@ def test_no_rows_give_empty_results(backend):
         assert out.shape == (0,) and out.dtype == torch.float32
     grads = torch.autograd.grad(lp.sum() + kl.sum(), [h, w], allow_unused=True)
     assert all(g is None or not g.any() for g in grads)
+
+
+def test_the_old_sibling_temperature_keyword_is_python_s_type_error(p):
+    """``temperature`` of the objective became ``va_temperature`` (CHANGELOG.md): the old keyword
+    must fail loudly, never be taken as a silent default or as the logit temperature."""
+    va, cu, pid = torch.rand(6), torch.tensor([0, 2, 6]), torch.tensor([0, 0])
+    calls = [lambda: _loss(p, temperature=0.5), lambda: vk.VAOPDLoss(temperature=0.5),
+             lambda: vk.va_opd_coefficients(va, cu, pid, temperature=0.5),
+             lambda: vk.va_opd_objective(torch.rand(6), va, cu, pid, temperature=0.5)]
+    for call in calls:
+        with pytest.raises(TypeError, match="unexpected keyword argument 'temperature'"):
+            call()

@@ -145,8 +145,8 @@ def test_coefficients_are_the_objectives_weights():
     cu, pid = torch.tensor([0, 3, 4, 9, 15, 16]), torch.tensor([7, 7, 2, 2, 2])
     va, kl = torch.rand(16, generator=gen), torch.rand(16, generator=gen)
     va[5] = va[6]  # a tie inside a rollout
-    coef = vk.va_opd_coefficients(va, cu, pid, high_fraction=0.3, high_weight=0.6, temperature=0.7, num_prompts=3)
-    full = vk.va_opd_objective(kl, va, cu, pid, high_fraction=0.3, high_weight=0.6, temperature=0.7, num_prompts=3)
+    coef = vk.va_opd_coefficients(va, cu, pid, high_fraction=0.3, high_weight=0.6, va_temperature=0.7, num_prompts=3)
+    full = vk.va_opd_objective(kl, va, cu, pid, high_fraction=0.3, high_weight=0.6, va_temperature=0.7, num_prompts=3)
     # the coefficients keep the objective's float64; its result reports them in float32
     assert torch.equal(coef.token_weight.float(), full.token_weight) and torch.equal(coef.high_mask, full.high_mask)
     assert torch.equal(coef.rollout_weight.float(), full.rollout_weight)

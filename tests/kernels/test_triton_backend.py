@@ -11,7 +11,7 @@ from functools import partial
 import pytest
 import torch
 
-from bench import check, problem
+from vaopd_kernels import testing
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -22,6 +22,7 @@ import vaopd_kernels as vk  # noqa: E402
 from vaopd_kernels import ops  # noqa: E402
 from vaopd_kernels.results import Coefficients  # noqa: E402
 from vaopd_kernels.backends import backend_unavailable_reason  # noqa: E402
+from vaopd_kernels.backends.base import Divergence  # noqa: E402
 
 _REASON = backend_unavailable_reason("triton")
 pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"triton backend unavailable: {_REASON}"),
@@ -48,7 +49,7 @@ def _poison_and_splits():
 
 # Largest absolute error relative to the largest reference value; inf = a non-finite value
 # (unwritten or poisoned memory?).
-rel_err = partial(check.rel_err, norm="max", floor=1e-12)
+rel_err = partial(testing.rel_err, norm="max", floor=1e-12)
 
 
 def close(got, want, dtype, name=""):
@@ -57,12 +58,12 @@ def close(got, want, dtype, name=""):
 
 
 def make(n, ds, dt, vocab, dtype, *, extra_rows=(5, 3), seed=0, near=False):
-    """The shared problem (bench.problem) in ``dtype`` on DEVICE, plus float64 copies of the same
+    """The shared problem (vaopd_kernels.testing) in ``dtype`` on DEVICE, plus float64 copies of the same
     rounded values; ``near``: teacher = student + tiny perturbation (KL ~ 1e-4)."""
-    shape = problem.Shape(n, ds, dt, vocab, dtype=str(dtype).removeprefix("torch."), seed=seed)
-    p = problem.make_inputs(shape, DEVICE, logit_std=1.5, head_padding=extra_rows, degraded_noise=0.7)
+    shape = testing.Shape(n, ds, dt, vocab, dtype=str(dtype).removeprefix("torch."), seed=seed)
+    p = testing.make_inputs(shape, DEVICE, logit_std=1.5, head_padding=extra_rows, degraded_noise=0.7)
     if near:
-        p = problem.near_teacher(p, degraded_noise=0.7)
+        p = testing.near_teacher(p, degraded_noise=0.7)
     low = [t.detach() for t in (p.student_hidden, p.student_weight, p.teacher_hidden, p.teacher_weight,
                                 p.teacher_hidden_degraded)]
     ref = [t.double() for t in low]
@@ -207,7 +208,7 @@ def test_weighted_kl_without_grad():
     from vaopd_kernels.backends import triton as tb
     w = torch.rand(5, device=DEVICE)
     sh, sw = low[0].detach(), low[1].detach()
-    loss, _, _ = ops.weighted_kl(tb, sh, sw, low[2], low[3], y, None, lambda va: Coefficients(w, None, None, None),
+    loss, _, _ = ops.va_opd_loss(tb, sh, sw, low[2], low[3], y, None, lambda va: Coefficients(w, None, None, None),
                                  vocab_size=40, options=vk.KernelOptions())
     assert not loss.requires_grad
     close(loss, (w.double().cpu() * vk.linear_kl(*ref[:4], vocab_size=40, backend="reference").detach().cpu()).sum(),
@@ -278,7 +279,7 @@ def test_teacher_skip_threshold_is_sound(splits):
         sh, th = (torch.randn(n, dim, generator=gen) * s for s in sharp)
         sw, tw = (torch.randn(vocab + 3, dim, generator=gen) / dim ** 0.5 for _ in range(2))
         _, rows = kernel_stats.row_stats(vocab_size=vocab, student=(sh.to(DEVICE), sw.to(DEVICE)),
-                                         teacher=(th.to(DEVICE), tw.to(DEVICE)), cross=kernel_stats.CROSS_REVERSE,
+                                         teacher=(th.to(DEVICE), tw.to(DEVICE)), cross=int(Divergence.REVERSE),
                                          teacher_min=True)
         z_s, z_t = sh.double() @ sw.double()[:vocab].T, th.double() @ tw.double()[:vocab].T
         min_t = rows[kernel_stats.SavedRow.MIN_T].double().cpu()
@@ -409,7 +410,7 @@ def test_changing_the_teacher_before_backward_raises(call):
         out = vk.linear_kl(*low[:4], vocab_size=50, backend="triton").sum()
     else:
         ones = lambda va: Coefficients(torch.ones_like(va), None, None, None)  # noqa: E731
-        out, _, _ = ops.weighted_kl(tb, *low[:4], y, low[4], ones, vocab_size=50, options=vk.KernelOptions())
+        out, _, _ = ops.va_opd_loss(tb, *low[:4], y, low[4], ones, vocab_size=50, options=vk.KernelOptions())
     with torch.no_grad():
         low[3].mul_(1.5)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -431,7 +432,7 @@ def test_large_bf16_gpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (host-sync debug mode)")
 def test_va_opd_loss_waits_for_the_gpu_only_at_its_reads():
     """va_opd_loss (triton) synchronises with the GPU at most at its four reads of device values
-    (tests/test_validation.py counts them on the CPU), and its backward never."""
+    (test_validation.py counts them on the CPU), and its backward never."""
     low, _, y = make(64, 32, 48, 300, torch.bfloat16)
     cu = torch.tensor([0, 20, 41, 64], device=DEVICE)
     pid = torch.tensor([0, 0, 1], device=DEVICE)

@@ -56,7 +56,7 @@ def test_float32_kl_gives_the_objectives_loss_and_metrics():
     gen = torch.Generator().manual_seed(11)
     cu, pid = torch.tensor([0, 5, 9, 20, 21, 30]), torch.tensor([3, 3, 8, 8, 8])
     va, kl = torch.rand(30, generator=gen), torch.rand(30, generator=gen)
-    options = dict(high_fraction=0.3, high_weight=0.7, temperature=0.5, num_prompts=4)
+    options = dict(high_fraction=0.3, high_weight=0.7, va_temperature=0.5, num_prompts=4)
     pairs = [(vk.objective_from_coefficients(kl, vk.va_opd_coefficients(va, cu, pid, **options)),
               vk.va_opd_objective(kl, va, cu, pid, **options)),
              (vk.objective_from_coefficients(kl, vk.opd_coefficients(cu, num_rollouts=8)),

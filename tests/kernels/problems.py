@@ -7,11 +7,11 @@ from typing import Optional
 import torch
 from hypothesis import strategies as st
 
-from bench import problem
+from vaopd_kernels import testing
 
 
 @dataclass
-class Problem(problem.Inputs):
+class Problem(testing.Inputs):
     """The shared problem plus the ``vocab_size`` to pass (None without head padding)."""
     vocab_size: Optional[int] = None
 
@@ -32,13 +32,13 @@ class Problem(problem.Inputs):
 
 def make_problem(num_rows=9, student_dim=12, teacher_dim=20, vocab=37, head_padding=0, dtype=torch.float32,
                  logit_scale=1.0, seed=None) -> Problem:
-    """bench.problem.make_inputs with logits of roughly ``logit_scale`` standard deviation, drawn
+    """vaopd_kernels.testing.make_inputs with logits of roughly ``logit_scale`` standard deviation, drawn
     fresh each call (unless ``seed``) in ``dtype``. ``head_padding`` extra LM-head rows model padded
     vocabularies (they must never matter)."""
     seed = seed if seed is not None else int(torch.randint(0, 2**31, (1,)))
-    shape = problem.Shape(num_rows, student_dim, teacher_dim, vocab, dtype=str(dtype).removeprefix("torch."),
+    shape = testing.Shape(num_rows, student_dim, teacher_dim, vocab, dtype=str(dtype).removeprefix("torch."),
                           seed=seed)
-    inputs = problem.make_inputs(shape, logit_std=logit_scale, head_padding=(head_padding, head_padding))
+    inputs = testing.make_inputs(shape, logit_std=logit_scale, head_padding=(head_padding, head_padding))
     return Problem(**vars(inputs), vocab_size=vocab if head_padding else None)
 
 

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent(f"""
     torch.set_num_threads(1)
     backend = sys.argv[1]
     options = vk.KernelOptions(chunk_budget_bytes=16 << 20)
-    from bench.problem import Shape, make_inputs
+    from vaopd_kernels.testing import Shape, make_inputs
     x = make_inputs(Shape({N}, {D}, {D}, {V}), logit_std=1.0, degraded_noise=0.1)
     (sh, sw, th, tw), thd, y, cu, pid = x.kl_args, x.teacher_hidden_degraded, x.targets, x.cu_seqlens, x.prompt_ids
     # Warm up allocator and kernels on a small slice, then take the baseline.

@@ -7,15 +7,14 @@ import pytest
 import torch
 
 import vaopd_kernels as vk
-from bench import check
-from bench.problem import near_teacher
 from problems import make_problem
+from vaopd_kernels.testing import near_teacher, rel_err
 
 # fp32 evaluates sum p (z_s - z_t) and lse_t - lse_s, two numbers of logit size whose difference
 # is the KL: that costs ~1e-6 absolute whatever the formula, so a KL of 0.05 on a single row
 # cannot meet 1e-5 relative. Errors are judged norm-wise relative to max(|ref|, ABS_FLOOR) per element.
 ABS_FLOOR = 0.2
-rel_err = partial(check.rel_err, floor=ABS_FLOOR)
+rel_err = partial(rel_err, floor=ABS_FLOOR)
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 # Gradients are judged norm-wise, and the reverse-KL gradient p_s (log p_s - log p_t - KL) cancels:

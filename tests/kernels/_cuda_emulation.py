@@ -2,7 +2,7 @@
 
 Lets the cuda backend's orchestration (chunking, GEMM routes, packed half gradients, autograd
 wiring) run on a CPU; the real kernels are checked against the same tests on a GPU. The objective's
-``va_opd_weights`` is not emulated: it is the CUDA source's algorithm built for the host.
+``va_opd_coefficients`` is not emulated: it is the CUDA source's algorithm built for the host.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class EmulatedOps:
         return div, lse_s, lp_s, ent, lp_t
 
     # The objective kernels' own algorithm (csrc/objective_core.h), compiled for the host.
-    va_opd_weights = staticmethod(native_objective.va_opd_weights)
+    va_opd_coefficients = staticmethod(native_objective.va_opd_coefficients)
 
     @staticmethod
     def logprob_grad(student, lse, targets, row_grad, inv_temperature, grad_format):

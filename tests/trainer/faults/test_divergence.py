@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import losses
+from _runs import losses
 from safetensors.torch import load_file
 
 from vaopd_trainer.errors import DivergenceError

@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import losses, metric_steps
+from _runs import losses, metric_steps
 
 from vaopd_trainer import checkpoint
 from vaopd_trainer.config import TrainConfig

@@ -1,5 +1,5 @@
 // Host build of csrc/objective_core.h: the same per-rollout and per-sibling code the CUDA kernels
-// run (objective.cu), behind a C function for ctypes (tests/native_objective.py). A rollout is
+// run (objective.cu), behind a C function for ctypes (tests/kernels/native_objective.py). A rollout is
 // processed by a team of `team_size` std::threads meeting at barriers where a thread block meets
 // at __syncthreads, so the strided loops, block sums and scans run with real concurrency too.
 #include <barrier>
@@ -50,12 +50,13 @@ class ThreadTeam {
 
 }  // namespace
 
-// Same arguments, outputs and stage order as vaopd::va_opd_weights (vaopd_kernels.cuh).
-extern "C" void vaopd_va_opd_weights_host(int64_t num_rollouts, const double* visual_advantage,
-                                          const int64_t* cu_seqlens, const int64_t* prompt_ids,
-                                          double high_fraction, double high_weight, double temperature, double eps,
-                                          int64_t num_prompts, double* token_weight, double* rollout_weight,
-                                          bool* high_mask, double* rollout_mean_va, int team_size) {
+// Same arguments, outputs and stage order as vaopd::va_opd_coefficients (vaopd_kernels.cuh).
+extern "C" void vaopd_va_opd_coefficients_host(int64_t num_rollouts, const double* visual_advantage,
+                                               const int64_t* cu_seqlens, const int64_t* prompt_ids,
+                                               double high_fraction, double high_weight, double va_temperature,
+                                               double eps, int64_t num_prompts, double* token_weight,
+                                               double* rollout_weight,
+                                               bool* high_mask, double* rollout_mean_va, int team_size) {
   using namespace vaopd::objective;
   for (int64_t r = 0; r < num_rollouts; ++r) {
     const int64_t start = cu_seqlens[r], length = cu_seqlens[r + 1] - start;
@@ -73,7 +74,7 @@ extern "C" void vaopd_va_opd_weights_host(int64_t num_rollouts, const double* vi
   }
   int64_t distinct = 0;
   for (int64_t r = 0; r < num_rollouts; ++r) {
-    const SiblingWeight w = sibling_weight(r, num_rollouts, prompt_ids, rollout_mean_va, temperature, eps);
+    const SiblingWeight w = sibling_weight(r, num_rollouts, prompt_ids, rollout_mean_va, va_temperature, eps);
     rollout_weight[r] = w.weight;
     distinct += w.first_of_group;
   }

@@ -1,4 +1,4 @@
-"""The backend contract (tests/contract.py) for every backend: torch, triton (under the CPU
+"""The backend contract (contract.py) for every backend: torch, triton (under the CPU
 interpreter without a GPU), the cuda backend's orchestration with emulated kernels on the CPU, and
 the real cuda kernels on a GPU."""
 from __future__ import annotations

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import vaopd_kernels as vk
-from bench import problem
-from bench.check import rel_err
+from vaopd_kernels import testing
 from vaopd_kernels.backends import backend_unavailable_reason
+from vaopd_kernels.testing import rel_err
 
 N, DS, DT, V, PAD = 11, 8, 12, 37, 3
 LAYOUTS = ["strided", "expanded", "offset", "column_major", "mixed"]
@@ -60,7 +60,7 @@ def layout(v: torch.Tensor, kind: str, expandable: bool = True) -> torch.Tensor:
 
 
 def _problem(seed=0):
-    p = problem.make_inputs(problem.Shape(N, DS, DT, V, seed=seed), logit_std=1.0, head_padding=(PAD, PAD))
+    p = testing.make_inputs(testing.Shape(N, DS, DT, V, seed=seed), logit_std=1.0, head_padding=(PAD, PAD))
     g = torch.Generator().manual_seed(seed)
     return dict(
         sh=p.student_hidden.detach(), sw=p.student_weight.detach(), th=p.teacher_hidden, tw=p.teacher_weight,

@@ -1,26 +1,25 @@
 """The backend contract as one case matrix: every public op on a backend against the reference
 backend in float64 (values and gradients, head padding, temperatures, every divergence).
 
-``tests/test_contract.py`` runs it for every backend; ``tests/test_cuda_backend.py`` adds the
+``test_contract.py`` runs it for every backend; ``test_cuda_backend.py`` adds the
 cuda backend's own checks.
 """
 from __future__ import annotations
 
 import torch
 
-from bench.check import rel_err
-from bench import problem
-from vaopd_kernels import Coefficients, KernelOptions, ops
+from vaopd_kernels import Coefficients, KernelOptions, ops, testing
 from vaopd_kernels.backends import reference
+from vaopd_kernels.testing import rel_err
 
 
 def make_inputs(n=12, ds=16, dt=24, vocab=37, pad=3, dtype=torch.float32, device="cpu", seed=0, close=False):
-    """The shared problem (bench.problem.make_inputs) as the contract's argument dict, with padded
+    """The shared problem (vaopd_kernels.testing.make_inputs) as the contract's argument dict, with padded
     heads (the teacher's longer), optionally a near-copy teacher, token weights and an upstream gradient."""
-    shape = problem.Shape(n, ds, dt, vocab, dtype=str(dtype).removeprefix("torch."), seed=seed)
-    p = problem.make_inputs(shape, device, head_padding=(pad, pad + 2), degraded_noise=0.7)
+    shape = testing.Shape(n, ds, dt, vocab, dtype=str(dtype).removeprefix("torch."), seed=seed)
+    p = testing.make_inputs(shape, device, head_padding=(pad, pad + 2), degraded_noise=0.7)
     if close:  # student ~ teacher: exercises the accurate lse-gap branch
-        p = problem.near_teacher(p, degraded_noise=0.7)
+        p = testing.near_teacher(p, degraded_noise=0.7)
     g = torch.Generator().manual_seed(seed)
     token_weight = torch.rand(n, generator=g) + 0.1
     upstream = torch.randn(n, generator=g, dtype=torch.float64)
@@ -38,9 +37,9 @@ CASES = [
     ("linear_logprob", dict(temperature=0.5)),
     ("teacher_logprobs", {}),
     ("va_kl", {}),
-    ("weighted_kl", {}),
-    ("given_weights_kl", dict(targets=True)),
-    ("given_weights_kl", dict(targets=False)),
+    ("va_opd_loss", {}),
+    ("weighted_kl", dict(targets=True)),
+    ("weighted_kl", dict(targets=False)),
 ]
 
 
@@ -70,14 +69,14 @@ def run_case(impl, name, options, x):
         outs.update(kl=r.kl, va=r.visual_advantage, slp=r.student_logprob, tlp=r.teacher_logprob,
                     ent=r.student_entropy)
         scalar = (r.kl * up.to(r.kl.dtype)).sum()
-    elif name == "weighted_kl":
-        weights = Coefficients(x["token_weight"], None, None, None)
-        loss, r, _ = ops.weighted_kl(impl, sh, sw, th, tw, y, thd, lambda va: weights, vocab_size=vocab, **ko)
+    elif name == "va_opd_loss":
+        coefficients = Coefficients(x["token_weight"], None, None, None)
+        loss, r, _ = ops.va_opd_loss(impl, sh, sw, th, tw, y, thd, lambda va: coefficients, vocab_size=vocab, **ko)
         outs.update(loss=loss, kl=r.kl, slp=r.student_logprob, ent=r.student_entropy, tlp=r.teacher_logprob)
         scalar = 2.5 * loss
-    elif name == "given_weights_kl":
-        loss, r = ops.given_weights_kl(impl, sh, sw, th, tw, x["token_weight"], y if options["targets"] else None,
-                                       vocab_size=vocab, **ko)
+    elif name == "weighted_kl":
+        loss, r = ops.weighted_kl(impl, sh, sw, th, tw, x["token_weight"], y if options["targets"] else None,
+                                  vocab_size=vocab, **ko)
         assert r.visual_advantage is None
         if options["targets"]:
             outs.update(slp=r.student_logprob, ent=r.student_entropy)

@@ -1,4 +1,4 @@
-"""ctypes access to tests/native/objective_host.cpp: the CUDA objective's algorithm (csrc/objective_core.h)
+"""ctypes access to native/objective_host.cpp: the CUDA objective's algorithm (csrc/objective_core.h)
 compiled for the host, so its code is tested on machines without a GPU."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Optional
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ROOT / "tests" / "native" / "objective_host.cpp"
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = Path(__file__).resolve().parent / "native" / "objective_host.cpp"
 HEADER = ROOT / "csrc" / "objective_core.h"
 _library = None
 
@@ -43,9 +43,9 @@ def _ptr(t: torch.Tensor):
     return ctypes.c_void_p(t.data_ptr())
 
 
-def va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, temperature, eps,
-                   num_prompts, team_size=1):
-    """Same signature and outputs as torch.ops.vaopd.va_opd_weights (plus the team size), on CPU tensors."""
+def va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, va_temperature, eps,
+                        num_prompts, team_size=1):
+    """Same signature and outputs as torch.ops.vaopd.va_opd_coefficients (plus the team size), on CPU tensors."""
     va = visual_advantage.detach().to("cpu", torch.float64).contiguous()
     cu = cu_seqlens.to("cpu", torch.int64).contiguous()
     pid = prompt_ids.to("cpu", torch.int64).contiguous()
@@ -54,9 +54,9 @@ def va_opd_weights(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high
     high = torch.zeros(va.numel(), dtype=torch.bool)
     mean_va = torch.empty(pid.numel(), dtype=torch.float64)
     d = ctypes.c_double
-    _build().vaopd_va_opd_weights_host(
+    _build().vaopd_va_opd_coefficients_host(
         ctypes.c_int64(pid.numel()), _ptr(va), _ptr(cu), _ptr(pid), d(high_fraction), d(high_weight),
-        d(temperature), d(eps), ctypes.c_int64(num_prompts), _ptr(token_weight), _ptr(rollout_weight), _ptr(high),
+        d(va_temperature), d(eps), ctypes.c_int64(num_prompts), _ptr(token_weight), _ptr(rollout_weight), _ptr(high),
         _ptr(mean_va), ctypes.c_int(team_size))
     device = visual_advantage.device
     return token_weight.to(device), rollout_weight.to(device), high.to(device)

@@ -1,6 +1,6 @@
 """The CUDA objective's algorithm (csrc/objective_core.h) equals the torch objective, ties included.
 
-On every machine the header is compiled for the host (tests/native/objective_host.cpp) and run by
+On every machine the header is compiled for the host (native/objective_host.cpp) and run by
 teams of 1 to 5 threads that meet at barriers where a thread block meets at __syncthreads. On a
 GPU the real kernels (csrc/objective.cu) are checked against the same torch objective.
 """
@@ -17,12 +17,12 @@ from vaopd_kernels.backends import cuda as cuda_backend
 
 pytestmark = pytest.mark.skipif(native_objective.unavailable_reason() is not None,
                                 reason=str(native_objective.unavailable_reason()))
-OPTIONS = dict(temperature=1.0, eps=1e-6)
+OPTIONS = dict(va_temperature=1.0, eps=1e-6)
 
 
 def torch_weights(va, cu, prompts, f, lam, num_prompts=None, **options):
-    return objective.va_opd_weights(va, cu, prompts, high_fraction=f, high_weight=lam,
-                                    num_prompts=num_prompts, **{**OPTIONS, **options})
+    return objective.va_opd_coefficients(va, cu, prompts, high_fraction=f, high_weight=lam,
+                                         num_prompts=num_prompts, **{**OPTIONS, **options})
 
 
 # Sums run in another order than torch's, so rollout means can differ in the last bit; siblings with
@@ -39,8 +39,8 @@ def assert_same(got, want: Coefficients):
 
 def host(va, cu, prompts, f, lam, num_prompts=None, team_size=1, **options):
     o = {**OPTIONS, **options}
-    return native_objective.va_opd_weights(va, cu, prompts, f, lam, o["temperature"], o["eps"], num_prompts or 0,
-                                           team_size=team_size)
+    return native_objective.va_opd_coefficients(va, cu, prompts, f, lam, o["va_temperature"], o["eps"],
+                                                num_prompts or 0, team_size=team_size)
 
 
 @settings(max_examples=120, deadline=None)
@@ -58,7 +58,7 @@ def test_host_build_long_rollouts_options_and_override(team_size):
     prompts = torch.tensor([5, 9, 5, 9, 9, 2, 5, 2])
     va = torch.rand(int(cu[-1]), generator=g, dtype=torch.float64).clamp_min(0.4) - 0.4  # many exact zeros
     va[100:140] = 0.25  # a long run of ties straddling the top-k boundary
-    for options in (dict(f=0.2, lam=0.5), dict(f=0.05, lam=0.9, temperature=0.3, eps=1e-3, num_prompts=7)):
+    for options in (dict(f=0.2, lam=0.5), dict(f=0.05, lam=0.9, va_temperature=0.3, eps=1e-3, num_prompts=7)):
         assert_same(host(va, cu, prompts, team_size=team_size, **options), torch_weights(va, cu, prompts, **options))
 
 
@@ -68,5 +68,6 @@ def test_host_build_long_rollouts_options_and_override(team_size):
 @given(rollout_batches(va_values=(0.0, -0.0, 0.1, 0.25, 1.0, 3.5, -0.5)))
 def test_cuda_kernels_match_torch_objective_gpu(batch):
     _, va, cu, prompts, f, lam = (t.cuda() if isinstance(t, torch.Tensor) else t for t in batch)
-    got = cuda_backend.va_opd_weights(va, cu, prompts, high_fraction=f, high_weight=lam, num_prompts=None, **OPTIONS)
+    got = cuda_backend.va_opd_coefficients(va, cu, prompts, high_fraction=f, high_weight=lam, num_prompts=None,
+                                           **OPTIONS)
     assert_same((got.token_weight, got.rollout_weight, got.high_mask), torch_weights(va, cu, prompts, f, lam))
