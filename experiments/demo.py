@@ -31,7 +31,7 @@ ACCURACIES = ("eval_greedy_accuracy", "eval_accuracy")  # greedy, then sampled a
 VA_OPD_CAVEAT = ("VA-OPD as the paper defines it did not improve this student at this budget: its VA (the "
                  "sampled token's log-prob gap, clamped at 0) is 0 on every token of a wrong rollout, because "
                  "the real image makes the teacher less likely to say a wrong answer; such rollouts get filler "
-                 "high groups and small sibling weights. Evidence: docs/trainer.md#what-the-demo-shows")
+                 "high groups and small sibling weights. Evidence: docs/trainer.md#what-the-demo-shows-and-what-a-user-should-do")
 
 
 def run_arm(cfg, method: str) -> dict:
@@ -69,9 +69,12 @@ def plot(outputs: Dict[str, dict], path: str) -> Optional[str]:
     for method, result in outputs.items():
         rows = [json.loads(line) for line in open(result["metrics"])]
         for ax, key in zip(axes, (*ACCURACIES, "kl_mean", "rollout_accuracy")):
-            points = [(r["step"], r[key], r.get(f"{key}_ci95", 0.0)) for r in rows if key in r]
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                        marker="o" if key in ACCURACIES else None, capsize=3, label=method)
+            points = [(r["step"], r[key], r.get(f"{key}_ci95")) for r in rows if key in r]
+            steps, values = [p[0] for p in points], [p[1] for p in points]
+            if key in ACCURACIES:
+                ax.errorbar(steps, values, yerr=[p[2] for p in points], marker="o", capsize=3, label=method)
+            else:
+                ax.plot(steps, values, label=method)
             ax.set_title({"eval_greedy_accuracy": "held-out accuracy, greedy",
                           "eval_accuracy": "held-out accuracy, sampled avg@k"}.get(key, key))
             ax.set_xlabel("step")
@@ -96,6 +99,8 @@ def report(cfg, outputs: Dict[str, dict], summary: Dict[str, dict], seconds: flo
     low = min(summary["va_opd"][key]["gain_ci95"][0] for key in ACCURACIES)
     if low <= 0:
         lines.append(VA_OPD_CAVEAT)
+    lines.append("One seed and one start: the gap between the methods is not a comparison (the pre-registered one: "
+                 "docs/reproduction.md).")
     lines += [f"curves   {summary['curves']}", f"VA page  {outputs['va_opd'].get('va_page')}"]
     return "\n".join(lines)
 

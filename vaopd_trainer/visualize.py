@@ -50,9 +50,12 @@ def loss_curves(metrics_path: str, out_path: str,
         rows = [json.loads(line) for line in f]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3))
     for ax, key in zip(axes, keys):
-        points = [(r["step"], r[key], r.get(f"{key}_ci95", 0.0)) for r in rows if key in r]
-        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
-                    capsize=3)  # accuracies carry their 95% interval; training metrics have none
+        points = [(r["step"], r[key], r.get(f"{key}_ci95")) for r in rows if key in r]
+        steps, values, ci = [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+        if all(c is not None for c in ci):  # accuracies carry their 95% interval; training metrics have none
+            ax.errorbar(steps, values, yerr=ci, marker="o", capsize=3)
+        else:
+            ax.plot(steps, values, marker="o")
         ax.set_title(key)
         ax.set_xlabel("step")
     fig.tight_layout()
