@@ -115,14 +115,14 @@ FINDINGS = {"eval_noise": eval_noise, "teacher_copies": teacher_copies, "wrong_r
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", choices=sorted(FINDINGS), default=list(FINDINGS))
+    parser.add_argument("which", nargs="*", choices=sorted(FINDINGS), help="default: all")
     parser.add_argument("--out", default=OUT_DIR)
     args = parser.parse_args(argv)
     os.chdir(os.path.dirname(os.path.dirname(CONFIG)))  # the config's paths are relative to the repository
     torch.set_num_threads(1)
     path = os.path.join(args.out, "findings.json")
     results = json.load(open(path)) if os.path.exists(path) else {}
-    for name in args.which:
+    for name in args.which or list(FINDINGS):
         results[name] = FINDINGS[name]()
         print(name, json.dumps(results[name], indent=1), flush=True)
     os.makedirs(args.out, exist_ok=True)
