@@ -115,9 +115,13 @@ FINDINGS = {"eval_noise": eval_noise, "teacher_copies": teacher_copies, "wrong_r
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", nargs="*", choices=sorted(FINDINGS), help="default: all")
+    # no choices=: argparse refuses an empty list against choices (the default, every finding)
+    parser.add_argument("which", nargs="*", metavar="FINDING", help=f"any of {', '.join(FINDINGS)}; default: all")
     parser.add_argument("--out", default=OUT_DIR)
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.which) - set(FINDINGS))
+    if unknown:
+        parser.error(f"which: unknown finding(s) {unknown}; choose from {list(FINDINGS)}")
     os.chdir(os.path.dirname(os.path.dirname(CONFIG)))  # the config's paths are relative to the repository
     torch.set_num_threads(1)
     path = os.path.join(args.out, "findings.json")
