@@ -8,8 +8,8 @@
 - teacher_copies: with a wrong width already written ("The stripes are w px. \\boxed{"), the teacher's
   probability of boxing that same wrong w, and of boxing the true width instead.
 - wrong_rollout_va: on the blind student's first-step rollouts (4 batches of the demo), the paper's
-  VA of right and wrong rollouts: the share of wrong rollouts with VA 0 on every token, the share of
-  zero-VA tokens in their high groups, and their sibling weights.
+  VA of right and wrong rollouts: on the width reading (the first digit), anywhere (all zero, the
+  largest), in the high groups (share of zero-VA tokens), and the rollouts' sibling weights.
 
 Writes ``bench/results/distill-sanity/findings.json`` and prints it.
 """
@@ -103,8 +103,14 @@ def wrong_rollout_va(batches: int = 4) -> Dict[str, float]:
     out: Dict[str, float] = {"rollouts": len(rollouts)}
     for outcome, group in (("right", [r for r in rollouts if r["right"]]), ("wrong", [r for r in rollouts if not r["right"]])):
         high_va = [v for r in group for v, h in zip(r["va"], r["high"]) if h]
+        # the width reading: the response's first digit token
+        answer_va = [v for v in (next((v for t, v in zip(r["tokens"], r["va"]) if t.isdigit()), None)
+                                 for r in group) if v is not None]  # a response without a digit has none
         out.update({f"{outcome}_rollouts": len(group),
                     f"{outcome}_all_zero_va_share": statistics.fmean(max(r["va"]) == 0 for r in group),
+                    f"{outcome}_answer_token_zero_va_share": statistics.fmean(v == 0 for v in answer_va),
+                    f"{outcome}_answer_token_mean_va": statistics.fmean(answer_va),
+                    f"{outcome}_max_va_mean": statistics.fmean(max(r["va"]) for r in group),
                     f"{outcome}_high_group_zero_va_share": statistics.fmean(v == 0 for v in high_va),
                     f"{outcome}_mean_sibling_weight": statistics.fmean(r["weight"] for r in group)})
     return out
