@@ -29,7 +29,7 @@ ACCURACIES = ("eval_greedy_accuracy", "eval_accuracy")  # greedy, then sampled a
 # Why the paper's VA-OPD may not lift this student (docs/trainer.md, "What the demo shows"): printed
 # only when the VA-OPD arm's gain interval does not exclude 0.
 VA_OPD_CAVEAT = ("VA-OPD as the paper defines it did not improve this student at this budget: its VA (the "
-                 "sampled token's log-prob gap, clamped at 0) is 0 on every token of a wrong rollout, because "
+                 "sampled token's log-prob gap, clamped at 0) is 0 on the answer of most wrong rollouts, because "
                  "the real image makes the teacher less likely to say a wrong answer; such rollouts get filler "
                  "high groups and small sibling weights. Evidence: docs/trainer.md#what-the-demo-shows-and-what-a-user-should-do")
 

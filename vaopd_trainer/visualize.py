@@ -30,7 +30,7 @@ def va_html(path: str, rollouts: Sequence[dict], title: str) -> str:
             f"<h2>{html.escape(title)}</h2><p>red = visual advantage (teacher log-prob drop when the image is "
             f"pixelated), max {top:.4f}; underlined = the rollout's high-VA group. The paper's VA is the gap for "
             f"the sampled token, clamped at 0: on a wrong answer the real image makes the teacher less likely "
-            f"to say it, so a wrong rollout usually has no VA at all.</p>{''.join(blocks)}</body></html>")
+            f"to say it, so a wrong rollout's answer usually has none.</p>{''.join(blocks)}</body></html>")
     with open(path, "w") as f:
         f.write(page)
     return path
