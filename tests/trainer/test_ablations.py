@@ -13,6 +13,8 @@ from vaopd_trainer.train import Trainer
     ({"rollout_weighting": "none"}, "rollout_weighting"),
     ({"method": "opd", "high_selection": "random"}, "high_selection"),
     ({"method": "opd", "rollout_weighting": "uniform"}, "rollout_weighting"),
+    ({"visual_signal": "kl"}, "visual_signal"),
+    ({"method": "opd", "visual_signal": "divergence"}, "visual_signal"),
 ])
 def test_bad_ablation_values_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=rf"^{field}:"):
@@ -65,8 +67,9 @@ def test_ablations_keep_microbatching_exact(make_config, ablation):
 def test_config_ablation_names_are_the_objective_names():
     """config.py keeps its own copy of the names (it validates without importing torch): they must
     be the objective's."""
-    from vaopd_kernels import objective
+    from vaopd_kernels import objective, validation
     from vaopd_trainer import config
 
     assert config.HIGH_SELECTIONS == objective.HIGH_SELECTIONS
     assert config.ROLLOUT_WEIGHTINGS == objective.ROLLOUT_WEIGHTINGS
+    assert config.VISUAL_SIGNALS == validation.VISUAL_SIGNALS
