@@ -45,6 +45,20 @@ def test_uniform_rollout_weighting_reaches_the_objective(make_config):
     assert torch.allclose(result.rollout_weight, torch.full_like(result.rollout_weight, 1 / 3))  # K = 3
 
 
+def test_divergence_visual_signal_reaches_the_objective(make_config):
+    import vaopd_kernels
+    from vaopd_trainer.models import lm_head_weight
+
+    trainer = Trainer(make_config(visual_signal="divergence"))
+    batch, th, td = _step_inputs(trainer)
+    result, va = trainer.loss_and_backward(batch, th, td, 0)
+    want = vaopd_kernels.visual_advantage(th, td, lm_head_weight(trainer.teacher.model), vocab_size=len(trainer.tokenizer),
+                                          visual_signal="divergence")
+    torch.testing.assert_close(va, want.to(va.dtype))  # the coefficients keep VA in float64
+    assert torch.equal(result.high_mask, vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids,
+                                                                           high_fraction=trainer.cfg.high_fraction).high_mask)
+
+
 @pytest.mark.parametrize("ablation", [dict(high_selection="random"), dict(rollout_weighting="uniform")])
 def test_ablations_keep_microbatching_exact(make_config, ablation):
     trainer = Trainer(make_config(**ablation))
