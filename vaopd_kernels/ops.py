@@ -37,6 +37,8 @@ def _visual_advantage(stats: RowStats, visual_signal: str) -> Optional[torch.Ten
 
 
 def _teacher_views(vocab_size, th, tw, th_degraded, visual_signal, targets=None, student=None) -> Views:
+    """The teacher's views (and the student's, if given), asking the scan for the divergence
+    between the two teacher views when that is the visual signal."""
     return Views(vocab_size, student=student, teacher=(th, tw), degraded=th_degraded, targets=targets,
                  visual_divergence=th_degraded is not None and visual_signal == "divergence")
 
@@ -91,7 +93,8 @@ def va_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded, *, vocab_size: in
 
 def va_opd_loss(impl: Backend, sh, sw, th, tw, targets, th_degraded,
                 coefficients_for: Callable[[Optional[torch.Tensor]], Coefficients], *, vocab_size: int,
-                options: KernelOptions, visual_signal: str = "sampled") -> Tuple[torch.Tensor, VAKLResult, Coefficients]:
+                options: KernelOptions,
+                visual_signal: str = "sampled") -> Tuple[torch.Tensor, VAKLResult, Coefficients]:
     """loss = sum(token_weight * reverse KL), the coefficients asked for (``coefficients_for(VA or
     None)``) as soon as VA (``visual_signal``'s) is known, so the gradients are formed during this
     call and backward only rescales them. Returns (loss, detached per-token results, the coefficients)."""

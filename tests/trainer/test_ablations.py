@@ -52,11 +52,12 @@ def test_divergence_visual_signal_reaches_the_objective(make_config):
     trainer = Trainer(make_config(visual_signal="divergence"))
     batch, th, td = _step_inputs(trainer)
     result, va = trainer.loss_and_backward(batch, th, td, 0)
-    want = vaopd_kernels.visual_advantage(th, td, lm_head_weight(trainer.teacher.model), vocab_size=len(trainer.tokenizer),
-                                          visual_signal="divergence")
+    head = lm_head_weight(trainer.teacher.model)
+    want = vaopd_kernels.visual_advantage(th, td, head, vocab_size=len(trainer.tokenizer), visual_signal="divergence")
     torch.testing.assert_close(va, want.to(va.dtype))  # the coefficients keep VA in float64
-    assert torch.equal(result.high_mask, vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids,
-                                                                           high_fraction=trainer.cfg.high_fraction).high_mask)
+    high = vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids,
+                                             high_fraction=trainer.cfg.high_fraction).high_mask
+    assert torch.equal(result.high_mask, high)
 
 
 @pytest.mark.parametrize("ablation", [dict(high_selection="random"), dict(rollout_weighting="uniform")])

@@ -68,7 +68,8 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
                   N, V, Ds, Dt, stride_sh, stride_sw, stride_th, stride_tw,
                   inv_temp, log_beta, log_1m_beta,
                   HAS_S: tl.constexpr, HAS_T: tl.constexpr, HAS_D: tl.constexpr, HAS_Y: tl.constexpr,
-                  CROSS: tl.constexpr, MIN_T: tl.constexpr, VISUAL: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+                  CROSS: tl.constexpr, MIN_T: tl.constexpr, VISUAL: tl.constexpr, CAST_F32: tl.constexpr,
+                  PRECISION: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
