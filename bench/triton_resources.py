@@ -40,11 +40,14 @@ N, V, DS, DT = 8192, 151_936, 2048, 4096
 COLS = backward._chunk_columns(N, V, 2, KernelOptions().triton_workspace_bytes)  # backward vocab chunk (bf16)
 _SHAPE = dict(N=N, V=V, Ds=DS, Dt=DT, stride_sh=DS, stride_sw=DS, stride_th=DT, stride_tw=DT)
 _REVERSE = _codes.DIV_REVERSE.value
-_STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=_codes.DIV_NONE.value, MIN_T=False)
+_STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=_codes.DIV_NONE.value, MIN_T=False,
+              VISUAL=False)
 _MATMUL = dict(stride_bk=DS, stride_bn=1, stride_cm=DS)
 LAUNCHES = {
     "stats: teacher + pixelated (VA)": (stats._stats_kernel, {**_STATS, "HAS_T": True, "HAS_D": True,
                                                                      "HAS_Y": True}, _SHAPE, {}),
+    "stats: teacher + pixelated (divergence)": (stats._stats_kernel, {**_STATS, "HAS_T": True, "HAS_D": True,
+                                                                             "VISUAL": True}, _SHAPE, {}),
     "stats: student + teacher, reverse KL": (stats._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
                                                                           "HAS_Y": True, "CROSS": _REVERSE}, _SHAPE, {}),
     "stats: three views (va_kl)": (stats._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,

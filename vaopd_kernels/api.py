@@ -13,7 +13,7 @@ from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAO
 from vaopd_kernels.validation import (INT, check_ablation, check_cu_seqlens, check_degraded, check_divergence,
                                       check_objective_options, check_pair, check_positive, check_rollouts,
                                       check_rows, check_same_device, check_student_teacher, check_targets,
-                                      check_tensor, finite, resolve_vocab)
+                                      check_tensor, check_visual_signal, finite, resolve_vocab)
 
 
 def _coefficients_rule(high_fraction, high_weight, va_temperature, eps, num_prompts, high_selection,
@@ -77,22 +77,31 @@ def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None,
     return finite([lp], hidden=hidden, weight=weight)[0]
 
 
-def visual_advantage(hidden_full, hidden_degraded, weight, targets, *, vocab_size=None, clamp=True,
-                     backend="auto", options=None) -> torch.Tensor:
-    """Teacher log-prob gap of ``targets`` between the original and degraded image, [N], detached.
+def visual_advantage(hidden_full, hidden_degraded, weight, targets=None, *, vocab_size=None, clamp=True,
+                     visual_signal="sampled", backend="auto", options=None) -> torch.Tensor:
+    """The teacher's visual signal per token between the original and degraded image, [N], detached.
 
+    ``visual_signal="sampled"`` (the paper's): the log-prob gap of ``targets``,
     ``max(lp_full - lp_degraded, 0)``, or the signed gap with ``clamp=False``.
+    ``visual_signal="divergence"``: ``KL(p(. | image) || p(. | degraded))`` over the vocabulary at
+    T = 1, >= 0 without a clamp (``clamp=False`` is refused); it reads no ``targets`` (None allowed).
     """
+    check_visual_signal(visual_signal, clamp)
     check_pair("hidden_full", hidden_full, "weight", weight)
     check_degraded("hidden_degraded", hidden_degraded, "hidden_full", hidden_full)
     vocab = resolve_vocab(vocab_size, weight=weight)
     check_same_device(hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight)
-    targets = check_targets(targets, hidden_full.shape[0], vocab, hidden_full.device)
-    lp_full, lp_degraded = _run(ops.teacher_logprobs, backend, options, hidden_full.device, hidden_full.detach(),
-                                weight.detach(), targets, hidden_degraded.detach(), vocab_size=vocab)
-    gap = finite([lp_full - lp_degraded], hidden_full=hidden_full, hidden_degraded=hidden_degraded,
-                  weight=weight)[0]
-    return gap.clamp_min(0.0) if clamp else gap
+    views = (hidden_full.detach(), weight.detach())
+    if visual_signal == "divergence":
+        signal = _run(ops.visual_divergence, backend, options, hidden_full.device, *views, hidden_degraded.detach(),
+                      vocab_size=vocab)
+    else:
+        targets = check_targets(targets, hidden_full.shape[0], vocab, hidden_full.device)
+        lp_full, lp_degraded = _run(ops.teacher_logprobs, backend, options, hidden_full.device, *views, targets,
+                                    hidden_degraded.detach(), vocab_size=vocab)
+        signal = lp_full - lp_degraded
+    signal = finite([signal], hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight)[0]
+    return signal.clamp_min(0.0) if clamp and visual_signal == "sampled" else signal
 
 
 def _detached(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -100,14 +109,18 @@ def _detached(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 
 def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, *,
-          teacher_hidden_degraded=None, vocab_size=None, backend="auto", options=None) -> VAKLResult:
-    """Reverse KL (differentiable) plus VA and the per-token statistics, sharing the teacher pass."""
+          teacher_hidden_degraded=None, vocab_size=None, visual_signal="sampled", backend="auto",
+          options=None) -> VAKLResult:
+    """Reverse KL (differentiable) plus VA (``visual_signal``'s, as in :func:`visual_advantage`) and
+    the per-token statistics, sharing the teacher pass. ``targets`` is needed with either signal:
+    the student's and teacher's log-probs of them are part of the result."""
+    check_visual_signal(visual_signal)
     vocab = check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    teacher_hidden_degraded)
     targets = check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
     result = _run(ops.va_kl, backend, options, student_hidden.device, student_hidden, student_weight,
                   teacher_hidden.detach(), teacher_weight.detach(), targets, _detached(teacher_hidden_degraded),
-                  vocab_size=vocab)
+                  vocab_size=vocab, visual_signal=visual_signal)
     finite([result.kl, result.visual_advantage, result.student_logprob, result.teacher_logprob],
             student_hidden=student_hidden, student_weight=student_weight, teacher_hidden=teacher_hidden,
             teacher_weight=teacher_weight, teacher_hidden_degraded=teacher_hidden_degraded)
@@ -189,14 +202,17 @@ def opd_objective(token_kl, cu_seqlens, *, num_rollouts=None) -> ObjectiveResult
 def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens, prompt_ids, *,
                 teacher_hidden_degraded=None, vocab_size=None, high_fraction=0.2, high_weight=0.5, va_temperature=1.0,
                 eps=1e-6, num_prompts=None, num_rollouts=None, backend="auto", options=None, high_selection="va",
-                rollout_weighting="va", high_seed=None) -> VAOPDLossResult:
+                rollout_weighting="va", high_seed=None, visual_signal="sampled") -> VAOPDLossResult:
     """The full VA-OPD loss from hidden states (standard OPD when ``teacher_hidden_degraded`` is None).
     ``high_selection``, ``rollout_weighting``, ``high_seed``: the ablations of :func:`va_opd_objective`.
+    ``visual_signal``: the VA the high groups and rollout weights come from (see
+    :func:`visual_advantage`); ``targets`` is needed with either (the student's log-prob metrics).
 
     The per-token coefficients depend on the teacher only, so the backend hands VA to the
     objective right after its statistics pass and forms the weighted gradients at once:
     backward only rescales them.
     """
+    check_visual_signal(visual_signal)
     vocab = check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    teacher_hidden_degraded)
     targets = check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
@@ -216,7 +232,8 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     with no_autocast(student_hidden.device):
         loss, stats, coefficients = ops.va_opd_loss(
             impl, student_hidden, student_weight, teacher_hidden.detach(), teacher_weight.detach(), targets,
-            _detached(teacher_hidden_degraded), coefficients_for, vocab_size=vocab, options=options)
+            _detached(teacher_hidden_degraded), coefficients_for, vocab_size=vocab, options=options,
+            visual_signal=visual_signal)
     finite([loss, stats.kl, stats.visual_advantage, stats.student_logprob], student_hidden=student_hidden,
             student_weight=student_weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
             teacher_hidden_degraded=teacher_hidden_degraded)
@@ -257,13 +274,14 @@ class VAOPDLoss(torch.nn.Module):
     hidden states are passed to ``forward``)."""
 
     def __init__(self, *, vocab_size=None, high_fraction=0.2, high_weight=0.5, va_temperature=1.0,
-                 eps=1e-6, backend="auto", options=None):
+                 eps=1e-6, visual_signal="sampled", backend="auto", options=None):
         super().__init__()
         check_objective_options(high_fraction, high_weight, va_temperature, eps)
+        check_visual_signal(visual_signal)
         check_count("vocab_size", vocab_size)
         check_backend_name(backend)
         self.settings = dict(vocab_size=vocab_size, high_fraction=high_fraction, high_weight=high_weight,
-                             va_temperature=va_temperature, eps=eps, backend=backend,
+                             va_temperature=va_temperature, eps=eps, visual_signal=visual_signal, backend=backend,
                              options=resolve_options(options))
 
     def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, targets, cu_seqlens,

@@ -26,11 +26,21 @@ def _with_grad(impl: Backend, value, stats: RowStats, hidden, weight, options, r
                   recomputed_from=recomputed_from)
 
 
-def _visual_advantage(stats: RowStats) -> Optional[torch.Tensor]:
-    """max(log p(y | image) - log p(y | degraded image), 0), the paper's per-token VA."""
+def _visual_advantage(stats: RowStats, visual_signal: str) -> Optional[torch.Tensor]:
+    """The per-token visual signal: "sampled", the paper's VA max(log p(y | image) - log p(y |
+    degraded image), 0) at the sampled token; "divergence", KL(p_t(. | image) || p_t(. | degraded))."""
+    if visual_signal == "divergence":
+        return stats.visual_divergence
     if stats.degraded_logprob is None:
         return None
     return (stats.teacher_logprob - stats.degraded_logprob).clamp_min(0.0)
+
+
+def _teacher_views(vocab_size, th, tw, th_degraded, visual_signal, targets=None, student=None) -> Views:
+    """The teacher's views (and the student's, if given), asking the scan for the divergence
+    between the two teacher views when that is the visual signal."""
+    return Views(vocab_size, student=student, teacher=(th, tw), degraded=th_degraded, targets=targets,
+                 visual_divergence=th_degraded is not None and visual_signal == "divergence")
 
 
 def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -58,6 +68,13 @@ def teacher_logprobs(impl: Backend, th, tw, targets, th_degraded, *, vocab_size:
     return stats.teacher_logprob.to(dtype), _cast(stats.degraded_logprob, dtype)
 
 
+@torch.no_grad()
+def visual_divergence(impl: Backend, th, tw, th_degraded, *, vocab_size: int, options: KernelOptions):
+    """KL(p_t(. | image) || p_t(. | degraded image)) per token, both teacher views in one scan."""
+    stats = _scan(impl, _teacher_views(vocab_size, th, tw, th_degraded, "divergence"), options)
+    return stats.visual_divergence.to(compute_dtype(th, tw, th_degraded))
+
+
 def _result(stats: RowStats, kl, va, dtype) -> VAKLResult:
     # not every backend computes the entropy without targets: none reports it
     entropy = _cast(stats.student_entropy, dtype) if stats.student_logprob is not None else None
@@ -65,34 +82,35 @@ def _result(stats: RowStats, kl, va, dtype) -> VAKLResult:
                       entropy)
 
 
-def va_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded, *, vocab_size: int,
-          options: KernelOptions) -> VAKLResult:
-    views = Views(vocab_size, student=(sh, sw), teacher=(th, tw), degraded=th_degraded, targets=targets)
+def va_kl(impl: Backend, sh, sw, th, tw, targets, th_degraded, *, vocab_size: int, options: KernelOptions,
+          visual_signal: str = "sampled") -> VAKLResult:
+    views = _teacher_views(vocab_size, th, tw, th_degraded, visual_signal, targets, student=(sh, sw))
     stats = _scan(impl, views, options, Divergence.REVERSE)
     dtype = compute_dtype(*views.floats)
     kl = _with_grad(impl, stats.kl.to(dtype), stats, sh, sw, options, (th, tw))
-    return _result(stats, kl, _visual_advantage(stats), dtype)
+    return _result(stats, kl, _visual_advantage(stats, visual_signal), dtype)
 
 
 def va_opd_loss(impl: Backend, sh, sw, th, tw, targets, th_degraded,
                 coefficients_for: Callable[[Optional[torch.Tensor]], Coefficients], *, vocab_size: int,
-                options: KernelOptions) -> Tuple[torch.Tensor, VAKLResult, Coefficients]:
+                options: KernelOptions,
+                visual_signal: str = "sampled") -> Tuple[torch.Tensor, VAKLResult, Coefficients]:
     """loss = sum(token_weight * reverse KL), the coefficients asked for (``coefficients_for(VA or
-    None)``) as soon as VA is known, so the gradients are formed during this call and backward only
-    rescales them. Returns (loss, detached per-token results, the coefficients)."""
+    None)``) as soon as VA (``visual_signal``'s) is known, so the gradients are formed during this
+    call and backward only rescales them. Returns (loss, detached per-token results, the coefficients)."""
     need_grad = wants_grad(sh, sw)  # asked outside any no_grad region
     views = Views(vocab_size, student=(sh, sw), teacher=(th, tw), targets=targets)
     if th_degraded is not None and (impl.FUSES_VIEWS or options.fused_views):  # all views in one scan
-        views.degraded = th_degraded
+        views = _teacher_views(vocab_size, th, tw, th_degraded, visual_signal, targets, student=(sh, sw))
         stats = _scan(impl, views, options, Divergence.REVERSE)
-        va = _visual_advantage(stats)
+        va = _visual_advantage(stats, visual_signal)
         coefficients = coefficients_for(va)
         grads = impl.gradients(stats.saved, coefficients.token_weight, options=options) if need_grad else None
     else:  # the teacher views first (VA), then student + teacher with the coefficients known
         va = None
         if th_degraded is not None:
-            teacher = _scan(impl, Views(vocab_size, teacher=(th, tw), degraded=th_degraded, targets=targets), options)
-            va = _visual_advantage(teacher)
+            teacher = _scan(impl, _teacher_views(vocab_size, th, tw, th_degraded, visual_signal, targets), options)
+            va = _visual_advantage(teacher, visual_signal)
         coefficients = coefficients_for(va)
         row_weight = coefficients.token_weight if need_grad else None
         stats = _scan(impl, views, options, Divergence.REVERSE, row_weight=row_weight)

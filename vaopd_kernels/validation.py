@@ -18,6 +18,7 @@ from vaopd_kernels.options import check_count
 FLOAT = ((torch.float32, torch.bfloat16, torch.float16, torch.float64), "dtype float32, bfloat16, float16 or float64")
 INT = ((torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8), "an integer dtype")
 DIVERGENCES = tuple(d.name.lower() for d in Divergence)  # the public names: "reverse", "forward", "jsd"
+VISUAL_SIGNALS = ("sampled", "divergence")  # docs/math.md, "The visual signal"
 
 
 def is_number(value) -> bool:
@@ -49,6 +50,14 @@ def check_ablation(high_selection, rollout_weighting, high_seed) -> None:
         raise ValueError(f"rollout_weighting: expected one of {objective.ROLLOUT_WEIGHTINGS}, got {rollout_weighting!r}")
     if high_selection == "random" and (isinstance(high_seed, bool) or not isinstance(high_seed, int) or high_seed < 0):
         raise ValueError(f"high_seed: high_selection='random' needs a seed, an int >= 0, got {high_seed!r}")
+
+
+def check_visual_signal(visual_signal, clamp=True) -> None:
+    if not isinstance(visual_signal, str) or visual_signal not in VISUAL_SIGNALS:
+        raise ValueError(f"visual_signal: expected one of {VISUAL_SIGNALS}, got {visual_signal!r}")
+    if visual_signal == "divergence" and not clamp:  # a KL is >= 0: there is no signed form to return
+        raise ValueError("clamp: clamp=False is the signed gap of visual_signal='sampled'; "
+                         "visual_signal='divergence' is a KL, >= 0 without a clamp")
 
 
 def check_divergence(divergence: str, beta) -> None:

@@ -22,6 +22,7 @@ KERNEL_BACKENDS = ("auto", "reference", "torch", "triton", "cuda")
 # the objective's ablation names (vaopd_kernels.objective), kept here like KERNEL_BACKENDS; a test ties them
 HIGH_SELECTIONS = ("va", "random")
 ROLLOUT_WEIGHTINGS = ("va", "uniform")
+VISUAL_SIGNALS = ("sampled", "divergence")  # vaopd_kernels.validation's, kept here like KERNEL_BACKENDS
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,8 @@ class TrainConfig:
     va_temperature: float = _field(1.0, "tau of the softmax over sibling rollouts' VA z-scores")
     high_selection: str = _field("va", "ablation 'random': ceil(f T) random tokens per rollout (seeded by seed, step)")
     rollout_weighting: str = _field("va", "ablation 'uniform': sibling rollouts weighted 1/K")
+    visual_signal: str = _field("sampled", "VA: 'sampled' (the paper's, at the sampled token) or 'divergence' "
+                                           "(KL between the teacher's two views, docs/math.md)")
     kernel_backend: str = _field("auto", f"vaopd_kernels backend, one of {KERNEL_BACKENDS}")
     # rollouts
     per_device_train_batch_size: int = _field(16, "prompts per device per step")
@@ -217,9 +220,13 @@ def validate(cfg: TrainConfig) -> None:
            f"must be one of {HIGH_SELECTIONS}, got {cfg.high_selection!r}")
     _check(cfg.rollout_weighting in ROLLOUT_WEIGHTINGS, "rollout_weighting",
            f"must be one of {ROLLOUT_WEIGHTINGS}, got {cfg.rollout_weighting!r}")
+    _check(cfg.visual_signal in VISUAL_SIGNALS, "visual_signal",
+           f"must be one of {VISUAL_SIGNALS}, got {cfg.visual_signal!r}")
     for name in ("high_selection", "rollout_weighting"):
         _check(cfg.method == "va_opd" or getattr(cfg, name) == "va", name,
                f"is a VA-OPD ablation; method={cfg.method!r} needs the default 'va'")
+    _check(cfg.method == "va_opd" or cfg.visual_signal == "sampled", "visual_signal",
+           f"is VA-OPD's; method={cfg.method!r} needs the default 'sampled'")
     _check(cfg.teacher_sharding in TEACHER_SHARDINGS, "teacher_sharding",
            f"must be one of {TEACHER_SHARDINGS}, got {cfg.teacher_sharding!r}")
     _check(not cfg.teacher_offload or cfg.teacher_sharding == "fsdp2", "teacher_offload",

@@ -56,13 +56,15 @@ class StudentLoss(nn.Module):
     """Wraps the student so that accelerate/DDP/FSDP wrap *this* module and the loss is its forward."""
 
     def __init__(self, model: nn.Module, *, vocab_size: int, method: str, high_fraction: float, high_weight: float,
-                 va_temperature: float, backend: str, high_selection: str = "va", rollout_weighting: str = "va"):
+                 va_temperature: float, backend: str, high_selection: str = "va", rollout_weighting: str = "va",
+                 visual_signal: str = "sampled"):
         super().__init__()
         self.model = model
         self.vocab_size = vocab_size
         self.va = method == "va_opd"
         self.objective = dict(high_fraction=high_fraction, high_weight=high_weight, va_temperature=va_temperature,
                               high_selection=high_selection, rollout_weighting=rollout_weighting)
+        self.visual_signal = visual_signal
         self.backend = backend
 
     def forward(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor,
@@ -96,7 +98,8 @@ class StudentLoss(nn.Module):
         if not self.va:
             return vaopd_kernels.opd_coefficients(batch.cu_seqlens(), num_rollouts=num_rollouts)
         va = vaopd_kernels.visual_advantage(teacher_hidden, teacher_hidden_degraded, teacher_weight, batch.targets(),
-                                            vocab_size=self.vocab_size, backend=self.backend)
+                                            vocab_size=self.vocab_size, visual_signal=self.visual_signal,
+                                            backend=self.backend)
         return vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids, num_prompts=num_prompts,
                                                  backend=self.backend, high_seed=high_seed, **self.objective)
 

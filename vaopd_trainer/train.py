@@ -110,7 +110,8 @@ class Trainer:
         module = StudentLoss(student, vocab_size=len(self.tokenizer), method=cfg.method,
                              high_fraction=cfg.high_fraction, high_weight=cfg.high_weight,
                              va_temperature=cfg.va_temperature, backend=cfg.kernel_backend,
-                             high_selection=cfg.high_selection, rollout_weighting=cfg.rollout_weighting)
+                             high_selection=cfg.high_selection, rollout_weighting=cfg.rollout_weighting,
+                             visual_signal=cfg.visual_signal)
         if fsdp_plugin is not None:
             module = engines.shard_fsdp2(module, fsdp_plugin)  # before the optimizer: it holds the shards
         optimizer = torch.optim.AdamW(module.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),

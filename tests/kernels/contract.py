@@ -36,8 +36,11 @@ CASES = [
     ("linear_logprob", dict(temperature=1.0)),
     ("linear_logprob", dict(temperature=0.5)),
     ("teacher_logprobs", {}),
+    ("visual_divergence", {}),
     ("va_kl", {}),
+    ("va_kl", dict(visual_signal="divergence")),
     ("va_opd_loss", {}),
+    ("va_opd_loss", dict(visual_signal="divergence")),
     ("weighted_kl", dict(targets=True)),
     ("weighted_kl", dict(targets=False)),
 ]
@@ -64,15 +67,20 @@ def run_case(impl, name, options, x):
             lp1, none = ops.teacher_logprobs(impl, th, tw, y, None, vocab_size=vocab, **ko)
         assert none is None
         outs.update(lp=lp, lp_degraded=lpd, lp_single=lp1)
+    elif name == "visual_divergence":
+        with torch.no_grad():
+            outs["kl_views"] = ops.visual_divergence(impl, th, tw, thd, vocab_size=vocab, **ko)
     elif name == "va_kl":
-        r = ops.va_kl(impl, sh, sw, th, tw, y, thd, vocab_size=vocab, **ko)
+        r = ops.va_kl(impl, sh, sw, th, tw, y, thd, vocab_size=vocab, **options, **ko)
         outs.update(kl=r.kl, va=r.visual_advantage, slp=r.student_logprob, tlp=r.teacher_logprob,
                     ent=r.student_entropy)
         scalar = (r.kl * up.to(r.kl.dtype)).sum()
     elif name == "va_opd_loss":
         coefficients = Coefficients(x["token_weight"], None, None, None)
-        loss, r, _ = ops.va_opd_loss(impl, sh, sw, th, tw, y, thd, lambda va: coefficients, vocab_size=vocab, **ko)
-        outs.update(loss=loss, kl=r.kl, slp=r.student_logprob, ent=r.student_entropy, tlp=r.teacher_logprob)
+        loss, r, _ = ops.va_opd_loss(impl, sh, sw, th, tw, y, thd, lambda va: coefficients, vocab_size=vocab,
+                                     **options, **ko)
+        outs.update(loss=loss, kl=r.kl, va=r.visual_advantage, slp=r.student_logprob, ent=r.student_entropy,
+                    tlp=r.teacher_logprob)
         scalar = 2.5 * loss
     elif name == "weighted_kl":
         loss, r = ops.weighted_kl(impl, sh, sw, th, tw, x["token_weight"], y if options["targets"] else None,

@@ -13,6 +13,8 @@ from vaopd_trainer.train import Trainer
     ({"rollout_weighting": "none"}, "rollout_weighting"),
     ({"method": "opd", "high_selection": "random"}, "high_selection"),
     ({"method": "opd", "rollout_weighting": "uniform"}, "rollout_weighting"),
+    ({"visual_signal": "kl"}, "visual_signal"),
+    ({"method": "opd", "visual_signal": "divergence"}, "visual_signal"),
 ])
 def test_bad_ablation_values_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=rf"^{field}:"):
@@ -43,6 +45,21 @@ def test_uniform_rollout_weighting_reaches_the_objective(make_config):
     assert torch.allclose(result.rollout_weight, torch.full_like(result.rollout_weight, 1 / 3))  # K = 3
 
 
+def test_divergence_visual_signal_reaches_the_objective(make_config):
+    import vaopd_kernels
+    from vaopd_trainer.models import lm_head_weight
+
+    trainer = Trainer(make_config(visual_signal="divergence"))
+    batch, th, td = _step_inputs(trainer)
+    result, va = trainer.loss_and_backward(batch, th, td, 0)
+    head = lm_head_weight(trainer.teacher.model)
+    want = vaopd_kernels.visual_advantage(th, td, head, vocab_size=len(trainer.tokenizer), visual_signal="divergence")
+    torch.testing.assert_close(va, want.to(va.dtype))  # the coefficients keep VA in float64
+    high = vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids,
+                                             high_fraction=trainer.cfg.high_fraction).high_mask
+    assert torch.equal(result.high_mask, high)
+
+
 @pytest.mark.parametrize("ablation", [dict(high_selection="random"), dict(rollout_weighting="uniform")])
 def test_ablations_keep_microbatching_exact(make_config, ablation):
     trainer = Trainer(make_config(**ablation))
@@ -65,8 +82,9 @@ def test_ablations_keep_microbatching_exact(make_config, ablation):
 def test_config_ablation_names_are_the_objective_names():
     """config.py keeps its own copy of the names (it validates without importing torch): they must
     be the objective's."""
-    from vaopd_kernels import objective
+    from vaopd_kernels import objective, validation
     from vaopd_trainer import config
 
     assert config.HIGH_SELECTIONS == objective.HIGH_SELECTIONS
     assert config.ROLLOUT_WEIGHTINGS == objective.ROLLOUT_WEIGHTINGS
+    assert config.VISUAL_SIGNALS == validation.VISUAL_SIGNALS

@@ -44,6 +44,9 @@ class Views:
     degraded: Optional[torch.Tensor] = None  # the teacher's hidden states on the degraded image
     targets: Optional[torch.Tensor] = None
     temperature: float = 1.0
+    # also KL(p_teacher || p_degraded) per row (RowStats.visual_divergence), from the sums the scan
+    # keeps for both teacher views anyway; asked for with a degraded view and no divergence or REVERSE
+    visual_divergence: bool = False
 
     @property
     def floats(self):
@@ -60,6 +63,7 @@ class RowStats:
     teacher_logprob: Optional[torch.Tensor] = None
     degraded_logprob: Optional[torch.Tensor] = None
     student_entropy: Optional[torch.Tensor] = None
+    visual_divergence: Optional[torch.Tensor] = None  # KL(p_teacher || p_degraded), when asked for
     grads: Optional[Grads] = None  # when the scan was given row weights
     saved: Any = None  # what ``gradients`` needs (backend-specific)
 

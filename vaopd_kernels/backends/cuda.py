@@ -26,7 +26,7 @@ import torch
 
 from vaopd_kernels import environment
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
-from vaopd_kernels.backends.base import RowStats, compute_dtype
+from vaopd_kernels.backends.base import Divergence, RowStats, compute_dtype
 from vaopd_kernels.results import Coefficients
 
 DEFAULT_CHUNK_BUDGET_BYTES = 2 << 30
@@ -210,6 +210,9 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
     new = lambda: torch.empty(num_rows, dtype=cdtype, device=device)  # noqa: E731
     if divergence is not None:
         out.kl = new()
+    visual = views.visual_divergence and d_head is not None
+    if visual:
+        out.visual_divergence = new()
     if targets is not None:
         out.student_logprob, out.teacher_logprob, out.degraded_logprob = (
             new() if head else None for head in (s_head, t_head, d_head))
@@ -257,6 +260,9 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
         if d_head is not None and y is not None and (divergence is not None or s_head is not None):
             _, lp, _ = ops.view_stats([z_d], y, 1.0, False)
             out.degraded_logprob[rows] = lp[0]
+        if visual:  # KL(p_t || p_d): the forward-KL kernel on logits already here, the degraded view as "student"
+            out.visual_divergence[rows] = ops.divergence(z_d, z_t, None, None, int(Divergence.FORWARD), 0.5, 1.0,
+                                                         0)[0]
 
         if rg is not None:
             # z_s now holds row_grad / T * dD/dz (in place); chain rule through z = W h.

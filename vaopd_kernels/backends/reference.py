@@ -46,6 +46,8 @@ def scan(views, *, divergence, beta, row_weight, options):
         if views.degraded is not None:
             logp_d = _log_softmax(views.degraded, views.teacher[1], views.vocab_size, views.temperature, dtype)
             out.degraded_logprob = _pick(logp_d, views.targets)
+            if views.visual_divergence:  # FORWARD with the degraded view as "student": KL(p_t || p_d)
+                out.visual_divergence = _divergence(logp_d, logp_t, Divergence.FORWARD, beta)
     if views.student is None:
         return out
     with torch.enable_grad():  # fresh leaves: the graph reaches them whatever the caller's flags

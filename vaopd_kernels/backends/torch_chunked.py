@@ -126,7 +126,7 @@ class _Stats(RowStats):
 
 @torch.no_grad()
 def _statistics(student, teacher, degraded, targets, *, vocab_size, options, temperature=1.0, divergence=None,
-                beta=0.5):
+                beta=0.5, visual_divergence=False):
     """Pass 1: one sweep over the tiles of every view present."""
     any_head = student or teacher
     num_rows, dtype, device = any_head.hidden.shape[0], any_head.dtype, any_head.hidden.device
@@ -139,6 +139,13 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
     if divergence is not None:
         out.kl, out.gap = new(), new()
     reverse, forward = divergence == Divergence.REVERSE, divergence == Divergence.FORWARD
+    # KL(p_t || p_d) is the forward KL's sums with the degraded view in the student's place
+    visual = visual_divergence and degraded is not None
+    if visual and forward:
+        raise NotImplementedError("torch backend: the visual divergence next to the forward KL (the teacher's "
+                                  "sums would need two other views)")
+    if visual:
+        out.visual_divergence = new()
     like = torch.empty(0, dtype=dtype, device=device)
     if targets is not None:  # allocated for N = 0 too
         out.student_logprob, out.teacher_logprob, out.degraded_logprob = (
@@ -147,7 +154,7 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
         n = rows.stop - rows.start
         # student extras: [sum e z_s, (reverse) sum e (z_s - z_t), gap sum]; teacher (forward): [sum e (z_t - z_s), gap]
         acc_s = OnlineSoftmax(n, 3 if reverse else 1, like) if student else None
-        acc_t = OnlineSoftmax(n, 2 if forward else 0, like) if teacher else None
+        acc_t = OnlineSoftmax(n, 2 if forward or visual else 0, like) if teacher else None
         acc_d = OnlineSoftmax(n, 0, like) if degraded else None
         y = targets[rows] if targets is not None else None
         for cols in col_tiles:
@@ -162,6 +169,8 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
             if teacher:
                 if forward:
                     acc_t.update(z_t, z_t - z_s, other=z_s)
+                elif visual:
+                    acc_t.update(z_t, z_t - z_d, other=z_d)
                 else:
                     acc_t.update(z_t)
             if degraded:
@@ -181,6 +190,8 @@ def _statistics(student, teacher, degraded, targets, *, vocab_size, options, tem
         if forward:  # KL(p_t || p_s) = E_pt[z_t - z_s] + (lse_s - lse_t)
             out.gap[rows] = acc_t.gap_to(acc_s.lse, 1)
             out.kl[rows] = acc_t.mean(0) + out.gap[rows]
+        if visual:  # KL(p_t || p_d) = E_pt[z_t - z_d] + (lse_d - lse_t)
+            out.visual_divergence[rows] = acc_t.mean(0) + acc_t.gap_to(acc_d.lse, 1)
         if y is not None:
             for acc, logprob in ((acc_s, out.student_logprob), (acc_t, out.teacher_logprob),
                                  (acc_d, out.degraded_logprob)):
@@ -255,7 +266,8 @@ def scan(views, *, divergence, beta, row_weight, options):
     teacher = Head(*(t.detach() for t in views.teacher), dtype) if views.teacher else None
     degraded = Head(views.degraded.detach(), views.teacher[1].detach(), dtype) if views.degraded is not None else None
     common = dict(vocab_size=views.vocab_size, temperature=views.temperature, options=options)
-    stats = _statistics(student, teacher, degraded, views.targets, divergence=divergence, beta=beta, **common)
+    stats = _statistics(student, teacher, degraded, views.targets, divergence=divergence, beta=beta,
+                        visual_divergence=views.visual_divergence, **common)
     saved = dict(student=student, teacher=teacher, stats=stats, divergence=divergence, beta=beta,
                  targets=views.targets, **common)
     out = replace(stats, saved=saved)  # a copy: saved holds the statistics, not the other way round

@@ -29,7 +29,7 @@ from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, split_t
 
 import vaopd_kernels
 from ..pixelate import pixelate
-from ..validation import check_objective_options
+from ..validation import check_objective_options, check_visual_signal
 
 METHODS = ("opd", "va_opd")
 # The per-completion vision fields TRL carries in a batch (DistillationTrainer._compute_loss reads the same ones).
@@ -53,6 +53,9 @@ class VAOPDConfig(DistillationConfig):
                                  metadata={"help": "Share of each completion's tokens in its high-VA group."})
     high_weight: float = field(default=0.5, metadata={"help": "Loss mass of the high-VA group (lambda)."})
     va_temperature: float = field(default=1.0, metadata={"help": "Temperature of the sibling softmax over z-scores."})
+    visual_signal: str = field(default="sampled", metadata={
+        "help": "VA: 'sampled' (the paper's, at the sampled token) or 'divergence' (KL between the teacher's "
+                "two views)."})
     vocab_size: Optional[int] = field(
         default=None, metadata={"help": "Softmax over the first vocab_size head rows; None: every row (as TRL)."})
     kernel_backend: str = field(default="auto", metadata={"help": "vaopd_kernels backend (auto, torch, triton, cuda)."})
@@ -78,6 +81,7 @@ class VAOPDConfig(DistillationConfig):
         if not 0.0 < self.pixelate_ratio < 1.0:
             raise ValueError(f"pixelate_ratio: expected 0 < ratio < 1, got {self.pixelate_ratio!r}")
         check_objective_options(self.high_fraction, self.high_weight, self.va_temperature)
+        check_visual_signal(self.visual_signal)
 
 
 def divergence_options(beta: float) -> Dict:
@@ -269,6 +273,7 @@ class VAOPDTrainer(DistillationTrainer):
         hidden = teacher_hidden[valid]
         va = vaopd_kernels.visual_advantage(hidden, teacher_degraded[valid], teacher_weight,
                                             batch["completion_ids"][valid], vocab_size=self.vaopd.vocab_size,
+                                            visual_signal=self.vaopd.visual_signal,
                                             backend=self.vaopd.kernel_backend)
         # 1/P over every prompt of the generation batch on all ranks (training); eval losses stay per rank,
         # and the Trainer averages them

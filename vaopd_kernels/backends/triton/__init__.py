@@ -44,7 +44,8 @@ def scan(views, *, divergence, beta, row_weight, options):
     # JSD's first pass finds the normalisers only; jsd_sums is its second
     cross = _codes.code(None if divergence == Divergence.JSD else divergence)
     out, rows = kernel_stats.row_stats(degraded=flat[-1], targets=views.targets, cross=cross,
-                                       teacher_min=options.gradient_filter_eps is not None, **common)
+                                       teacher_min=options.gradient_filter_eps is not None,
+                                       visual=views.visual_divergence and views.degraded is not None, **common)
     if divergence == Divergence.JSD:
         jsd_t, jsd_s = kernel_stats.jsd_sums(lse=rows[[SavedRow.LSE_S, SavedRow.LSE_T]], beta=beta, **common)
         out.kl, rows[SavedRow.AUX] = beta * jsd_t + (1.0 - beta) * jsd_s, jsd_s

@@ -10,6 +10,9 @@ keeps, per row and per view, a running max ``m`` and ``l = sum e^(z - m)``, plus
   difference z_s - z_t stays inside the sums: accurate when student ~ teacher); with MIN_T also
   the teacher's smallest logit, which bounds -log p_t for the backward's gradient filter;
 - CROSS=DIV_FORWARD: the same with the roles swapped (teacher max);
+- VISUAL (a degraded view): the DIV_FORWARD sums between the teacher's two views,
+  ``a_d = sum e^(z_t - m_t)(z_t - z_d)`` and ``c_d = sum (e^(z_d - m_t) - e^(z_t - m_t))``, for
+  KL(p_t || p_d) (the "divergence" visual signal); with any CROSS but DIV_JSD;
 - CROSS=DIV_JSD: a second pass with lse_s, lse_t known: sum p_t(log p_t - log m), sum p_s(log p_s - log m).
 
 Partial statistics of the splits are merged on the host side of the launch with a logaddexp-style
@@ -31,8 +34,8 @@ from vaopd_kernels.backends.triton._codes import DIV_FORWARD, DIV_JSD, DIV_NONE,
 from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, online_lse, pick, scaled
 
 # rows of the [NUM_STATS, S, N] partial-statistics buffer
-M_S, L_S, B_S, Y_S, M_T, L_T, Y_T, M_D, L_D, Y_D, A_X, C_X, LO_T = range(13)
-NUM_STATS = 13
+M_S, L_S, B_S, Y_S, M_T, L_T, Y_T, M_D, L_D, Y_D, A_X, C_X, LO_T, A_D, C_D = range(15)
+NUM_STATS = 15
 # Below this |lse_t - lse_s| the gap is log1p(c / l), a sum of small differences, not the plain
 # difference of two ~log(V)-sized normalisers (which loses ~1e-6 in fp32 when student ~ teacher).
 SMALL_GAP = 0.5
@@ -59,13 +62,14 @@ _INTERPRETER_CONFIG = C.cfg(1, 1, BLOCK_N=16, BLOCK_V=32, BLOCK_D=32)
 
 
 @C.autotune(_CONFIGS, _INTERPRETER_CONFIG, ampere_configs=_AMPERE_CONFIGS,
-            key=["Ds", "Dt", "V", "HAS_S", "HAS_T", "HAS_D", "HAS_Y", "CROSS", "MIN_T", "PRECISION"])
+            key=["Ds", "Dt", "V", "HAS_S", "HAS_T", "HAS_D", "HAS_Y", "CROSS", "MIN_T", "VISUAL", "PRECISION"])
 @triton.jit
 def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_ptr,
                   N, V, Ds, Dt, stride_sh, stride_sw, stride_th, stride_tw,
                   inv_temp, log_beta, log_1m_beta,
                   HAS_S: tl.constexpr, HAS_T: tl.constexpr, HAS_D: tl.constexpr, HAS_Y: tl.constexpr,
-                  CROSS: tl.constexpr, MIN_T: tl.constexpr, CAST_F32: tl.constexpr, PRECISION: tl.constexpr,
+                  CROSS: tl.constexpr, MIN_T: tl.constexpr, VISUAL: tl.constexpr, CAST_F32: tl.constexpr,
+                  PRECISION: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -84,6 +88,7 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
     lo_t = tl.full((BLOCK_N,), float("inf"), tl.float32)
     m_d, l_d, y_d = neg_inf, zero, zero
     a_x, c_x = zero, zero
+    m_v, l_v, a_d, c_d = neg_inf, zero, zero, zero
     y = tl.full((BLOCK_N,), -1, tl.int64)
     if HAS_Y:
         y = tl.load(y_ptr + offs_n, mask=n_mask, other=-1)
@@ -109,6 +114,13 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
                 m_d, l_d, _alpha_d, _e_d = online_lse(m_d, l_d, z_d)
                 if HAS_Y:
                     y_d += pick(z_d, offs_v, y)
+                if VISUAL:
+                    # here, while z_d is live (a third live tile would spill): the teacher's online
+                    # softmax once more, (m_v, l_v) = (m_t, l_t) bit for bit, so only a_d, c_d are stored
+                    m_new_v, l_v, alpha_v, e_v = online_lse(m_v, l_v, z_t)
+                    a_d = a_d * alpha_v + tl.sum(e_v * (z_t - z_d), 1)
+                    c_d = c_d * alpha_v + tl.sum(tl.exp(z_d - m_new_v[:, None]) - e_v, 1)
+                    m_v = m_new_v
         if HAS_S:
             raw, _unused = logits_tile(sh_ptr, sh_ptr, stride_sh, sw_ptr, stride_sw, offs_n, n_mask, offs_v, v_mask,
                                        Ds, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
@@ -163,6 +175,9 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
         tl.store(base + 11 * stride, c_x, mask=n_mask)
     if MIN_T:
         tl.store(base + 12 * stride, lo_t, mask=n_mask)
+    if VISUAL:
+        tl.store(base + 13 * stride, a_d, mask=n_mask)
+        tl.store(base + 14 * stride, c_d, mask=n_mask)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -218,7 +233,8 @@ def _accurate_gap(direct: torch.Tensor, c: torch.Tensor, l: torch.Tensor) -> tor
 
 
 def _launch(*, vocab_size: int, student, teacher, degraded=None, targets=None, temperature: float, cross: int,
-            beta: float = 0.5, lse: Optional[torch.Tensor] = None, min_t: bool = False) -> torch.Tensor:
+            beta: float = 0.5, lse: Optional[torch.Tensor] = None, min_t: bool = False,
+            visual: bool = False) -> torch.Tensor:
     """The statistics kernel over all rows: the vocabulary splits' partial statistics [NUM_STATS, S, N]."""
     first = (student or teacher)[0]
     n, device = first.shape[0], first.device
@@ -237,24 +253,33 @@ def _launch(*, vocab_size: int, student, teacher, degraded=None, targets=None, t
         sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0),
         1.0 / temperature, math.log(beta), math.log1p(-beta),
         HAS_S=student is not None, HAS_T=teacher is not None, HAS_D=degraded is not None,
-        HAS_Y=targets is not None, CROSS=cross, MIN_T=min_t, CAST_F32=C.INTERPRET,
+        HAS_Y=targets is not None, CROSS=cross, MIN_T=min_t, VISUAL=visual, CAST_F32=C.INTERPRET,
         PRECISION=dot_precision(sh if student else None, th if teacher else None))
     return parts
 
 
+def _kl_from_sums(parts, a_row: int, c_row: int, w, l, direct):
+    """(KL, accurate normaliser gap) from a view pair's cross sums ``a``, ``c``, merged over the
+    splits with the weights ``w`` and sum ``l`` of the view the expectation is under."""
+    gap = _accurate_gap(direct, (parts[c_row] * w).sum(0), l)
+    return (parts[a_row] * w).sum(0) / l + gap, gap
+
+
 def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, targets=None,
-              temperature: float = 1.0, cross: int = DIV_NONE.value, teacher_min: bool = False):
+              temperature: float = 1.0, cross: int = DIV_NONE.value, teacher_min: bool = False,
+              visual: bool = False):
     """Launch the statistics kernel over all rows and merge the vocabulary splits.
 
     ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`operands`;
     ``degraded`` is the teacher's second hidden view. ``teacher_min`` (DIV_REVERSE): also find the
-    teacher's smallest logit (the gradient filter's bound). Returns (``base.RowStats``: the KL for
+    teacher's smallest logit (the gradient filter's bound). ``visual`` (with ``degraded``): also
+    KL(p_t || p_d) as ``visual_divergence``. Returns (``base.RowStats``: the KL for
     DIV_REVERSE/FORWARD, the student's entropy, log-probs with ``targets``; the
     [len(SavedRow), N] fp32 rows the backward reads, with the KL as AUX and absent rows zero).
     """
     min_t = teacher_min and cross == DIV_REVERSE.value
     parts = _launch(vocab_size=vocab_size, student=student, teacher=teacher, degraded=degraded, targets=targets,
-                    temperature=temperature, cross=cross, min_t=min_t)
+                    temperature=temperature, cross=cross, min_t=min_t, visual=visual)
     out, saved = RowStats(), parts.new_zeros(len(SavedRow), parts.shape[2])
     # a missing min_t reads as -inf: an infinite bound, so the teacher skip drops nothing
     saved[SavedRow.MIN_T] = parts[LO_T].amin(0) if min_t else -math.inf
@@ -269,14 +294,16 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
         saved[SavedRow.LSE_T] = lse_t
         if targets is not None:
             out.teacher_logprob = parts[Y_T].sum(0) - lse_t
-    if degraded is not None and targets is not None:
-        out.degraded_logprob = parts[Y_D].sum(0) - _merge_lse(parts, M_D, L_D)[0]
+    if degraded is not None:
+        lse_d = _merge_lse(parts, M_D, L_D)[0]
+        if targets is not None:
+            out.degraded_logprob = parts[Y_D].sum(0) - lse_d
+        if visual:
+            out.visual_divergence = _kl_from_sums(parts, A_D, C_D, w_t, l_t, lse_d - lse_t)[0]
     if cross == DIV_REVERSE.value:
-        saved[SavedRow.GAP] = _accurate_gap(lse_t - lse_s, (parts[C_X] * w_s).sum(0), l_s)
-        out.kl = (parts[A_X] * w_s).sum(0) / l_s + saved[SavedRow.GAP]
+        out.kl, saved[SavedRow.GAP] = _kl_from_sums(parts, A_X, C_X, w_s, l_s, lse_t - lse_s)
     elif cross == DIV_FORWARD.value:
-        gap = _accurate_gap(lse_s - lse_t, (parts[C_X] * w_t).sum(0), l_t)
-        out.kl = (parts[A_X] * w_t).sum(0) / l_t + gap
+        out.kl = _kl_from_sums(parts, A_X, C_X, w_t, l_t, lse_s - lse_t)[0]
     if out.kl is not None:
         saved[SavedRow.AUX] = out.kl
     return out, saved
