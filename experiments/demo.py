@@ -45,7 +45,7 @@ def run_arm(cfg, method: str) -> dict:
 
 
 def arm_summary(outputs: dict) -> Dict[str, object]:
-    """Per accuracy: before, after, the paired gain with its 95% interval; and the eval curve."""
+    """Per accuracy: before, after and the paired gain, each with its 95% interval; the visual reliance."""
     evals, scores = outputs["evals"], outputs["eval_scores"]
     out: Dict[str, object] = {"train_seconds": round(outputs["train_seconds"], 1)}
     for key in ACCURACIES:
