@@ -24,6 +24,8 @@ from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from vaopd_kernels.integrations.heads import plain_lm_head
+
 from . import checkpoint, engines
 from .config import TINY, ConfigError, TrainConfig, to_dict
 from .data import Sample, load_split, step_prompts
@@ -104,6 +106,11 @@ class Trainer:
         if cfg.teacher_sharding == "fsdp2":
             engines.shard_teacher(self.teacher, offload=cfg.teacher_offload)
         student = load_model(student_path, torch.float32, device)
+        for field, model in (("teacher_model", self.teacher.model), ("student_model", student)):
+            try:  # a head the kernels cannot read fails here, before any generation
+                plain_lm_head(model, field)
+            except NotImplementedError as err:
+                raise ConfigError(str(err)) from None
         self.eos_token_ids = stop_token_ids(student, self.tokenizer)
         if cfg.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -197,6 +197,11 @@ def test_trainer_refuses_what_it_cannot_do(tmp_path):
     text_only = VAOPDConfig(**tv.config_kwargs(tmp_path), method="va_opd", num_generations=2)
     with pytest.raises(ValueError, match="processing_class"):
         VAOPDTrainer(student, teacher, args=text_only, train_dataset=tv.dataset(2), processing_class=proc.tokenizer)
+    # a soft-capped head (Gemma 2's default) is refused at construction, before any generation
+    teacher.config.get_text_config().final_logit_softcapping = 30.0
+    args = VAOPDConfig(**tv.config_kwargs(tmp_path), method="va_opd", num_generations=2)
+    with pytest.raises(NotImplementedError, match="teacher_model: config.final_logit_softcapping = 30.0"):
+        VAOPDTrainer(student, teacher, args=args, train_dataset=tv.dataset(2), processing_class=proc)
 
 
 def test_siblings_stay_adjacent_on_one_rank(tmp_path):

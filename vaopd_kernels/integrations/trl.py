@@ -29,6 +29,7 @@ from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, split_t
 
 import vaopd_kernels
 from ..pixelate import pixelate
+from .heads import plain_lm_head
 from ..validation import check_objective_options, check_visual_signal
 
 METHODS = ("opd", "va_opd")
@@ -101,19 +102,6 @@ def full_head(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return weight.to(dtype)
 
 
-def _plain_head(model) -> torch.nn.Module:
-    """The output projection; refuses what the kernels do not model (bias, logit scale, soft-capping)."""
-    head = model.get_output_embeddings()
-    if getattr(head, "bias", None) is not None:
-        raise NotImplementedError(f"{type(model).__name__}: an LM head with a bias is not supported by vaopd_kernels")
-    config = model.config.get_text_config()
-    for name in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling", "final_logit_softcapping"):
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            raise NotImplementedError(f"{type(model).__name__}: config.{name} = {getattr(config, name)!r} is not "
-                                      "supported by vaopd_kernels (plain logits = head @ hidden only)")
-    return head
-
-
 def _as_pil(image) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
@@ -163,6 +151,9 @@ class VAOPDTrainer(DistillationTrainer):
                          quantization_config=quantization_config, peft_config=peft_config, tools=tools)
         if self.teacher_model is None:
             raise ValueError("teacher_model: VAOPDTrainer needs a local teacher (its hidden states feed the kernels)")
+        # a head the kernels cannot read is refused now, not at the first loss after a generation pass
+        plain_lm_head(self.accelerator.unwrap_model(self.model), "model")
+        plain_lm_head(self.accelerator.unwrap_model(self.teacher_model), "teacher_model")
         if args.method == "va_opd" and not self._is_vlm:
             raise ValueError("processing_class: method='va_opd' needs a processor with an image processor "
                              "(a vision-language model); got a tokenizer")
@@ -268,7 +259,7 @@ class VAOPDTrainer(DistillationTrainer):
         valid = loss_mask.bool()
         lengths = valid.sum(1)
         cu_seqlens = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-        head = _plain_head(self.accelerator.unwrap_model(self.teacher_model))
+        head = plain_lm_head(self.accelerator.unwrap_model(self.teacher_model), "teacher_model")
         teacher_weight = full_head(head.weight, teacher_hidden.dtype).detach()
         hidden = teacher_hidden[valid]
         va = vaopd_kernels.visual_advantage(hidden, teacher_degraded[valid], teacher_weight,
@@ -319,8 +310,8 @@ class VAOPDTrainer(DistillationTrainer):
         input_ids, attention_mask, loss_mask, keep, multimodal = self._model_inputs(inputs)
         student_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, keep, **multimodal)
         teacher_hidden = inputs[TEACHER_HIDDEN] if TEACHER_HIDDEN in inputs else self._teacher_hidden(inputs)
-        student_head = _plain_head(unwrapped_student)
-        teacher_head = _plain_head(self.accelerator.unwrap_model(self.teacher_model))
+        student_head = plain_lm_head(unwrapped_student)
+        teacher_head = plain_lm_head(self.accelerator.unwrap_model(self.teacher_model), "teacher_model")
         student_weight = full_head(student_head.weight, student_hidden.dtype)
         teacher_weight = full_head(teacher_head.weight, teacher_hidden.dtype).detach()
         valid = loss_mask.to(student_weight.device).bool()
