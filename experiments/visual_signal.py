@@ -173,12 +173,33 @@ def analyse(rows: List[dict]) -> Dict[str, object]:
     return {"tests": tests, "means": means, "outcome": decide(tests)}
 
 
+def seeds_needed(half: float, n: int, target: float) -> int:
+    """The smallest seed count whose 95% t half-width, at the spread behind ``half`` (from ``n`` seeds),
+    is at most ``target``."""
+    sd = half * n ** 0.5 / t_quantile(0.975, n - 1)
+    m = 2
+    while t_quantile(0.975, m - 1) * sd / m ** 0.5 > target:
+        m += 1
+    return m
+
+
 def report(results: dict) -> str:
     lines = ["# Visual signal: the pre-registered comparison", "",
              f"Pre-registration: [preregistration-visual-signal.md](preregistration-visual-signal.md). Results: "
              f"[bench/results/visual-signal/results.json](../bench/results/visual-signal/results.json) "
              f"({results['machine']}). Written by `python -m experiments.visual_signal --report`.", "",
-             f"## Outcome: **{results['outcome']}**", "", "## Gates", ""]
+             f"## Outcome: **{results['outcome']}**", ""]
+    if results["outcome"] == "underpowered":
+        for student, tests in results["tests"].items():
+            t = tests["divergence-sampled"]
+            if t["half"] > 2 * DELTA:
+                lines.append(f"- {student}: divergence - sampled has a half-width of {t['half']:.3f} (> 2 x delta = "
+                             f"{2 * DELTA:.2f}); at the spread seen over {t['n']} seeds, "
+                             f"{seeds_needed(t['half'], t['n'], 2 * DELTA)} seeds would bring it to 2 x delta and "
+                             f"{seeds_needed(t['half'], t['n'], DELTA)} to delta.")
+        lines += ["- By the page, nothing changes: the library's default stays `\"sampled\"`, `\"divergence\"` "
+                  "stays available, and neither is recommended over the other.", ""]
+    lines += ["## Gates", ""]
     g = results["gates"]
     lines += [f"- teacher greedy on the {TEST_IMAGES} test images: {g['teacher_clean']:.3f} clean (>= 0.95), "
               f"{g['teacher_pixelated']:.3f} pixelated (<= 0.45)",

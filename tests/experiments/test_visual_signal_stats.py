@@ -35,3 +35,16 @@ def _tests(blind_ds, blind_do, sighted_ds):
 def test_decision_rules(blind_ds, blind_do, sighted_ds, outcome):
     assert DELTA == 0.03
     assert decide(_tests(blind_ds, blind_do, sighted_ds)) == outcome
+
+
+def test_seeds_needed_is_the_smallest_count_that_reaches_the_target():
+    from experiments.code_stats import t_quantile
+    from experiments.visual_signal import seeds_needed
+
+    sd = 0.18
+    half = t_quantile(0.975, 5) * sd / 6 ** 0.5
+    m = seeds_needed(half, 6, 0.06)
+
+    def half_at(k):
+        return t_quantile(0.975, k - 1) * sd / k ** 0.5
+    assert half_at(m) <= 0.06 < half_at(m - 1)
