@@ -29,23 +29,17 @@ import time
 
 import torch
 
-from vaopd_trainer.models import load_model, load_processing
 
 from . import code_task
 from .code_eval import flipped_slot_share, greedy_eval, pixelated
 from .student import give_partial_skill
-from .supervised import checked_stop, save, train
+from .supervised import checked_stop, load, save, train
 from .teacher import ASSETS
 
 TEACHER_DIR = os.path.join(ASSETS, "code_teacher")
 STUDENT_DIR = os.path.join(ASSETS, "code_student")
 SOURCE = {"teacher": os.path.join(ASSETS, "teacher"), "student": os.path.join(ASSETS, "student")}
 FLUENT = 0.95  # the start student's format rate and flipped-slot share: phase B's stop and the gates
-
-
-def _load(path: str):
-    tokenizer, processor = load_processing(path, *code_task.PIXEL_BUDGET)
-    return load_model(path, torch.float32, torch.device("cpu")), tokenizer, processor
 
 
 def _fluent_and_skilled(result: dict, stop_accuracy: float) -> bool:
@@ -58,7 +52,7 @@ def build(which: str, *, steps: int, batch: int, lr: float, seed: int, out: str,
     """The teacher (``steps`` updates on the code format) or the start student in two phases, each
     stopped by its rule (module docstring): A, at most ``short_steps`` on the short stripe template;
     B, at most ``steps`` on the code format with the code flipped."""
-    model, tokenizer, processor = _load(source or SOURCE[which])
+    model, tokenizer, processor = load(source or SOURCE[which])
     student = which == "student"
     val = code_task.dataset(seed, "val", num_val)
     report = {"source": os.path.relpath(source or SOURCE[which], ASSETS), "batch": batch, "lr": lr, "seed": seed,

@@ -23,7 +23,8 @@ from vaopd_trainer.cli import accuracy_gain
 from vaopd_trainer.config import ConfigError, load_config, parse_overrides
 from vaopd_trainer.intervals import paired_gain_ci95
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "demo.yaml")
 ARMS = ("opd", "va_opd")
 ACCURACIES = ("eval_greedy_accuracy", "eval_accuracy")  # greedy, then sampled avg@k
 # Why the paper's VA-OPD may not lift this student (docs/trainer.md, "What the demo shows"): printed

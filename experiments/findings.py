@@ -27,33 +27,27 @@ import torch
 from vaopd_trainer.config import load_config
 from vaopd_trainer.data import load_prepared
 from vaopd_trainer.evaluate import evaluate
-from vaopd_trainer.models import load_model, load_processing
 from vaopd_trainer.sampling import Sampling, stop_token_ids
 
 from . import task
-from .demo import CONFIG
+from .demo import CONFIG, REPO
 from .sanity import OUT_DIR
 from .student import SIGHTED_DIR, STUDENT_DIR
-from .supervised import teacher_forcing_batch
+from .supervised import load, next_token_log_probs
 from .teacher import TEACHER_DIR
 
 SEEDS = range(8)
 
 
-def _load(path: str):
-    tokenizer, processor = load_processing(path, 16 * 16, task.IMAGE_SIZE ** 2)
-    return load_model(path, torch.float32, torch.device("cpu")), tokenizer, processor
-
-
 def _val() -> List:
     cfg = load_config(CONFIG)
-    return [s.decoded() for s in load_prepared(os.path.join(os.path.dirname(os.path.dirname(CONFIG)), cfg.eval_file))]
+    return [s.decoded() for s in load_prepared(os.path.join(REPO, cfg.eval_file))]
 
 
 def eval_noise() -> Dict[str, dict]:
     val, out = _val(), {}
     for name, path in (("blind", STUDENT_DIR), ("sighted", SIGHTED_DIR)):
-        model, tokenizer, processor = _load(path)
+        model, tokenizer, processor = load(path)
         for images in (32, len(val)):
             accuracies = []
             for seed in SEEDS:
@@ -70,21 +64,17 @@ def eval_noise() -> Dict[str, dict]:
 
 @torch.no_grad()
 def teacher_copies(images: int = 256) -> Dict[str, float]:
-    model, tokenizer, processor = _load(TEACHER_DIR)
-    vocab = len(tokenizer)
+    model, tokenizer, processor = load(TEACHER_DIR)
     samples = _val()[:images]
     copy, right = [], []
     for shift in (1, 2):  # each image with both wrong widths
         wrong = [str((int(s.answer) - 1 + shift) % 3 + 1) for s in samples]
         texts = [task.template(w) for w in wrong]
-        inputs, labels = teacher_forcing_batch(samples, texts, tokenizer, processor)
-        probs = torch.softmax(model(**inputs, use_cache=False).logits[:, :-1, :vocab].float(), -1)
-        first = (labels != -100).float().argmax(1)  # the response's first column
-        for row, (text, s, w) in enumerate(zip(texts, samples, wrong)):
-            column = int(first[row]) + len(text) - 2  # the boxed digit's label column (one token per character)
-            assert labels[row, column] == tokenizer.convert_tokens_to_ids(w)
-            copy.append(float(probs[row, column - 1, tokenizer.convert_tokens_to_ids(w)]))
-            right.append(float(probs[row, column - 1, tokenizer.convert_tokens_to_ids(s.answer)]))
+        probs = next_token_log_probs(model, tokenizer, processor, samples, texts,
+                                     [len(t) - 2 for t in texts]).exp()  # the boxed digit
+        for row, (s, w) in enumerate(zip(samples, wrong)):
+            copy.append(float(probs[row, tokenizer.convert_tokens_to_ids(w)]))
+            right.append(float(probs[row, tokenizer.convert_tokens_to_ids(s.answer)]))
     return {"rows": len(copy), "p_copy_wrong_width": statistics.fmean(copy), "p_true_width": statistics.fmean(right)}
 
 
@@ -93,7 +83,7 @@ def wrong_rollout_va(batches: int = 4) -> Dict[str, float]:
 
     rollouts = []
     for seed in range(batches):  # each a fresh start student, so every rollout is the start student's
-        cfg = load_config(CONFIG, {"student_model": os.path.relpath(STUDENT_DIR, os.path.dirname(os.path.dirname(CONFIG)))})
+        cfg = load_config(CONFIG, {"student_model": os.path.relpath(STUDENT_DIR, REPO)})
         cfg = dataclasses.replace(cfg, seed=seed, max_steps=1, val_before_train=False, num_visualize=10 ** 6,
                                   report_to="none", output_dir=os.path.join("runs", "findings", str(seed)))
         trainer = Trainer(cfg)
@@ -128,7 +118,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.which) - set(FINDINGS))
     if unknown:
         parser.error(f"which: unknown finding(s) {unknown}; choose from {list(FINDINGS)}")
-    os.chdir(os.path.dirname(os.path.dirname(CONFIG)))  # the config's paths are relative to the repository
+    os.chdir(REPO)  # the config's paths are relative to the repository
     torch.set_num_threads(1)
     path = os.path.join(args.out, "findings.json")
     results = json.load(open(path)) if os.path.exists(path) else {}

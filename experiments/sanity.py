@@ -29,10 +29,9 @@ import torch
 from vaopd_trainer.config import load_config
 from vaopd_trainer.intervals import mean_ci95, paired_gain_ci95
 
-from .demo import CONFIG
+from .demo import CONFIG, REPO
 
-OUT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "results",
-                       "distill-sanity")
+OUT_DIR = os.path.join(REPO, "bench", "results", "distill-sanity")
 TEACHER, BLIND = "experiments/assets/teacher", "experiments/assets/student"
 SELF = dict(student_model=TEACHER, method="opd", weight_decay=0.0, learning_rate=1e-3, max_steps=30)
 CASES: Dict[str, dict] = {
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs_dir", default="runs/sanity")
     parser.add_argument("--out", default=OUT_DIR)
     args = parser.parse_args(argv)
-    os.chdir(os.path.dirname(os.path.dirname(CONFIG)))  # the config's paths are relative to the repository
+    os.chdir(REPO)  # the config's paths are relative to the repository
     began = time.perf_counter()
     rows = []
     for name in args.cases:

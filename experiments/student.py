@@ -23,10 +23,8 @@ from typing import List, Tuple
 import numpy as np
 import torch
 
-from vaopd_trainer.models import load_model, load_processing
-
 from . import task
-from .supervised import checked_stop, new_model, save, train
+from .supervised import checked_stop, load, new_model, save, train
 from .teacher import ASSETS, accuracy
 
 STUDENT_DIR = os.path.join(ASSETS, "student")
@@ -68,8 +66,7 @@ def blind(args) -> None:
 
 
 def sighted(args) -> None:
-    tokenizer, processor = load_processing(args.source, 16 * 16, task.IMAGE_SIZE ** 2)
-    model = load_model(args.source, torch.float32, torch.device("cpu"))
+    model, tokenizer, processor = load(args.source)
     steps_run, checks = give_partial_skill(model, tokenizer, processor, seed=args.seed, batch=args.batch, lr=args.lr,
                                            max_steps=args.steps, check_every=args.check_every,
                                            stop_accuracy=args.stop_accuracy, num_val=args.num_val)

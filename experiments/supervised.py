@@ -17,7 +17,7 @@ from transformers import Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vaopd_trainer.data import Sample
-from vaopd_trainer.models import TINY_PATCH, build_tiny_tokenizer, tiny_config
+from vaopd_trainer.models import TINY_PATCH, build_tiny_tokenizer, load_model, load_processing, tiny_config
 from vaopd_trainer.rollout import encode_prompts
 
 from .task import IMAGE_SIZE, PROMPT_SUFFIX
@@ -31,6 +31,12 @@ def new_model(hidden: int, layers: int, vocab_padding: int, seed: int):
     processor = Qwen2VLImageProcessorPil(patch_size=TINY_PATCH, merge_size=2, temporal_patch_size=2,
                                          min_pixels=16 * 16, max_pixels=IMAGE_SIZE * IMAGE_SIZE)
     return model, tokenizer, processor
+
+
+def load(path: str):
+    """(model, tokenizer, image_processor) of a model folder on the CPU in float32, its images as they are."""
+    tokenizer, processor = load_processing(path, 16 * 16, IMAGE_SIZE ** 2)
+    return load_model(path, torch.float32, torch.device("cpu")), tokenizer, processor
 
 
 def save(model, tokenizer, processor, path: str, report: Optional[dict] = None) -> str:
@@ -120,3 +126,17 @@ def checked_stop(evaluate, *, check_every: int, reached, checks: list):
         print(f"check at step {done}: {result}")
         return reached(result)
     return stop
+
+
+@torch.no_grad()
+def next_token_log_probs(model, tokenizer, processor, samples: Sequence[Sample], responses: Sequence[str],
+                         positions: Sequence[int]) -> torch.Tensor:
+    """[R, vocab] log-probabilities of the token at character ``positions[r]`` of ``responses[r]``, the
+    response teacher-forced up to it (the tiny tokenizer has one token per character)."""
+    inputs, labels = teacher_forcing_batch(samples, responses, tokenizer, processor)
+    log_probs = torch.log_softmax(model(**inputs, use_cache=False).logits[:, :-1, :len(tokenizer)].float(), -1)
+    columns = (labels != -100).float().argmax(1).long() + torch.as_tensor(positions)  # the labels' columns
+    rows = torch.arange(len(responses))
+    expected = torch.tensor([tokenizer.convert_tokens_to_ids(r[p]) for r, p in zip(responses, positions)])
+    assert torch.equal(labels[rows, columns], expected), "positions: one token per character expected"
+    return log_probs[rows, columns - 1]

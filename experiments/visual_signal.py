@@ -21,11 +21,10 @@ from typing import Dict, List
 import torch
 
 from .code_stats import mean_sd, t_quantile
-from .demo import CONFIG
+from .demo import CONFIG, REPO
 from .student import SIGHTED_DIR, STUDENT_DIR
 from .teacher import TEACHER_DIR
 
-REPO = os.path.dirname(os.path.dirname(CONFIG))
 OUT_DIR = os.path.join(REPO, "bench", "results", "visual-signal")
 RUNS = os.path.join(OUT_DIR, "runs.jsonl")
 REPORT = os.path.join(REPO, "docs", "visual-signal.md")
@@ -57,15 +56,14 @@ def greedy_measures(path: str) -> Dict[str, float]:
     """Greedy accuracy, collapse (share of the most frequent boxed answer) and mean log p(true width)
     under teacher forcing, for the model folder ``path`` on the test images."""
     from vaopd_trainer.evaluate import extract_boxed, is_correct
-    from vaopd_trainer.models import load_model, load_processing
     from vaopd_trainer.rollout import encode_prompts, generate, responses_text
     from vaopd_trainer.sampling import Sampling, stop_token_ids
 
     from . import task
-    from .supervised import teacher_forcing_batch
+    from .supervised import load, next_token_log_probs
 
-    tokenizer, processor = load_processing(path, 16 * 16, task.IMAGE_SIZE ** 2)
-    model = load_model(path, torch.float32, torch.device("cpu")).eval()
+    model, tokenizer, processor = load(path)
+    model.eval()
     samples = [s.decoded() for s in test_samples()]
     answers, right, logp = [], [], []
     for start in range(0, len(samples), 125):
@@ -78,12 +76,9 @@ def greedy_measures(path: str) -> Dict[str, float]:
         answers += [extract_boxed(t) for t in texts]
         right += [is_correct(t, s.answer) for t, s in zip(texts, chunk)]
         truth = [task.template(s.answer) for s in chunk]
-        inputs, labels = teacher_forcing_batch(chunk, truth, tokenizer, processor)
-        lp = torch.log_softmax(model(**inputs, use_cache=False).logits[:, :-1, :len(tokenizer)].float(), -1)
-        first = (labels != -100).float().argmax(1)
-        for row, (text, s) in enumerate(zip(truth, chunk)):
-            column = int(first[row]) + text.index(s.answer)  # the width reading's label (one token a character)
-            logp.append(float(lp[row, column - 1, tokenizer.convert_tokens_to_ids(s.answer)]))
+        lp = next_token_log_probs(model, tokenizer, processor, chunk, truth,
+                                  [t.index(s.answer) for t, s in zip(truth, chunk)])  # the width reading
+        logp += [float(lp[row, tokenizer.convert_tokens_to_ids(s.answer)]) for row, s in enumerate(chunk)]
     counts = collections.Counter(answers)
     return {"greedy_accuracy": sum(right) / len(right), "collapse": counts.most_common(1)[0][1] / len(answers),
             "logp_true_width": sum(logp) / len(logp)}
@@ -114,14 +109,12 @@ def run_one(arm: str, student: str, seed: int) -> dict:
 def gates() -> Dict[str, object]:
     """Gates 2-4 of the page (gate 1, the kernel contract, is tests/kernels/test_visual_signal.py)."""
     from vaopd_trainer.config import load_config
-    from vaopd_trainer.models import load_model, load_processing
     from vaopd_trainer.train import Trainer
 
-    from . import task
+    from .supervised import load
     from .teacher import accuracy
 
-    tokenizer, processor = load_processing(TEACHER_DIR, 16 * 16, task.IMAGE_SIZE ** 2)
-    teacher = load_model(TEACHER_DIR, torch.float32, torch.device("cpu"))
+    teacher, tokenizer, processor = load(TEACHER_DIR)
     samples = test_samples()
     result: Dict[str, object] = {
         "teacher_clean": accuracy(teacher, tokenizer, processor, samples, pixelated=False),

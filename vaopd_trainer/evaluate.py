@@ -53,17 +53,18 @@ def is_correct(response: str, answer: str) -> bool:
 def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, batch_size: int,
              max_new_tokens: int, pixelate_ratio: float, device, sampling: Sampling, num_generations: int,
              eos_token_ids: Sequence[int], prompt_suffix: str = "", backend: str = "auto",
-             context: Optional[int] = None) -> Dict[str, float]:
+             context: Optional[int] = None, reliance: bool = True) -> Dict[str, float]:
     """``num_generations`` answers per problem decoded with ``sampling`` -> accuracy = the mean over all
     answers (avg@k); visual reliance = mean over response tokens of the student's own
     max(log p(y | image) - log p(y | pixelated image), 0) on those answers. ``batch_size`` counts rows.
     ``context``: the models' context (max_position_embeddings); a prompt that cannot fit is refused, named.
+    ``reliance=False`` skips the two extra student passes of the visual reliance (its sums stay 0).
 
     Returns sums and counts so ranks can add them before dividing, and ``scores``: each problem's share
     of right answers, in ``samples``' order (for intervals over images, ``intervals.py``).
     """
     scores: List[float] = []
-    correct, reliance, tokens = 0.0, 0.0, 0.0
+    correct, reliance_sum, tokens = 0.0, 0.0, 0.0
     prompts_per_batch = max(1, batch_size // num_generations)
     for start in range(0, len(samples), prompts_per_batch):
         chunk = samples[start:start + prompts_per_batch]
@@ -77,6 +78,8 @@ def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, ba
         right = [is_correct(r, chunk[i // num_generations].answer) for i, r in enumerate(responses)]
         correct += sum(right)
         scores += [sum(right[i:i + num_generations]) / num_generations for i in range(0, len(right), num_generations)]
+        if not reliance:
+            continue
         was_training = model.training
         model.eval()
         full = backbone_hidden(model, batch)
@@ -84,7 +87,7 @@ def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, ba
         model.train(was_training)
         gap = vaopd_kernels.visual_advantage(full, degraded, lm_head_weight(model), batch.targets(),
                                              vocab_size=len(tokenizer), backend=backend)
-        reliance += float(gap.double().sum())
+        reliance_sum += float(gap.double().sum())
         tokens += gap.numel()
     return {"correct": correct, "count": float(len(samples) * num_generations),
-            "reliance_sum": reliance, "tokens": tokens, "scores": scores}
+            "reliance_sum": reliance_sum, "tokens": tokens, "scores": scores}

@@ -315,7 +315,8 @@ class Trainer:
             passes["eval_greedy_accuracy"] = Sampling(do_sample=False)
         result, scores = {}, {}
         for name, sampling in passes.items():
-            sums = self._evaluate_shard(shard, sampling, step)
+            # the visual reliance is reported from the main pass only
+            sums = self._evaluate_shard(shard, sampling, step, reliance=name == "eval_accuracy")
             total = acc.reduce(torch.tensor([sums[k] for k in ("correct", "count", "reliance_sum", "tokens")],
                                             device=acc.device, dtype=torch.float64), "sum").tolist()
             scores[name] = [score for part in gather_object([sums["scores"]]) for score in part]
@@ -330,7 +331,7 @@ class Trainer:
             self._keep_if_best(step, result["eval_accuracy"])
         return result
 
-    def _evaluate_shard(self, shard: List[Sample], sampling: Sampling, step: int) -> Dict[str, object]:
+    def _evaluate_shard(self, shard: List[Sample], sampling: Sampling, step: int, reliance: bool) -> Dict[str, object]:
         cfg, acc = self.cfg, self.acc
         devices = [acc.device] if acc.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), acc.autocast(), self.guard.sampling(step):
@@ -342,7 +343,7 @@ class Trainer:
                 device=acc.device, sampling=sampling,
                 num_generations=cfg.eval_num_generations if sampling.do_sample else 1,
                 eos_token_ids=self.eos_token_ids, prompt_suffix=cfg.prompt_suffix,
-                backend=cfg.kernel_backend, context=self.context)
+                backend=cfg.kernel_backend, context=self.context, reliance=reliance)
 
     def save(self, step: int) -> str:
         """Checkpoint ``step`` (never a non-finite state), then drop the oldest beyond ``save_total_limit``."""

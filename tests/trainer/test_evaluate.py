@@ -107,10 +107,11 @@ def test_greedy_and_sampled_accuracy_with_intervals_over_images(make_config, mon
     per-image scores, which are kept for paired gains."""
     per_pass = {True: [1.0, 0.5, 0.0, 0.5], False: [1.0, 1.0, 0.0, 0.0]}  # sampled avg@2, greedy
 
-    batch_sizes = []
+    batch_sizes, reliance = [], []
 
     def fake_evaluate(model, samples, tokenizer, image_processor, *, sampling, num_generations, batch_size, **kwargs):
         batch_sizes.append(batch_size)
+        reliance.append(kwargs["reliance"])
         scores = per_pass[sampling.do_sample][:len(samples)]
         return {"correct": sum(scores) * num_generations, "count": float(len(samples) * num_generations),
                 "reliance_sum": 0.5, "tokens": 1.0, "scores": scores}
@@ -119,7 +120,7 @@ def test_greedy_and_sampled_accuracy_with_intervals_over_images(make_config, mon
     trainer = Trainer(make_config(eval_greedy=True, eval_num_generations=2, num_eval_samples=4,
                                   per_device_eval_batch_size=7))
     result = trainer.evaluate("before", 0)
-    assert batch_sizes == [7, 7]
+    assert batch_sizes == [7, 7] and reliance == [True, False]  # the greedy pass skips the reliance passes
     assert result["eval_accuracy"] == 0.5 and result["eval_greedy_accuracy"] == 0.5
     assert result["eval_accuracy_ci95"] == pytest.approx(mean_ci95(per_pass[True])[1])
     assert result["eval_greedy_accuracy_ci95"] == pytest.approx(mean_ci95(per_pass[False])[1])
