@@ -17,6 +17,7 @@ from vaopd_kernels.api import (
     weighted_kl,
 )
 from vaopd_kernels.backends import available_backends
+from vaopd_kernels.lm_head import LMHead
 from vaopd_kernels.options import KernelOptions
 from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult, WeightedKLResult
 
@@ -33,6 +34,7 @@ __all__ = [
     "va_opd_loss",
     "weighted_kl",
     "VAOPDLoss",
+    "LMHead",
     "available_backends",
     "KernelOptions",
     "Coefficients",

@@ -8,11 +8,12 @@ import torch
 from vaopd_kernels import objective, ops
 from vaopd_kernels.backends import check_backend_name, resolve_backend
 from vaopd_kernels.backends._autograd import no_autocast
+from vaopd_kernels.lm_head import LMHead
 from vaopd_kernels.options import check_count, resolve_options
 from vaopd_kernels.results import Coefficients, ObjectiveResult, VAKLResult, VAOPDLossResult, WeightedKLResult
 from vaopd_kernels.validation import (INT, check_ablation, check_cu_seqlens, check_degraded, check_divergence,
                                       check_objective_options, check_pair, check_positive, check_rollouts,
-                                      check_rows, check_same_device, check_student_teacher, check_targets,
+                                      check_head, check_rows, check_same_device, check_student_teacher, check_targets,
                                       check_tensor, check_visual_signal, finite, resolve_vocab)
 
 
@@ -48,33 +49,43 @@ def _run(op, backend, options, device, *args, **kwargs):
 
 # ----------------------------------------------------------------------------- kernels
 def linear_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, *, divergence="reverse",
-              beta=0.5, temperature=1.0, vocab_size=None, backend="auto", options=None) -> torch.Tensor:
-    """Per-token divergence between student and teacher next-token distributions, [N] float32.
+              beta=0.5, temperature=1.0, vocab_size=None, return_entropy=False, backend="auto", options=None):
+    """Per-token divergence between student and teacher next-token distributions, [N] float32;
+    with ``return_entropy=True``, ``(kl, entropy)``: also the student's entropy per token (at the
+    temperature, in nats) from the same pass, detached.
 
-    Computed from hidden states and LM heads without materialising [N, V] logits (backend
-    permitting). Differentiable w.r.t. ``student_hidden`` and ``student_weight`` only.
+    Computed from hidden states and LM heads (weight tensors or :class:`LMHead`) without
+    materialising [N, V] logits (backend permitting). Differentiable w.r.t. ``student_hidden`` and
+    the student's head (weight and bias) only.
     """
+    student_weight, teacher_weight = _heads(student_weight, teacher_weight)
     vocab = check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size)
     check_divergence(divergence, beta)
     temperature = check_positive("temperature", temperature)
-    kl = _run(ops.linear_kl, backend, options, student_hidden.device, student_hidden, student_weight,
-              teacher_hidden.detach(), teacher_weight.detach(), divergence=divergence, beta=float(beta),
-              temperature=temperature, vocab_size=vocab)
-    return finite([kl], student_hidden=student_hidden, student_weight=student_weight,
-                   teacher_hidden=teacher_hidden, teacher_weight=teacher_weight)[0]
+    if not isinstance(return_entropy, bool):
+        raise TypeError(f"return_entropy: expected True or False, got {return_entropy!r}")
+    out = _run(ops.linear_kl, backend, options, student_hidden.device, student_hidden, student_weight,
+               teacher_hidden.detach(), teacher_weight.detach(), divergence=divergence, beta=float(beta),
+               temperature=temperature, vocab_size=vocab, return_entropy=return_entropy)
+    out = list(out) if return_entropy else [out]
+    finite(out, student_hidden=student_hidden, **_head_inputs("student", student_weight),
+           teacher_hidden=teacher_hidden, **_head_inputs("teacher", teacher_weight))
+    return tuple(out) if return_entropy else out[0]
 
 
 def linear_logprob(hidden, weight, targets, *, temperature=1.0, vocab_size=None, backend="auto",
                    options=None) -> torch.Tensor:
-    """log softmax(weight[:V] @ hidden / T)[targets], [N] float32, differentiable."""
-    check_pair("hidden", hidden, "weight", weight)
-    vocab = resolve_vocab(vocab_size, weight=weight)
-    check_same_device(hidden=hidden, weight=weight)
+    """log softmax(logits / T)[targets], [N] float32, differentiable; logits = weight[:V] @ hidden
+    for a weight tensor, an :class:`LMHead`'s logits for a head."""
+    head = check_head("weight", weight)
+    check_pair("hidden", hidden, "weight", head.weight)
+    vocab = resolve_vocab(vocab_size, weight=head.weight)
+    check_same_device(hidden=hidden, weight=head.weight, **{"weight.bias": head.bias})
     targets = check_targets(targets, hidden.shape[0], vocab, hidden.device)
     temperature = check_positive("temperature", temperature)
-    lp = _run(ops.linear_logprob, backend, options, hidden.device, hidden, weight, targets, temperature=temperature,
+    lp = _run(ops.linear_logprob, backend, options, hidden.device, hidden, head, targets, temperature=temperature,
               vocab_size=vocab)
-    return finite([lp], hidden=hidden, weight=weight)[0]
+    return finite([lp], hidden=hidden, **_head_inputs("", head, "weight"))[0]
 
 
 def visual_advantage(hidden_full, hidden_degraded, weight, targets=None, *, vocab_size=None, clamp=True,
@@ -87,11 +98,13 @@ def visual_advantage(hidden_full, hidden_degraded, weight, targets=None, *, voca
     T = 1, >= 0 without a clamp (``clamp=False`` is refused); it reads no ``targets`` (None allowed).
     """
     check_visual_signal(visual_signal, clamp)
-    check_pair("hidden_full", hidden_full, "weight", weight)
+    head = check_head("weight", weight)
+    check_pair("hidden_full", hidden_full, "weight", head.weight)
     check_degraded("hidden_degraded", hidden_degraded, "hidden_full", hidden_full)
-    vocab = resolve_vocab(vocab_size, weight=weight)
-    check_same_device(hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight)
-    views = (hidden_full.detach(), weight.detach())
+    vocab = resolve_vocab(vocab_size, weight=head.weight)
+    check_same_device(hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=head.weight,
+                      **{"weight.bias": head.bias})
+    views = (hidden_full.detach(), head.detach())
     if visual_signal == "divergence":
         signal = _run(ops.visual_divergence, backend, options, hidden_full.device, *views, hidden_degraded.detach(),
                       vocab_size=vocab)
@@ -100,12 +113,24 @@ def visual_advantage(hidden_full, hidden_degraded, weight, targets=None, *, voca
         lp_full, lp_degraded = _run(ops.teacher_logprobs, backend, options, hidden_full.device, *views, targets,
                                     hidden_degraded.detach(), vocab_size=vocab)
         signal = lp_full - lp_degraded
-    signal = finite([signal], hidden_full=hidden_full, hidden_degraded=hidden_degraded, weight=weight)[0]
+    signal = finite([signal], hidden_full=hidden_full, hidden_degraded=hidden_degraded,
+                    **_head_inputs("", head, "weight"))[0]
     return signal.clamp_min(0.0) if clamp and visual_signal == "sampled" else signal
 
 
 def _detached(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t.detach() if t is not None else None
+
+
+def _head_inputs(side: str, head: LMHead, name: Optional[str] = None) -> dict:
+    """A head's tensors by the names errors give them (``student_weight``, ``student_weight.bias``)."""
+    name = name or f"{side}_weight"
+    return {name: head.weight, f"{name}.bias": head.bias}
+
+
+def _heads(student_weight, teacher_weight):
+    return check_head("student_weight", student_weight), check_head("teacher_weight", teacher_weight)
+
 
 
 def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, targets, *,
@@ -115,6 +140,7 @@ def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, target
     the per-token statistics, sharing the teacher pass. ``targets`` is needed with either signal:
     the student's and teacher's log-probs of them are part of the result."""
     check_visual_signal(visual_signal)
+    student_weight, teacher_weight = _heads(student_weight, teacher_weight)
     vocab = check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    teacher_hidden_degraded)
     targets = check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
@@ -122,8 +148,8 @@ def va_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, target
                   teacher_hidden.detach(), teacher_weight.detach(), targets, _detached(teacher_hidden_degraded),
                   vocab_size=vocab, visual_signal=visual_signal)
     finite([result.kl, result.visual_advantage, result.student_logprob, result.teacher_logprob],
-            student_hidden=student_hidden, student_weight=student_weight, teacher_hidden=teacher_hidden,
-            teacher_weight=teacher_weight, teacher_hidden_degraded=teacher_hidden_degraded)
+            student_hidden=student_hidden, **_head_inputs("student", student_weight), teacher_hidden=teacher_hidden,
+            **_head_inputs("teacher", teacher_weight), teacher_hidden_degraded=teacher_hidden_degraded)
     return result
 
 
@@ -213,6 +239,7 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     backward only rescales them.
     """
     check_visual_signal(visual_signal)
+    student_weight, teacher_weight = _heads(student_weight, teacher_weight)
     vocab = check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    teacher_hidden_degraded)
     targets = check_targets(targets, student_hidden.shape[0], vocab, student_hidden.device)
@@ -235,8 +262,8 @@ def va_opd_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, 
             _detached(teacher_hidden_degraded), coefficients_for, vocab_size=vocab, options=options,
             visual_signal=visual_signal)
     finite([loss, stats.kl, stats.visual_advantage, stats.student_logprob], student_hidden=student_hidden,
-            student_weight=student_weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
-            teacher_hidden_degraded=teacher_hidden_degraded)
+            **_head_inputs("student", student_weight), teacher_hidden=teacher_hidden,
+            **_head_inputs("teacher", teacher_weight), teacher_hidden_degraded=teacher_hidden_degraded)
     result = objective.reduce_kl(stats.kl, coefficients, loss=loss, extra_metrics={
         "entropy_mean": stats.student_entropy.double().mean(),
         "student_logprob_mean": stats.student_logprob.double().mean()})
@@ -256,6 +283,7 @@ def weighted_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     ``targets`` the student's log-prob of them and its entropy (the metrics of :func:`va_opd_loss`).
     """
     check_tensor("token_weight", token_weight, 1)
+    student_weight, teacher_weight = _heads(student_weight, teacher_weight)
     vocab = check_student_teacher(student_hidden, student_weight, teacher_hidden, teacher_weight, vocab_size,
                                    token_weight=token_weight)
     if targets is not None:
@@ -263,8 +291,9 @@ def weighted_kl(student_hidden, student_weight, teacher_hidden, teacher_weight, 
     loss, stats = _run(ops.weighted_kl, backend, options, student_hidden.device, student_hidden, student_weight,
                        teacher_hidden.detach(), teacher_weight.detach(), token_weight.detach(), targets,
                        vocab_size=vocab)
-    finite([loss, stats.kl, stats.student_logprob], student_hidden=student_hidden, student_weight=student_weight,
-            teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, token_weight=token_weight)
+    finite([loss, stats.kl, stats.student_logprob], student_hidden=student_hidden,
+           **_head_inputs("student", student_weight), teacher_hidden=teacher_hidden,
+           **_head_inputs("teacher", teacher_weight), token_weight=token_weight)
     return WeightedKLResult(loss=loss, kl=stats.kl, student_logprob=stats.student_logprob,
                             student_entropy=stats.student_entropy)
 

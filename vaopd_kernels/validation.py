@@ -12,6 +12,7 @@ import torch
 
 from vaopd_kernels import objective
 from vaopd_kernels.backends.base import Divergence
+from vaopd_kernels.lm_head import LMHead
 from vaopd_kernels.options import check_count
 
 # a tensor kind: (accepted dtypes, how an error message names them)
@@ -93,6 +94,27 @@ def check_pair(hidden_name, hidden, weight_name, weight) -> None:
                          f"got shape {tuple(weight.shape)}")
 
 
+def check_head(name: str, value) -> LMHead:
+    """``value``, an LM-head weight tensor or an ``LMHead``, as a checked ``LMHead`` (a tensor: a plain
+    head). Only its parts are checked here; its weight's pairing with hidden states is ``check_pair``'s."""
+    if isinstance(value, torch.Tensor):
+        return LMHead(value)
+    if not isinstance(value, LMHead):
+        raise TypeError(f"{name}: expected a torch.Tensor or vaopd_kernels.LMHead, got {type(value).__name__}")
+    check_tensor(f"{name}.weight", value.weight, 2)
+    if value.bias is not None:
+        check_tensor(f"{name}.bias", value.bias, 1)
+        if value.bias.shape[0] != value.weight.shape[0]:
+            raise ValueError(f"{name}.bias: expected {value.weight.shape[0]} entries (one per head row), "
+                             f"got shape {tuple(value.bias.shape)}")
+        check_same_device(**{f"{name}.weight": value.weight, f"{name}.bias": value.bias})
+    if not is_number(value.logit_scale):
+        raise ValueError(f"{name}.logit_scale: expected a finite number, got {value.logit_scale!r}")
+    if value.final_logit_softcapping is not None:
+        check_positive(f"{name}.final_logit_softcapping", value.final_logit_softcapping)
+    return value
+
+
 def check_rows(expected: int, **tensors) -> None:
     for name, t in tensors.items():
         if t is not None and t.shape[0] != expected:
@@ -154,14 +176,16 @@ def check_degraded(name, degraded, like_name, like) -> None:
         raise ValueError(f"{name}: expected shape {tuple(like.shape)} like {like_name}, got {tuple(degraded.shape)}")
 
 
-def check_student_teacher(sh, sw, th, tw, vocab_size, degraded=None, **extra_rows) -> int:
-    """The student and teacher pairs (and the teacher's degraded view, if any) on one device, with
-    one row count; returns the vocabulary size."""
+def check_student_teacher(sh, s_head: LMHead, th, t_head: LMHead, vocab_size, degraded=None, **extra_rows) -> int:
+    """The student and teacher pairs (heads from ``check_head``; and the teacher's degraded view, if
+    any) on one device, with one row count; returns the vocabulary size."""
+    sw, tw = s_head.weight, t_head.weight
     check_pair("student_hidden", sh, "student_weight", sw)
     check_pair("teacher_hidden", th, "teacher_weight", tw)
     check_rows(sh.shape[0], teacher_hidden=th, teacher_hidden_degraded=degraded, **extra_rows)
     check_same_device(student_hidden=sh, student_weight=sw, teacher_hidden=th, teacher_weight=tw,
-                      teacher_hidden_degraded=degraded, **extra_rows)
+                      teacher_hidden_degraded=degraded, **{"student_weight.bias": s_head.bias,
+                                                          "teacher_weight.bias": t_head.bias}, **extra_rows)
     vocab = resolve_vocab(vocab_size, student_weight=sw, teacher_weight=tw)
     if degraded is not None:
         check_degraded("teacher_hidden_degraded", degraded, "teacher_hidden", th)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from vaopd_kernels import Coefficients, KernelOptions, ops, testing
+from vaopd_kernels import Coefficients, KernelOptions, LMHead, ops, testing
 from vaopd_kernels.backends import reference
 from vaopd_kernels.testing import rel_err
 
 
-def make_inputs(n=12, ds=16, dt=24, vocab=37, pad=3, dtype=torch.float32, device="cpu", seed=0, close=False):
+def make_inputs(n=12, ds=16, dt=24, vocab=37, pad=3, dtype=torch.float32, device="cpu", seed=0, close=False,
+                transformed=False):
     """The shared problem (vaopd_kernels.testing.make_inputs) as the contract's argument dict, with padded
-    heads (the teacher's longer), optionally a near-copy teacher, token weights and an upstream gradient."""
+    heads (the teacher's longer), optionally a near-copy teacher, token weights and an upstream gradient.
+    ``transformed``: both heads become LMHeads with a bias, a logit scale and a soft-cap small enough
+    that tanh bends most logits (x["heads"]: side -> (bias, logit_scale, final_logit_softcapping))."""
     shape = testing.Shape(n, ds, dt, vocab, dtype=str(dtype).removeprefix("torch."), seed=seed)
     p = testing.make_inputs(shape, device, head_padding=(pad, pad + 2), degraded_noise=0.7)
     if close:  # student ~ teacher: exercises the accurate lse-gap branch
@@ -23,9 +26,13 @@ def make_inputs(n=12, ds=16, dt=24, vocab=37, pad=3, dtype=torch.float32, device
     g = torch.Generator().manual_seed(seed)
     token_weight = torch.rand(n, generator=g) + 0.1
     upstream = torch.randn(n, generator=g, dtype=torch.float64)
+    heads = None
+    if transformed:
+        bias = lambda w: (0.5 * torch.randn(w.shape[0], generator=g)).to(device=device, dtype=w.dtype)  # noqa: E731
+        heads = dict(student=(bias(p.student_weight), 0.8, 2.0), teacher=(bias(p.teacher_weight), 1.25, 3.0))
     return dict(sh=p.student_hidden.detach(), sw=p.student_weight.detach(), th=p.teacher_hidden,
                 tw=p.teacher_weight, thd=p.teacher_hidden_degraded, y=p.targets,
-                token_weight=token_weight.to(device), upstream=upstream.to(device), vocab=vocab)
+                token_weight=token_weight.to(device), upstream=upstream.to(device), vocab=vocab, heads=heads)
 
 
 CASES = [
@@ -51,6 +58,12 @@ def run_case(impl, name, options, x):
     sh = x["sh"].detach().clone().requires_grad_(True)
     sw = x["sw"].detach().clone().requires_grad_(True)
     th, tw, thd, y, vocab = x["th"], x["tw"], x["thd"], x["y"], x["vocab"]
+    leaves = {"d_sh": sh, "d_sw": sw}
+    if x.get("heads"):  # the student's bias is a leaf too; the teacher's is a constant
+        (sb, s_scale, s_cap), (tb, t_scale, t_cap) = x["heads"]["student"], x["heads"]["teacher"]
+        sb = sb.detach().clone().requires_grad_(True)
+        leaves["d_sb"] = sb
+        sw, tw = LMHead(sw, sb, s_scale, s_cap), LMHead(tw, tb, t_scale, t_cap)
     up = x["upstream"]
     ko = dict(options=x.get("kernel_options", KernelOptions()))
     outs, scalar = {}, None
@@ -95,12 +108,15 @@ def run_case(impl, name, options, x):
     grads = {}
     if scalar is not None:
         scalar.backward()
-        grads = {"d_sh": sh.grad, "d_sw": sw.grad}
+        grads = {name: leaf.grad for name, leaf in leaves.items()}
     return {k: v.detach() for k, v in outs.items()}, grads
 
 
 def oracle(name, options, x):
-    x64 = {k: (v.detach().double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in x.items()}
+    double = lambda v: v.detach().double() if torch.is_tensor(v) and v.is_floating_point() else v  # noqa: E731
+    x64 = {k: double(v) for k, v in x.items()}
+    if x.get("heads"):
+        x64["heads"] = {side: (double(b), *rest) for side, (b, *rest) in x["heads"].items()}
     return run_case(reference, name, options, x64)
 
 

@@ -42,15 +42,18 @@ def backend(request):
     yield _load(name)
 
 
-@pytest.mark.parametrize("chunks", ["one", "many"])
+@pytest.mark.parametrize("chunks", ["one", "many", "many-transformed"])
 @pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 @pytest.mark.parametrize("backend,dtype", PARAMS, indirect=["backend"], ids=[f"{b}-{str(d)[6:]}" for b, d in PARAMS])
 def test_backend_matches_reference(backend, dtype, name, options, chunks, request):
     label = request.node.callspec.params["backend"]
     device, _, many = BACKENDS[label]
-    x = make_inputs(dtype=dtype, device=device)
-    if chunks == "many" and label == "cuda":  # V = 1024: the kernels' 16-byte vector path, several chunks
-        x = make_inputs(n=40, ds=64, dt=96, vocab=1024, pad=8, dtype=dtype, device=device, seed=1)
-    if chunks == "many":
+    # "many-transformed": LMHeads with a bias, a logit scale and a soft-cap on both sides
+    transformed = chunks == "many-transformed"
+    x = make_inputs(dtype=dtype, device=device, transformed=transformed)
+    if chunks != "one" and label == "cuda":  # V = 1024: the kernels' 16-byte vector path, several chunks
+        x = make_inputs(n=40, ds=64, dt=96, vocab=1024, pad=8, dtype=dtype, device=device, seed=1,
+                        transformed=transformed)
+    if chunks != "one":
         x["kernel_options"] = many(x)
     compare(run_case(backend, name, options, x), oracle(name, options, x), dtype)

@@ -23,7 +23,41 @@ import torch
 
 from vaopd_kernels.options import KernelOptions
 
-Grads = Tuple[torch.Tensor, torch.Tensor]  # (d hidden [N, Ds], d head [V or V_head, Ds])
+# (d hidden [N, Ds], d head [V or V_head, Ds], d bias [V or V_head] or None without a bias)
+Grads = Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class LogitTransform:
+    """What a head does to its raw logits r = W h before the temperature (``lm_head.LMHead``):
+    z = c tanh(s (r + b) / c), or s (r + b) without a soft-cap c. The default is the identity."""
+
+    bias: Optional[torch.Tensor] = None  # [V_head]
+    scale: float = 1.0
+    softcap: Optional[float] = None
+
+    @property
+    def is_identity(self) -> bool:
+        return self.bias is None and self.scale == 1.0 and self.softcap is None
+
+    def apply(self, raw: torch.Tensor, cols: slice = slice(None)) -> torch.Tensor:
+        """z for raw logits of vocabulary columns ``cols`` (a new tensor unless the identity)."""
+        if self.bias is not None:
+            raw = raw + self.bias[cols].to(raw.dtype)
+        if self.scale != 1.0:
+            raw = raw * self.scale
+        if self.softcap is not None:
+            raw = torch.tanh(raw / self.softcap) * self.softcap
+        return raw
+
+    def chain_(self, grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``grad`` = dL/dz turned into dL/dr in place, with dz/dr = s (1 - (z / c)^2) read from z."""
+        if self.softcap is not None:
+            grad.mul_(1.0 - (z / self.softcap).square())
+        return grad.mul_(self.scale) if self.scale != 1.0 else grad
+
+
+IDENTITY = LogitTransform()
 
 
 class Divergence(enum.IntEnum):
@@ -39,19 +73,25 @@ class Views:
     """The logit views a scan reads, all packed [N, ...] on one device."""
 
     vocab_size: int
-    student: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (hidden, head)
+    student: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # (hidden, head weight)
     teacher: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+    # each head's logit transform (the degraded view reads the teacher's head); the student's bias
+    # is the only one that gets a gradient
+    student_transform: LogitTransform = IDENTITY
+    teacher_transform: LogitTransform = IDENTITY
     degraded: Optional[torch.Tensor] = None  # the teacher's hidden states on the degraded image
     targets: Optional[torch.Tensor] = None
     temperature: float = 1.0
     # also KL(p_teacher || p_degraded) per row (RowStats.visual_divergence), from the sums the scan
     # keeps for both teacher views anyway; asked for with a degraded view and no divergence or REVERSE
     visual_divergence: bool = False
+    student_entropy: bool = False  # the student's entropy also without targets (linear_kl's return_entropy)
 
     @property
     def floats(self):
+        biases = [t.bias for t in (self.student_transform, self.teacher_transform) if t.bias is not None]
         return [t for pair in (self.student, self.teacher) if pair for t in pair] + \
-            ([self.degraded] if self.degraded is not None else [])
+            ([self.degraded] if self.degraded is not None else []) + biases
 
 
 @dataclass

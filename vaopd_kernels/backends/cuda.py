@@ -222,7 +222,8 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
         grad_half = s_head.op_dtype if s_head.op_dtype in _HALF else None
         native = options.head_grad == "native" and grad_half is not None
         out.grads = (torch.empty(num_rows, student[0].shape[1], dtype=cdtype, device=device),
-                     torch.zeros(vocab_size, student[1].shape[1], dtype=grad_half if native else cdtype, device=device))
+                     torch.zeros(vocab_size, student[1].shape[1], dtype=grad_half if native else cdtype, device=device),
+                     None)
         row_grad = row_grad.detach().to(device=device, dtype=cdtype).contiguous()
     grad_format = _GRAD_FORMAT[grad_half]
 

@@ -7,6 +7,7 @@ differentiates it.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +17,8 @@ from vaopd_kernels.backends.base import Divergence, RowStats, compute_dtype
 FUSES_VIEWS = True
 
 
-def _log_softmax(hidden, weight, vocab_size, temperature, dtype):
-    logits = hidden.to(dtype) @ weight[:vocab_size].to(dtype).T
+def _log_softmax(hidden, weight, vocab_size, temperature, dtype, transform):
+    logits = transform.apply(hidden.to(dtype) @ weight[:vocab_size].to(dtype).T, slice(0, vocab_size))
     return F.log_softmax(logits / temperature, dim=-1)
 
 
@@ -41,10 +42,11 @@ def scan(views, *, divergence, beta, row_weight, options):
     out = RowStats()
     with torch.no_grad():
         if views.teacher is not None:
-            logp_t = _log_softmax(*views.teacher, views.vocab_size, views.temperature, dtype)
+            logp_t = _log_softmax(*views.teacher, views.vocab_size, views.temperature, dtype, views.teacher_transform)
             out.teacher_logprob = _pick(logp_t, views.targets)
         if views.degraded is not None:
-            logp_d = _log_softmax(views.degraded, views.teacher[1], views.vocab_size, views.temperature, dtype)
+            logp_d = _log_softmax(views.degraded, views.teacher[1], views.vocab_size, views.temperature, dtype,
+                                  views.teacher_transform)
             out.degraded_logprob = _pick(logp_d, views.targets)
             if views.visual_divergence:  # FORWARD with the degraded view as "student": KL(p_t || p_d)
                 out.visual_divergence = _divergence(logp_d, logp_t, Divergence.FORWARD, beta)
@@ -52,7 +54,10 @@ def scan(views, *, divergence, beta, row_weight, options):
         return out
     with torch.enable_grad():  # fresh leaves: the graph reaches them whatever the caller's flags
         hidden, weight = (t.detach().requires_grad_() for t in views.student)
-        logp_s = _log_softmax(hidden, weight, views.vocab_size, views.temperature, dtype)
+        bias = views.student_transform.bias
+        bias = bias.detach().requires_grad_() if bias is not None else None
+        transform = replace(views.student_transform, bias=bias)
+        logp_s = _log_softmax(hidden, weight, views.vocab_size, views.temperature, dtype, transform)
         if divergence is not None:
             value = _divergence(logp_s, logp_t, divergence, beta)
         else:
@@ -61,12 +66,14 @@ def scan(views, *, divergence, beta, row_weight, options):
         out.student_logprob = _pick(logp_s, views.targets)
         out.student_entropy = -(logp_s.exp() * logp_s).sum(-1)
     out.kl = value.detach() if divergence is not None else None
-    out.saved = (value, hidden, weight)
+    out.saved = (value, hidden, weight, bias)
     if row_weight is not None:
         out.grads = gradients(out.saved, row_weight, options=options)
     return out
 
 
 def gradients(saved, row_weight, *, options):
-    value, hidden, weight = saved
-    return torch.autograd.grad(value, (hidden, weight), row_weight.to(value.dtype), retain_graph=True)
+    value, hidden, weight, bias = saved
+    leaves = (hidden, weight) if bias is None else (hidden, weight, bias)
+    grads = torch.autograd.grad(value, leaves, row_weight.to(value.dtype), retain_graph=True)
+    return grads if bias is not None else (*grads, None)

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from vaopd_kernels.backends.base import Divergence, RowStats, compute_dtype
+from vaopd_kernels.backends.base import IDENTITY, Divergence, LogitTransform, RowStats, compute_dtype
 
 _MIB = 1 << 20
 # Small tiles win on CPUs: the elementwise passes then run from cache, and 256 x 2048 GEMMs are
@@ -41,11 +41,12 @@ class Head:
     hidden: torch.Tensor  # [N, D]
     weight: torch.Tensor  # [V_head, D]
     dtype: torch.dtype  # compute dtype
+    transform: LogitTransform = IDENTITY
 
     def logits(self, rows: slice, cols: slice, temperature: float) -> torch.Tensor:
         # Converting the weight tile here (not the whole head up front) keeps bf16 inputs from
         # costing an fp32 copy of the head.
-        z = self.hidden[rows].to(self.dtype) @ self.weight[cols].to(self.dtype).T
+        z = self.transform.apply(self.hidden[rows].to(self.dtype) @ self.weight[cols].to(self.dtype).T, cols)
         return z / temperature if temperature != 1.0 else z
 
 
@@ -229,12 +230,16 @@ def _gradients(student, teacher, stats: _Stats, row_grad, *, divergence, vocab_s
     hidden = student.hidden
     grad_hidden = torch.zeros(hidden.shape[0], hidden.shape[1], dtype=dtype, device=hidden.device)
     grad_weight = torch.zeros(vocab_size, hidden.shape[1], dtype=dtype, device=hidden.device)
+    transform = student.transform
+    grad_bias = torch.zeros(vocab_size, dtype=dtype, device=hidden.device) if transform.bias is not None else None
     for rows, col_tiles in _tiling(hidden.shape[0], vocab_size, dtype, hidden.device, options):
         h = hidden[rows].to(dtype)
         scale = (row_grad[rows].to(dtype) / temperature)[:, None]
         lse_s = stats.lse_s[rows, None]
         for cols in col_tiles:
             z_s = student.logits(rows, cols, temperature)
+            # the transformed logits, before the in-place arithmetic below reuses their tile
+            z_capped = z_s * temperature if transform.softcap is not None else None
             p_s = (z_s - lse_s).exp_()
             # In-place arithmetic on the fresh logit tiles: each elementwise pass over a tile costs
             # about as much as the tile's share of a GEMM on a CPU.
@@ -254,17 +259,25 @@ def _gradients(student, teacher, stats: _Stats, row_grad, *, divergence, vocab_s
                 inside = (y >= cols.start) & (y < cols.stop)
                 local = (y - cols.start).clamp(0, g.shape[1] - 1)
                 g.scatter_add_(1, local[:, None], inside.to(dtype)[:, None])
-            g.mul_(scale)
+            transform.chain_(g.mul_(scale), z_capped)
             grad_hidden[rows].addmm_(g, student.weight[cols].to(dtype))
             grad_weight[cols].addmm_(g.T, h)
-    return grad_hidden, grad_weight
+            if grad_bias is not None:
+                grad_bias[cols] += g.sum(0)
+    return grad_hidden, grad_weight, grad_bias
+
+
+def _detached(transform: LogitTransform) -> LogitTransform:
+    return replace(transform, bias=transform.bias.detach()) if transform.bias is not None else transform
 
 
 def scan(views, *, divergence, beta, row_weight, options):
     dtype = compute_dtype(*views.floats)
-    student = Head(*(t.detach() for t in views.student), dtype) if views.student else None
-    teacher = Head(*(t.detach() for t in views.teacher), dtype) if views.teacher else None
-    degraded = Head(views.degraded.detach(), views.teacher[1].detach(), dtype) if views.degraded is not None else None
+    student = Head(*(t.detach() for t in views.student), dtype, _detached(views.student_transform)) \
+        if views.student else None
+    teacher = Head(*(t.detach() for t in views.teacher), dtype, views.teacher_transform) if views.teacher else None
+    degraded = Head(views.degraded.detach(), views.teacher[1].detach(), dtype, views.teacher_transform) \
+        if views.degraded is not None else None
     common = dict(vocab_size=views.vocab_size, temperature=views.temperature, options=options)
     stats = _statistics(student, teacher, degraded, views.targets, divergence=divergence, beta=beta,
                         visual_divergence=views.visual_divergence, **common)

@@ -66,4 +66,4 @@ def gradients(saved, row_weight, *, options):
     formed during the forward call holds no fp32 [N, Ds] buffer until backward."""
     backward_args, hidden_dtype, head_dtype = saved
     grad_h, grad_w = backward.student_grads(row_grad=row_weight, options=options, **backward_args)
-    return grad_h.to(hidden_dtype), grad_w.to(head_dtype)
+    return grad_h.to(hidden_dtype), grad_w.to(head_dtype), None
