@@ -10,7 +10,7 @@ import vaopd_kernels
 from vaopd_trainer.data import Sample
 from vaopd_trainer.evaluate import is_correct
 from vaopd_trainer.loss import backbone_hidden
-from vaopd_trainer.models import lm_head_weight
+from vaopd_trainer.models import lm_head
 from vaopd_trainer.rollout import encode_prompts, generate
 from vaopd_trainer.sampling import Sampling, stop_token_ids
 
@@ -56,7 +56,7 @@ def greedy_eval(model, samples: Sequence[Sample], tokenizer, processor, *, batch
             sums["format"] += score.format_ok
         if reliance:
             gap = vaopd_kernels.visual_advantage(backbone_hidden(model, batch), backbone_hidden(model, batch, degraded=True),
-                                                 lm_head_weight(model), batch.targets(), vocab_size=len(tokenizer))
+                                                 lm_head(model), batch.targets(), vocab_size=len(tokenizer))
             sums["reliance"] += float(gap.double().sum())
             sums["tokens"] += gap.numel()
     n = len(samples)

@@ -17,7 +17,7 @@ import torch
 
 import vaopd_kernels
 from vaopd_trainer.loss import backbone_hidden
-from vaopd_trainer.models import lm_head_weight, load_model, load_processing
+from vaopd_trainer.models import lm_head, load_model, load_processing
 from vaopd_trainer.rollout import encode_prompts, generate
 from vaopd_trainer.sampling import Sampling, stop_token_ids
 
@@ -51,9 +51,9 @@ def rollout_shares(teacher, student, samples, tokenizer, processor, *, num_gener
         batch = generate(student, batch, tokenizer, max_new_tokens=MAX_NEW_TOKENS,
                          sampling=Sampling(temperature=0.7, top_p=0.95), eos_token_ids=stop_token_ids(student, tokenizer))
         th, td = backbone_hidden(teacher, batch), backbone_hidden(teacher, batch, degraded=True)
-        kl = vaopd_kernels.linear_kl(backbone_hidden(student, batch), lm_head_weight(student), th, lm_head_weight(teacher),
+        kl = vaopd_kernels.linear_kl(backbone_hidden(student, batch), lm_head(student), th, lm_head(teacher),
                                      vocab_size=vocab).double()
-        va = vaopd_kernels.visual_advantage(th, td, lm_head_weight(teacher), batch.targets(), vocab_size=vocab).double()
+        va = vaopd_kernels.visual_advantage(th, td, lm_head(teacher), batch.targets(), vocab_size=vocab).double()
         cu, targets = batch.cu_seqlens().tolist(), batch.targets().tolist()
         for r in range(len(cu) - 1):
             lo, hi = cu[r], cu[r + 1]

@@ -10,7 +10,7 @@ import vaopd_kernels
 
 from .data import Sample
 from .loss import backbone_hidden
-from .models import lm_head_weight
+from .models import lm_head
 from .rollout import check_context, encode_prompts, generate, responses_text
 from .sampling import Sampling
 
@@ -85,7 +85,7 @@ def evaluate(model, samples: Sequence[Sample], tokenizer, image_processor, *, ba
         full = backbone_hidden(model, batch)
         degraded = backbone_hidden(model, batch, degraded=True)
         model.train(was_training)
-        gap = vaopd_kernels.visual_advantage(full, degraded, lm_head_weight(model), batch.targets(),
+        gap = vaopd_kernels.visual_advantage(full, degraded, lm_head(model), batch.targets(),
                                              vocab_size=len(tokenizer), backend=backend)
         reliance_sum += float(gap.double().sum())
         tokens += gap.numel()

@@ -16,7 +16,7 @@ from torch import nn
 
 import vaopd_kernels
 
-from .models import lm_head_weight
+from .models import lm_head
 from .rollout import Batch
 
 
@@ -67,7 +67,7 @@ class StudentLoss(nn.Module):
         self.visual_signal = visual_signal
         self.backend = backend
 
-    def forward(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor,
+    def forward(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_head: vaopd_kernels.LMHead,
                 token_weight: torch.Tensor):
         """(loss, ``vaopd_kernels.WeightedKLResult``) for ``batch``'s rows: loss = sum(token_weight * KL).
 
@@ -76,8 +76,8 @@ class StudentLoss(nn.Module):
         their gradients to its gradient.
         """
         hidden = self.model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
-        result = vaopd_kernels.weighted_kl(batch.response_hidden(hidden), lm_head_weight(self.model), teacher_hidden,
-                                           teacher_weight, token_weight, targets=batch.targets(),
+        result = vaopd_kernels.weighted_kl(batch.response_hidden(hidden), lm_head(self.model), teacher_hidden,
+                                           teacher_head, token_weight, targets=batch.targets(),
                                            vocab_size=self.vocab_size, backend=self.backend)
         return result.loss, result
 
@@ -91,13 +91,13 @@ class StudentLoss(nn.Module):
         return fn(self.model, *args, **kwargs)
 
     def coefficients(self, batch: Batch, teacher_hidden: torch.Tensor, teacher_hidden_degraded: Optional[torch.Tensor],
-                     teacher_weight: torch.Tensor, num_prompts: Optional[int], num_rollouts: Optional[int],
+                     teacher_head: vaopd_kernels.LMHead, num_prompts: Optional[int], num_rollouts: Optional[int],
                      high_seed: Optional[int] = None) -> vaopd_kernels.Coefficients:
         """The whole batch's coefficients, before any student work: they depend on the teacher only
         (VA, grouping, rollout weights)."""
         if not self.va:
             return vaopd_kernels.opd_coefficients(batch.cu_seqlens(), num_rollouts=num_rollouts)
-        va = vaopd_kernels.visual_advantage(teacher_hidden, teacher_hidden_degraded, teacher_weight, batch.targets(),
+        va = vaopd_kernels.visual_advantage(teacher_hidden, teacher_hidden_degraded, teacher_head, batch.targets(),
                                             vocab_size=self.vocab_size, visual_signal=self.visual_signal,
                                             backend=self.backend)
         return vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids, num_prompts=num_prompts,

@@ -17,6 +17,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from vaopd_kernels import LMHead
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                   "<|image_pad|>", "<|video_pad|>"]
 TINY_PATCH = 8  # 64 x 64 images -> 8 x 8 patches -> 16 visual tokens after the 2 x 2 merge
@@ -113,6 +115,7 @@ def load_model(path: str, dtype: torch.dtype, device: torch.device,
     return model if stay_on_cpu else model.to(device)
 
 
-def lm_head_weight(model) -> torch.Tensor:
-    """The [V_pad, D] output projection; the loss multiplies hidden states by it (no logits tensor)."""
-    return model.get_output_embeddings().weight
+def lm_head(model) -> LMHead:
+    """The output projection (weight [V_pad, D], bias, logit scale, soft-cap) as the kernels read it:
+    the loss multiplies hidden states by it (no logits tensor)."""
+    return LMHead.from_model(model)

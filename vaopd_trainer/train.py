@@ -24,7 +24,6 @@ from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from vaopd_kernels.integrations.heads import plain_lm_head
 
 from . import checkpoint, engines
 from .config import TINY, ConfigError, TrainConfig, to_dict
@@ -35,7 +34,7 @@ from .guard import DivergenceGuard
 from .intervals import mean_ci95
 from .loss import StudentLoss, Teacher
 from .metrics import MetricsLogger, PhaseMemory
-from .models import build_tiny_models, lm_head_weight, load_model, load_processing
+from .models import build_tiny_models, lm_head, load_model, load_processing
 from .resume import prepare_output_dir, restore, run_identity
 from .rollout import check_context, encode_prompts, generate, responses_text
 from .sampling import Sampling, stop_token_ids
@@ -106,11 +105,6 @@ class Trainer:
         if cfg.teacher_sharding == "fsdp2":
             engines.shard_teacher(self.teacher, offload=cfg.teacher_offload)
         student = load_model(student_path, torch.float32, device)
-        for field, model in (("teacher_model", self.teacher.model), ("student_model", student)):
-            try:  # a head the kernels cannot read fails here, before any generation
-                plain_lm_head(model, field)
-            except NotImplementedError as err:
-                raise ConfigError(str(err)) from None
         self.eos_token_ids = stop_token_ids(student, self.tokenizer)
         if cfg.gradient_checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -209,9 +203,9 @@ class Trainer:
         # a sharded teacher's LM head (root unit) is gathered while the kernels read it
         with engines.gathered(self.teacher):
             return self._loss_and_backward(batch, teacher_hidden, teacher_degraded, step,
-                                           lm_head_weight(self.teacher.model))
+                                           lm_head(self.teacher.model))
 
-    def _loss_and_backward(self, batch, teacher_hidden, teacher_degraded, step: int, teacher_weight):
+    def _loss_and_backward(self, batch, teacher_hidden, teacher_degraded, step: int, teacher_head):
         cfg, acc = self.cfg, self.acc
         counts = dict(num_prompts=self.global_prompts, num_rollouts=self.global_prompts * cfg.num_generations,
                       high_seed=self.high_seed(step))
@@ -221,14 +215,14 @@ class Trainer:
         micro = cfg.micro_batch_size or rows
         inner = self.inner
         # the coefficients depend on the teacher only: known for the whole batch before any student work
-        coefficients = inner.coefficients(batch, teacher_hidden, teacher_degraded, teacher_weight, **counts)
+        coefficients = inner.coefficients(batch, teacher_hidden, teacher_degraded, teacher_head, **counts)
         cu = batch.cu_seqlens().tolist()
         parts = []
         for start in range(0, rows, micro):
             stop = min(rows, start + micro)
             lo, hi = cu[start], cu[stop]
             with engines.micro_batch_sync(acc, self.module, last=stop == rows), acc.autocast():
-                loss, part = self.module(batch.rows(start, stop), teacher_hidden[lo:hi], teacher_weight,
+                loss, part = self.module(batch.rows(start, stop), teacher_hidden[lo:hi], teacher_head,
                                          coefficients.token_weight[lo:hi])
                 acc.backward(loss * scale)
             parts.append(part)

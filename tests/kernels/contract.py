@@ -40,6 +40,7 @@ CASES = [
     ("linear_kl", dict(divergence="reverse", temperature=0.7)),
     ("linear_kl", dict(divergence="forward", temperature=1.3)),
     ("linear_kl", dict(divergence="jsd", beta=0.3, temperature=1.0)),
+    ("linear_kl", dict(divergence="reverse", temperature=0.7, return_entropy=True)),
     ("linear_logprob", dict(temperature=1.0)),
     ("linear_logprob", dict(temperature=0.5)),
     ("teacher_logprobs", {}),
@@ -69,7 +70,10 @@ def run_case(impl, name, options, x):
     outs, scalar = {}, None
     if name == "linear_kl":
         kl = ops.linear_kl(impl, sh, sw, th, tw, divergence=options["divergence"], beta=options.get("beta", 0.5),
-                            temperature=options["temperature"], vocab_size=vocab, **ko)
+                           temperature=options["temperature"], vocab_size=vocab,
+                           return_entropy=options.get("return_entropy", False), **ko)
+        if options.get("return_entropy"):
+            kl, outs["entropy"] = kl
         outs["kl"], scalar = kl, (kl * up.to(kl.dtype)).sum()
     elif name == "linear_logprob":
         lp = ops.linear_logprob(impl, sh, sw, y, temperature=options["temperature"], vocab_size=vocab, **ko)

@@ -21,7 +21,7 @@ from torch.distributed.fsdp import FSDPModule  # noqa: E402
 from vaopd_trainer import engines  # noqa: E402
 from vaopd_trainer.config import load_config  # noqa: E402
 from vaopd_trainer.loss import Teacher  # noqa: E402
-from vaopd_trainer.models import lm_head_weight, load_model  # noqa: E402
+from vaopd_trainer.models import lm_head, load_model  # noqa: E402
 from vaopd_trainer.train import Trainer  # noqa: E402
 
 from _fixed_batch import my_rows  # noqa: E402
@@ -44,7 +44,7 @@ def main(config_json, batch_path, out_path):
     trainer.inner.register_forward_hook(lambda module, args, out: kl.append(out[1].kl))
     result, va = trainer.loss_and_backward(batch, hidden, degraded)
     with engines.gathered(trainer.teacher):
-        head = lm_head_weight(trainer.teacher.model).clone()
+        head = lm_head(trainer.teacher.model).weight.clone()
         root_bytes = local_bytes(p for p in trainer.teacher.parameters() if not hasattr(p, "to_local"))
     mine = dict(hidden=hidden, degraded=degraded, va=va, kl=torch.cat(kl), loss=result.loss.detach(),
                 token_weight=result.token_weight, rollout_weight=result.rollout_weight, high_mask=result.high_mask,

@@ -47,12 +47,12 @@ def test_uniform_rollout_weighting_reaches_the_objective(make_config):
 
 def test_divergence_visual_signal_reaches_the_objective(make_config):
     import vaopd_kernels
-    from vaopd_trainer.models import lm_head_weight
+    from vaopd_trainer.models import lm_head
 
     trainer = Trainer(make_config(visual_signal="divergence"))
     batch, th, td = _step_inputs(trainer)
     result, va = trainer.loss_and_backward(batch, th, td, 0)
-    head = lm_head_weight(trainer.teacher.model)
+    head = lm_head(trainer.teacher.model)
     want = vaopd_kernels.visual_advantage(th, td, head, vocab_size=len(trainer.tokenizer), visual_signal="divergence")
     torch.testing.assert_close(va, want.to(va.dtype))  # the coefficients keep VA in float64
     high = vaopd_kernels.va_opd_coefficients(va, batch.cu_seqlens(), batch.prompt_ids,

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from vaopd_trainer.memory import Workload, per_gpu_memory
-from vaopd_trainer.models import lm_head_weight
+from vaopd_trainer.models import lm_head
 from vaopd_trainer.train import Trainer
 
 ACTIVATION_TOLERANCE = 0.2  # docs/trainer.md states the same
@@ -64,7 +64,7 @@ def test_memory_formula_matches_the_tiny_models(make_config):
     assert estimate["parameters"] == nbytes(params)
     assert estimate["teacher"] == nbytes(trainer.teacher.parameters())
 
-    teacher_weight = lm_head_weight(trainer.teacher.model)
+    teacher_weight = lm_head(trainer.teacher.model)
     coefficients = trainer.inner.coefficients(batch, th, td, teacher_weight, num_prompts=2, num_rollouts=rows)
     token_weight = coefficients.token_weight
     existing = {t.untyped_storage().data_ptr() for t in [*params, *trainer.teacher.parameters(), th, td, token_weight,

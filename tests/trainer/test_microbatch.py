@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vaopd_kernels
-from vaopd_trainer.models import lm_head_weight
+from vaopd_trainer.models import lm_head
 from vaopd_trainer.train import Trainer
 
 
@@ -23,7 +23,7 @@ def _va_opd_loss_grads(trainer, batch, th, td):
     hidden = inner.model.model(**batch.model_inputs(), use_cache=False).last_hidden_state
     rollouts = batch.input_ids.shape[0]
     result = vaopd_kernels.va_opd_loss(
-        batch.response_hidden(hidden), lm_head_weight(inner.model), th, lm_head_weight(trainer.teacher.model),
+        batch.response_hidden(hidden), lm_head(inner.model), th, lm_head(trainer.teacher.model),
         batch.targets(), batch.cu_seqlens(), batch.prompt_ids, teacher_hidden_degraded=td, vocab_size=inner.vocab_size,
         num_prompts=trainer.global_prompts, num_rollouts=rollouts, backend=inner.backend, **inner.objective)
     result.loss.backward()

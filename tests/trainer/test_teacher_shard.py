@@ -10,7 +10,7 @@ import torch
 
 from vaopd_trainer import engines
 from vaopd_trainer.memory import Workload, per_gpu_memory
-from vaopd_trainer.models import lm_head_weight
+from vaopd_trainer.models import lm_head
 from vaopd_trainer.train import Trainer
 
 from _fixed_batch import save_reference, torchrun
@@ -44,7 +44,7 @@ def test_sharded_teacher_equals_the_whole_teacher_on_two_processes(make_config, 
                                                                 "offload_degraded")}
 
     # the kernels read the whole head, gathered from the shards
-    torch.testing.assert_close(out["head"], lm_head_weight(single.teacher.model), rtol=0, atol=0)
+    torch.testing.assert_close(out["head"], lm_head(single.teacher.model).weight, rtol=0, atol=0)
     # both teacher passes, VA, per-token KL, coefficients, loss and the (all-reduced) student gradient
     close(both["hidden"], saved["teacher_hidden"], "hidden")
     close(both["degraded"], saved["teacher_degraded"], "degraded")
