@@ -49,6 +49,55 @@ def test_from_model_gives_the_models_own_log_probs_and_entropy(family):
     torch.testing.assert_close(entropy, -(log_p.exp() * log_p).sum(-1), atol=1e-6, rtol=0)
 
 
+def _explicit_log_softmax(hidden, head: vk.LMHead, temperature):
+    """The transform written out in float64, independent of the library's own."""
+    z = hidden.double() @ head.weight.double().T + head.bias.double()
+    z = z * head.logit_scale
+    if head.final_logit_softcapping is not None:
+        z = head.final_logit_softcapping * torch.tanh(z / head.final_logit_softcapping)
+    return torch.log_softmax(z / temperature, -1)
+
+
+def _explicit_divergence(logp_s, logp_t, divergence, beta):
+    p_s, p_t = logp_s.exp(), logp_t.exp()
+    if divergence == "reverse":
+        return (p_s * (logp_s - logp_t)).sum(-1)
+    if divergence == "forward":
+        return (p_t * (logp_t - logp_s)).sum(-1)
+    logm = torch.log(beta * p_t + (1 - beta) * p_s)
+    return beta * (p_t * (logp_t - logm)).sum(-1) + (1 - beta) * (p_s * (logp_s - logm)).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("divergence", ["reverse", "forward", "jsd"])
+@pytest.mark.parametrize("backend", [b for b in vk.available_backends() if b != "reference"])
+def test_transformed_heads_match_the_explicit_formula(backend, divergence, temperature):
+    """Every divergence and temperature: values, entropy and the gradients of the student's hidden
+    states, weight and bias, in fp32 against the formula in float64 (soft-cap on the student, scale
+    and bias on both sides)."""
+    p = testing.make_inputs(testing.Shape(24, 8, 12, 70), "cpu")
+    g = torch.Generator().manual_seed(1)
+    bias = lambda rows: 0.5 * torch.randn(rows, generator=g)  # noqa: E731
+    student = vk.LMHead(p.student_weight.detach().requires_grad_(), bias(70).requires_grad_(), 0.8, 2.0)
+    teacher = vk.LMHead(p.teacher_weight, bias(70), 1.25, None)
+    hidden = p.student_hidden.detach().requires_grad_()
+    options = vk.KernelOptions(vocab_tile=16) if backend == "torch" else None
+    kl, entropy = vk.linear_kl(hidden, student, p.teacher_hidden, teacher, divergence=divergence, beta=0.3,
+                               temperature=temperature, return_entropy=True, backend=backend, options=options)
+    upstream = torch.randn(24, generator=g)
+    grads = torch.autograd.grad((kl * upstream).sum(), (hidden, student.weight, student.bias))
+
+    leaves = [t.detach().double().requires_grad_() for t in (hidden, student.weight, student.bias)]
+    logp_s = _explicit_log_softmax(leaves[0], vk.LMHead(*leaves[1:], 0.8, 2.0), temperature)
+    logp_t = _explicit_log_softmax(p.teacher_hidden, teacher, temperature)
+    want = _explicit_divergence(logp_s, logp_t, divergence, 0.3)
+    want_grads = torch.autograd.grad((want * upstream.double()).sum(), leaves)
+    torch.testing.assert_close(kl.double(), want.detach(), atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(entropy.double(), -(logp_s.exp() * logp_s).sum(-1).detach(), atol=2e-5, rtol=2e-5)
+    for name, got, expected in zip(("hidden", "weight", "bias"), grads, want_grads):
+        assert testing.rel_err(got, expected) < 2e-4, name
+
+
 def test_from_model_without_an_lm_head_names_the_model():
     class Headless(torch.nn.Module):
         def get_output_embeddings(self):
