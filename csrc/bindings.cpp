@@ -1,16 +1,20 @@
 // torch.library bindings for the vaopd CUDA kernels (compiled only where a CUDA build of torch exists).
 //
 // Ops (namespace "vaopd"); every tensor is on one CUDA device, logits are float32 or float64 [rows, V]
-// chunks with unit column stride (z = W h, not yet divided by the temperature):
-//   view_stats(views, targets?, inv_temperature, want_entropy) -> (lse, target_logprob, entropy)
-//       each [num_views, rows]; target_logprob is empty without targets, entropy empty unless asked.
-//   divergence(student!, teacher, targets?, row_grad?, divergence, beta, inv_temperature, grad_format)
+// chunks with unit column stride (raw logits r = W h). A head transform (bias?, scale, softcap; see
+// LogitTransformArgs: bias [V] of the logits' dtype, softcap <= 0 for none; the defaults are a plain
+// head) turns them into z = c tanh(s (r + b) / c), then divided by the temperature:
+//   view_stats(views, targets?, inv_temperature, want_entropy, bias?, scale, softcap)
+//       -> (lse, target_logprob, entropy) each [num_views, rows]; target_logprob is empty without
+//       targets, entropy empty unless asked. The views share the transform (one head's).
+//   divergence(student!, teacher, targets?, row_grad?, divergence, beta, inv_temperature, grad_format,
+//              student_bias?, student_scale, student_softcap, teacher_bias?, teacher_scale, teacher_softcap)
 //       -> (kl, student_lse, student_logprob, student_entropy, teacher_logprob), each [rows]
 //       (the log-probs are empty without targets). With row_grad the student chunk is overwritten
-//       by row_grad[n] / T * d divergence_n / d z (grad_format 0: same dtype; 1/2: bf16/fp16
+//       by row_grad[n] / T * d divergence_n / d r (grad_format 0: same dtype; 1/2: bf16/fp16
 //       packed at the start of each row, see vaopd_kernels.cuh).
-//   logprob_grad(student!, lse, targets, row_grad, inv_temperature, grad_format) -> ()
-//       student chunk := row_grad[n] / T * (onehot(y_n) - p_s).
+//   logprob_grad(student!, lse, targets, row_grad, inv_temperature, grad_format, bias?, scale, softcap) -> ()
+//       student chunk := row_grad[n] / T * (onehot(y_n) - p_s) * dz/dr.
 //   va_opd_coefficients(visual_advantage, cu_seqlens, prompt_ids, high_fraction, high_weight, va_temperature, eps,
 //                  num_prompts) -> (token_weight [N] f64, rollout_weight [R] f64, high_mask [N] bool)
 //       the VA-OPD objective's coefficients (visual_advantage float64, cu_seqlens/prompt_ids int64;
@@ -56,6 +60,18 @@ void check_rows(const Tensor& t, int64_t rows, at::ScalarType dtype, const char*
 
 int64_t row_stride(const Tensor& t) { return t.size(0) <= 1 ? t.size(1) : t.stride(0); }
 
+vaopd::LogitTransformArgs head_transform(const c10::optional<Tensor>& bias, double scale, double softcap,
+                                    const Tensor& chunk, const char* name) {
+  vaopd::LogitTransformArgs t;
+  if (bias) {
+    check_rows(*bias, chunk.size(1), chunk.scalar_type(), name, chunk);
+    t.bias = bias->data_ptr();
+  }
+  t.scale = scale;
+  t.softcap = softcap;
+  return t;
+}
+
 vaopd::GradFormat grad_format(int64_t code, const Tensor& student) {
   TORCH_CHECK(code >= 0 && code <= 2, "grad_format: expected 0 (same), 1 (bf16) or 2 (fp16), got ", code);
   TORCH_CHECK(code == 0 || student.scalar_type() == at::kFloat, "grad_format: packed half gradients need float32 logits");
@@ -63,7 +79,8 @@ vaopd::GradFormat grad_format(int64_t code, const Tensor& student) {
 }
 
 std::tuple<Tensor, Tensor, Tensor> view_stats(const std::vector<Tensor>& views, const c10::optional<Tensor>& targets,
-                                              double inv_temperature, bool want_entropy) {
+                                              double inv_temperature, bool want_entropy,
+                                              const c10::optional<Tensor>& bias, double scale, double softcap) {
   TORCH_CHECK(!views.empty() && views.size() <= static_cast<size_t>(vaopd::kMaxViews), "views: expected 1 to ",
               vaopd::kMaxViews, " chunks, got ", views.size());
   const Tensor& first = views[0];
@@ -75,6 +92,7 @@ std::tuple<Tensor, Tensor, Tensor> view_stats(const std::vector<Tensor>& views, 
   a.type = logit_type(first, "views[0]");
   a.num_views = static_cast<int>(views.size());
   a.inv_temperature = inv_temperature;
+  a.transform = head_transform(bias, scale, softcap, first, "bias");
   const auto nv = static_cast<int64_t>(views.size());
   Tensor lse = at::empty({nv, a.rows}, first.options());
   Tensor lp = at::empty({targets ? nv : 0, targets ? a.rows : 0}, first.options());
@@ -101,7 +119,11 @@ std::tuple<Tensor, Tensor, Tensor> view_stats(const std::vector<Tensor>& views, 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence(Tensor student, const Tensor& teacher,
                                                               const c10::optional<Tensor>& targets,
                                                               const c10::optional<Tensor>& row_grad, int64_t kind,
-                                                              double beta, double inv_temperature, int64_t fmt) {
+                                                              double beta, double inv_temperature, int64_t fmt,
+                                                              const c10::optional<Tensor>& student_bias,
+                                                              double student_scale, double student_softcap,
+                                                              const c10::optional<Tensor>& teacher_bias,
+                                                              double teacher_scale, double teacher_softcap) {
   check_chunk(student, "student");
   check_chunk(teacher, "teacher");
   TORCH_CHECK(teacher.sizes() == student.sizes() && teacher.scalar_type() == student.scalar_type() &&
@@ -121,6 +143,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence(Tensor student, co
   a.ld_student = row_stride(student);
   a.teacher = teacher.data_ptr();
   a.ld_teacher = row_stride(teacher);
+  a.student_transform = head_transform(student_bias, student_scale, student_softcap, student, "student_bias");
+  a.teacher_transform = head_transform(teacher_bias, teacher_scale, teacher_softcap, teacher, "teacher_bias");
   const auto opts = student.options();
   Tensor kl = at::empty({a.rows}, opts);
   Tensor lse_s = at::empty({a.rows}, opts);
@@ -146,7 +170,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> divergence(Tensor student, co
 }
 
 void logprob_grad(Tensor student, const Tensor& lse, const Tensor& targets, const Tensor& row_grad,
-                  double inv_temperature, int64_t fmt) {
+                  double inv_temperature, int64_t fmt, const c10::optional<Tensor>& bias, double scale,
+                  double softcap) {
   check_chunk(student, "student");
   const c10::cuda::CUDAGuard guard(student.device());
   vaopd::LogprobGradArgs a;
@@ -156,6 +181,7 @@ void logprob_grad(Tensor student, const Tensor& lse, const Tensor& targets, cons
   a.inv_temperature = inv_temperature;
   a.student = student.data_ptr();
   a.ld_student = row_stride(student);
+  a.transform = head_transform(bias, scale, softcap, student, "bias");
   check_rows(lse, a.rows, student.scalar_type(), "lse", student);
   check_rows(targets, a.rows, at::kLong, "targets", student);
   check_rows(row_grad, a.rows, student.scalar_type(), "row_grad", student);
@@ -205,12 +231,15 @@ std::tuple<Tensor, Tensor, Tensor> va_opd_coefficients(const Tensor& visual_adva
 }  // namespace
 
 TORCH_LIBRARY(vaopd, m) {
-  m.def("view_stats(Tensor[] views, Tensor? targets, float inv_temperature, bool want_entropy) "
-        "-> (Tensor, Tensor, Tensor)");
+  // the head transforms' defaults are a plain head
+  m.def("view_stats(Tensor[] views, Tensor? targets, float inv_temperature, bool want_entropy, "
+        "Tensor? bias=None, float scale=1.0, float softcap=0.0) -> (Tensor, Tensor, Tensor)");
   m.def("divergence(Tensor(a!) student, Tensor teacher, Tensor? targets, Tensor? row_grad, int divergence, "
-        "float beta, float inv_temperature, int grad_format) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "float beta, float inv_temperature, int grad_format, Tensor? student_bias=None, float student_scale=1.0, "
+        "float student_softcap=0.0, Tensor? teacher_bias=None, float teacher_scale=1.0, "
+        "float teacher_softcap=0.0) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("logprob_grad(Tensor(a!) student, Tensor lse, Tensor targets, Tensor row_grad, float inv_temperature, "
-        "int grad_format) -> ()");
+        "int grad_format, Tensor? bias=None, float scale=1.0, float softcap=0.0) -> ()");
   m.def("va_opd_coefficients(Tensor visual_advantage, Tensor cu_seqlens, Tensor prompt_ids, float high_fraction, "
         "float high_weight, float va_temperature, float eps, int num_prompts) -> (Tensor, Tensor, Tensor)");
 }

@@ -35,6 +35,8 @@ __device__ __forceinline__ float lg(float x) { return logf(x); }
 __device__ __forceinline__ double lg(double x) { return log(x); }
 __device__ __forceinline__ float lg1p(float x) { return log1pf(x); }
 __device__ __forceinline__ double lg1p(double x) { return log1p(x); }
+__device__ __forceinline__ float th(float x) { return tanhf(x); }
+__device__ __forceinline__ double th(double x) { return tanh(x); }
 
 template <typename T>
 __device__ __forceinline__ T neg_inf() { return -static_cast<T>(INFINITY); }
@@ -92,10 +94,45 @@ __device__ __forceinline__ void block_reduce(T (&v)[K], T* smem) {
   __syncthreads();  // smem may be reused right away
 }
 
+// A view's LogitTransformArgs in the logit type. A plain head (identity) keeps the arithmetic of the
+// kernels before heads had transforms: read() is then r * inv_t, and the gradient is not chained.
+template <typename T>
+struct Transform {
+  const T* bias;
+  T scale;
+  T softcap;  // 0: none
+  bool identity;
+
+  __device__ explicit Transform(const LogitTransformArgs& a)
+      : bias(static_cast<const T*>(a.bias)),
+        scale(static_cast<T>(a.scale)),
+        softcap(a.softcap > 0.0 ? static_cast<T>(a.softcap) : T(0)),
+        identity(a.bias == nullptr && a.scale == 1.0 && !(a.softcap > 0.0)) {}
+
+  // z = c tanh(s (r + b) / c), or s (r + b): the logit before the temperature of raw logit r in column v.
+  __device__ __forceinline__ T apply(T r, int64_t v) const {
+    const T x = (bias ? r + bias[v] : r) * scale;
+    return softcap > T(0) ? th(x / softcap) * softcap : x;
+  }
+  // z * inv_t, the value every statistic is computed from.
+  __device__ __forceinline__ T read(T r, int64_t v, T inv_t) const {
+    return identity ? r * inv_t : apply(r, v) * inv_t;
+  }
+  // dz/dr = s (1 - (z / c)^2), or s, from z (before the temperature).
+  __device__ __forceinline__ T dz_dr(T z) const {
+    if (softcap > T(0)) {
+      const T u = z / softcap;
+      return scale * (T(1) - u * u);
+    }
+    return scale;
+  }
+};
+
 // Visits the row(s) in packs: f(index_of_first_element, z[NV][P], std::integral_constant<int, n>)
-// with n = P (vector path) or 1 (scalar tail / unaligned rows). Values are scaled by inv_t.
+// with n = P (vector path) or 1 (scalar tail / unaligned rows). Values are transformed (tf) and scaled by inv_t.
 template <typename T, int NV, typename F>
-__device__ __forceinline__ void scan_rows(const T* const (&rows)[NV], int64_t vocab, bool vec, T inv_t, F&& f) {
+__device__ __forceinline__ void scan_rows(const T* const (&rows)[NV], const Transform<T> (&tf)[NV], int64_t vocab,
+                                          bool vec, T inv_t, F&& f) {
   constexpr int P = Pack<T>::N;
   int64_t scalar_from = 0;
   if (vec) {
@@ -107,7 +144,7 @@ __device__ __forceinline__ void scan_rows(const T* const (&rows)[NV], int64_t vo
       for (int j = 0; j < NV; ++j) {
         const Pack<T> p = reinterpret_cast<const Pack<T>*>(rows[j])[i];
 #pragma unroll
-        for (int k = 0; k < P; ++k) z[j][k] = p.v[k] * inv_t;
+        for (int k = 0; k < P; ++k) z[j][k] = tf[j].read(p.v[k], i * P + k, inv_t);
       }
       f(i * P, z, std::integral_constant<int, P>{});
     }
@@ -116,7 +153,7 @@ __device__ __forceinline__ void scan_rows(const T* const (&rows)[NV], int64_t vo
   for (int64_t v = scalar_from + threadIdx.x; v < vocab; v += kThreads) {
     T z[NV][P];
 #pragma unroll
-    for (int j = 0; j < NV; ++j) z[j][0] = rows[j][v] * inv_t;
+    for (int j = 0; j < NV; ++j) z[j][0] = tf[j].read(rows[j][v], v, inv_t);
     f(v, z, std::integral_constant<int, 1>{});
   }
 }
@@ -154,12 +191,21 @@ __device__ __forceinline__ void store_pack(T* row, int64_t i, const T (&g)[Pack<
   }
 }
 
-// Gradient pass: g(zs, zt) per element (scaled logits), written in place over the student row.
-// Every iteration loads, synchronises, then stores: a packed half-width store of element v lands
-// in bytes the block has already read (v/2 < v), never in ones still to be read.
+// Gradient pass: g(zs, zt, v) per element (read logits: transformed, scaled) times the student's dz/dr,
+// written in place over the student row. Every iteration loads, synchronises, then stores: a packed
+// half-width store of element v lands in bytes the block has already read (v/2 < v), never in ones
+// still to be read.
 template <typename T, GradFormat GF, bool kTeacher, typename G>
-__device__ __forceinline__ void grad_pass(T* srow, const T* trow, int64_t vocab, bool vec, T inv_t, G&& g) {
+__device__ __forceinline__ void grad_pass(T* srow, const T* trow, const Transform<T> (&tf)[2], int64_t vocab,
+                                          bool vec, T inv_t, G&& g) {
   constexpr int P = Pack<T>::N;
+  // rs, rt: raw student/teacher logits of column v
+  const auto grad_at = [&](T rs, T rt, int64_t v) -> T {
+    const T zt = kTeacher ? tf[1].read(rt, v, inv_t) : T(0);
+    if (tf[0].identity) return g(rs * inv_t, zt, v);
+    const T z = tf[0].apply(rs, v);
+    return g(z * inv_t, zt, v) * tf[0].dz_dr(z);
+  };
   int64_t scalar_from = 0;
   if (vec) {
     const int64_t npack = vocab / P;
@@ -171,7 +217,7 @@ __device__ __forceinline__ void grad_pass(T* srow, const T* trow, int64_t vocab,
         Pack<T> pt;
         if constexpr (kTeacher) pt = reinterpret_cast<const Pack<T>*>(trow)[i];
 #pragma unroll
-        for (int k = 0; k < P; ++k) out[k] = g(ps.v[k] * inv_t, kTeacher ? pt.v[k] * inv_t : T(0), i * P + k);
+        for (int k = 0; k < P; ++k) out[k] = grad_at(ps.v[k], kTeacher ? pt.v[k] : T(0), i * P + k);
       }
       if constexpr (GF != GradFormat::kSame) __syncthreads();
       if (i < npack) store_pack<GF>(srow, i, out);
@@ -181,7 +227,7 @@ __device__ __forceinline__ void grad_pass(T* srow, const T* trow, int64_t vocab,
   for (int64_t base = scalar_from; base < vocab; base += kThreads) {
     const int64_t v = base + threadIdx.x;
     T out = T(0);
-    if (v < vocab) out = g(srow[v] * inv_t, kTeacher ? trow[v] * inv_t : T(0), v);
+    if (v < vocab) out = grad_at(srow[v], kTeacher ? trow[v] : T(0), v);
     if constexpr (GF != GradFormat::kSame) __syncthreads();
     if (v < vocab) store1<GF>(srow, v, out);
   }
@@ -195,10 +241,11 @@ __global__ void __launch_bounds__(kThreads) view_stats_kernel(ViewStatsArgs a, b
   const int64_t row = blockIdx.x;
   const T inv_t = static_cast<T>(a.inv_temperature);
   const T* const rows[1] = {static_cast<const T*>(a.logits[view]) + row * a.ld[view]};
+  const Transform<T> tf[1] = {Transform<T>(a.transform)};
   const bool want_entropy = a.entropy[view] != nullptr;
 
   T m = neg_inf<T>(), l = T(0), b = T(0);
-  scan_rows<T, 1>(rows, a.vocab, vec, inv_t, [&](int64_t, const auto& z, auto n) {
+  scan_rows<T, 1>(rows, tf, a.vocab, vec, inv_t, [&](int64_t, const auto& z, auto n) {
     constexpr int N = decltype(n)::value;
     T tile_max = z[0][0];
 #pragma unroll
@@ -226,7 +273,8 @@ __global__ void __launch_bounds__(kThreads) view_stats_kernel(ViewStatsArgs a, b
     if (a.lse[view]) static_cast<T*>(a.lse[view])[row] = lse;
     if (want_entropy) static_cast<T*>(a.entropy[view])[row] = lse - sums[1] / sums[0];
     if (a.targets && a.target_logprob[view]) {
-      static_cast<T*>(a.target_logprob[view])[row] = rows[0][a.targets[row]] * inv_t - lse;
+      const int64_t y = a.targets[row];
+      static_cast<T*>(a.target_logprob[view])[row] = tf[0].read(rows[0][y], y, inv_t) - lse;
     }
   }
 }
@@ -239,20 +287,21 @@ __global__ void __launch_bounds__(kThreads) divergence_kernel(DivergenceArgs a, 
   T* srow = static_cast<T*>(a.student) + row * a.ld_student;
   const T* trow = static_cast<const T*>(a.teacher) + row * a.ld_teacher;
   const T* const rows[2] = {srow, trow};
+  const Transform<T> tf[2] = {Transform<T>(a.student_transform), Transform<T>(a.teacher_transform)};
 
   // Target logits first: the gradient pass overwrites the student row.
   T zs_y = T(0), zt_y = T(0);
   if (a.targets && threadIdx.x == 0) {
     const int64_t y = a.targets[row];
-    zs_y = srow[y] * inv_t;
-    zt_y = trow[y] * inv_t;
+    zs_y = tf[0].read(srow[y], y, inv_t);
+    zt_y = tf[1].read(trow[y], y, inv_t);
   }
 
   // Pass 1: online (max, sum) per view; for KL also sum p (z_s - z_t) (reverse) or p_t (z_t - z_s)
   // (forward), and c = sum(e^{z_t - M} - e^{z_s - M}) with M = max of both maxima (accurate gap).
   constexpr bool kKL = DIV != Divergence::kJSD;
   T ms = neg_inf<T>(), mt = neg_inf<T>(), ls = T(0), lt = T(0), bs = T(0), acc = T(0), c = T(0);
-  scan_rows<T, 2>(rows, a.vocab, vec, inv_t, [&](int64_t, const auto& z, auto n) {
+  scan_rows<T, 2>(rows, tf, a.vocab, vec, inv_t, [&](int64_t, const auto& z, auto n) {
     constexpr int N = decltype(n)::value;
     T tms = z[0][0], tmt = z[1][0];
 #pragma unroll
@@ -315,7 +364,7 @@ __global__ void __launch_bounds__(kThreads) divergence_kernel(DivergenceArgs a, 
   } else {
     // Pass 2 (JSD): KL(p_t || m) and KL(p_s || m) with m = beta p_t + (1 - beta) p_s.
     T kl[2] = {T(0), T(0)};
-    scan_rows<T, 2>(rows, a.vocab, vec, inv_t, [&](int64_t, const auto& z, auto n) {
+    scan_rows<T, 2>(rows, tf, a.vocab, vec, inv_t, [&](int64_t, const auto& z, auto n) {
       constexpr int N = decltype(n)::value;
 #pragma unroll
       for (int k = 0; k < N; ++k) {
@@ -342,16 +391,16 @@ __global__ void __launch_bounds__(kThreads) divergence_kernel(DivergenceArgs a, 
     const T scale = static_cast<const T*>(a.row_grad)[row] * inv_t;
     if constexpr (DIV == Divergence::kReverse) {
       const T shift = gap - div;
-      grad_pass<T, GF, true>(srow, trow, a.vocab, vec, inv_t, [&](T zs, T zt, int64_t) {
+      grad_pass<T, GF, true>(srow, trow, tf, a.vocab, vec, inv_t, [&](T zs, T zt, int64_t) {
         return scale * ex(zs - lse_s) * (zs - zt + shift);
       });
     } else if constexpr (DIV == Divergence::kForward) {
-      grad_pass<T, GF, true>(srow, trow, a.vocab, vec, inv_t, [&](T zs, T zt, int64_t) {
+      grad_pass<T, GF, true>(srow, trow, tf, a.vocab, vec, inv_t, [&](T zs, T zt, int64_t) {
         return scale * (ex(zs - lse_s) - ex(zt - lse_t));
       });
     } else {
       const T s = scale * (T(1) - beta);
-      grad_pass<T, GF, true>(srow, trow, a.vocab, vec, inv_t, [&](T zs, T zt, int64_t) {
+      grad_pass<T, GF, true>(srow, trow, tf, a.vocab, vec, inv_t, [&](T zs, T zt, int64_t) {
         const T lps = zs - lse_s, lpt = zt - lse_t;
         const T logm = logaddexp(lpt + log_beta, lps + log_1mb);
         return s * ex(lps) * (lps - logm - kl_s);
@@ -368,7 +417,8 @@ __global__ void __launch_bounds__(kThreads) logprob_grad_kernel(LogprobGradArgs 
   const T lse = static_cast<const T*>(a.lse)[row];
   const T scale = static_cast<const T*>(a.row_grad)[row] * inv_t;
   const int64_t y = a.targets[row];
-  grad_pass<T, GF, false>(srow, nullptr, a.vocab, vec, inv_t, [&](T zs, T, int64_t v) {
+  const Transform<T> tf[2] = {Transform<T>(a.transform), Transform<T>(LogitTransformArgs{})};  // no teacher
+  grad_pass<T, GF, false>(srow, nullptr, tf, a.vocab, vec, inv_t, [&](T zs, T, int64_t v) {
     return scale * ((v == y ? T(1) : T(0)) - ex(zs - lse));
   });
 }

@@ -5,7 +5,8 @@
 // a cudaStream_t, launches its kernel(s) on that stream and returns the launch's cudaError_t
 // (cudaSuccess on success; invalid arguments give cudaErrorInvalidValue before any launch).
 //
-// Logit chunks hold z = W h (NOT divided by the temperature); the kernels scale by inv_temperature.
+// Logit chunks hold raw logits r = W h. The kernels apply each view's head transform as they read
+// them (z = c tanh(s (r + b) / c), LogitTransformArgs), then scale by inv_temperature.
 // Math (docs/math.md): lse, reverse/forward KL with the accurate log-normaliser gap,
 // generalized JSD, target log-probs, student entropy, and d(row_grad[n] * D_n)/d(W h) written in
 // place over the student logits.
@@ -30,6 +31,15 @@ enum class Divergence : int { kReverse = 0, kForward = 1, kJSD = 2 };
 
 constexpr int kMaxViews = 3;
 
+// An LM head's logit transform (vaopd_kernels/lm_head.py): z = c tanh(s (r + b) / c), or s (r + b)
+// without a soft-cap, for raw logit r of vocabulary column v. The default is the identity, whose
+// arithmetic is exactly that of a plain head.
+struct LogitTransformArgs {
+  const void* bias = nullptr;  // [vocab] of the logit type, contiguous, or null (b = 0)
+  double scale = 1.0;          // s
+  double softcap = 0.0;        // c; <= 0: no soft-cap
+};
+
 // Per-view statistics for up to kMaxViews views of the same rows (one launch, grid y = view).
 struct ViewStatsArgs {
   int64_t rows = 0;
@@ -40,6 +50,7 @@ struct ViewStatsArgs {
   int64_t ld[kMaxViews] = {0, 0, 0};
   const int64_t* targets = nullptr;   // [rows] or null (no target log-prob)
   double inv_temperature = 1.0;
+  LogitTransformArgs transform;        // shared by the views: one head's (the teacher's on both images)
   // outputs, each [rows] of the logit type, any may be null
   void* lse[kMaxViews] = {nullptr, nullptr, nullptr};
   void* target_logprob[kMaxViews] = {nullptr, nullptr, nullptr};
@@ -58,6 +69,8 @@ struct DivergenceArgs {
   int64_t ld_student = 0;
   const void* teacher = nullptr;       // [rows, ld_teacher]
   int64_t ld_teacher = 0;
+  LogitTransformArgs student_transform;  // the gradient is w.r.t. the student's raw logits
+  LogitTransformArgs teacher_transform;
   const int64_t* targets = nullptr;    // [rows] or null
   const void* row_grad = nullptr;      // [rows] of the logit type, or null (no gradient)
   GradFormat grad_format = GradFormat::kSame;
@@ -69,7 +82,7 @@ struct DivergenceArgs {
   void* teacher_logprob = nullptr;     // needs targets
 };
 
-// d(row_grad[n] * log p_s[y_n]) / d(W h) = row_grad[n] * inv_T * (onehot(y_n) - p_s), in place.
+// d(row_grad[n] * log p_s[y_n]) / d(W h) = row_grad[n] * inv_T * (onehot(y_n) - p_s) * dz/dr, in place.
 struct LogprobGradArgs {
   int64_t rows = 0;
   int64_t vocab = 0;
@@ -77,6 +90,7 @@ struct LogprobGradArgs {
   double inv_temperature = 1.0;
   void* student = nullptr;
   int64_t ld_student = 0;
+  LogitTransformArgs transform;
   const void* lse = nullptr;           // [rows] lse of the scaled student logits (from view_stats)
   const int64_t* targets = nullptr;    // [rows]
   const void* row_grad = nullptr;      // [rows]

@@ -12,8 +12,9 @@ import torch
 
 from _cuda_emulation import EmulatedOps
 from contract import compare, make_inputs, oracle, run_case
-from vaopd_kernels import KernelOptions, objective, ops
+from vaopd_kernels import KernelOptions, LMHead, objective, ops
 from vaopd_kernels.backends import cuda as cuda_backend
+from vaopd_kernels.backends import reference
 from vaopd_kernels.testing import rel_err
 
 # ----------------------------------------------------------------------------- helpers
@@ -81,6 +82,47 @@ def test_native_head_grad_accumulation_emulated(emulated_ops):
     # a dropped or doubled chunk would cost ~10% or more.
     assert errors["fp32"] < 4e-3 and errors["native"] < 8e-3, errors
 
+
+def _linear_kl(impl, x, student_bias, teacher_bias, **kwargs):
+    """ops.linear_kl through transformed heads with these biases (the scales and soft-caps of x["heads"])
+    in row chunks of 5: its outputs and the gradients w.r.t. (hidden, weight, bias)."""
+    sh, sw = x["sh"].detach().clone().requires_grad_(), x["sw"].detach().clone().requires_grad_()
+    student = LMHead(sw, student_bias, *x["heads"]["student"][1:])
+    teacher = LMHead(x["tw"], teacher_bias, *x["heads"]["teacher"][1:])
+    out = ops.linear_kl(impl, sh, student, x["th"], teacher, divergence="reverse", beta=0.5, temperature=0.7,
+                        vocab_size=x["vocab"], options=KernelOptions(chunk_budget_bytes=5 * x["vocab"] * 8),
+                        **kwargs)
+    kl = out[0] if isinstance(out, tuple) else out
+    kl.sum().backward()
+    return out, (sh.grad, sw.grad)
+
+
+def test_strided_bias_emulated(emulated_ops):
+    """Biases that are strided views (every other element) are read as their values, and the
+    student's gets its gradient through the view."""
+    x = make_inputs(transformed=True, dtype=torch.float64)
+    biases = [x["heads"][side][0] for side in ("student", "teacher")]
+    buffers = [torch.zeros(2 * b.shape[0], dtype=b.dtype) for b in biases]
+    for buffer, b in zip(buffers, biases):
+        buffer[::2] = b
+    buffers[0].requires_grad_()
+    got, got_grads = _linear_kl(cuda_backend, x, buffers[0][::2], buffers[1][::2])
+    student_bias = biases[0].clone().requires_grad_()
+    want, want_grads = _linear_kl(reference, x, student_bias, biases[1])
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    for g, w in zip((*got_grads, buffers[0].grad[::2]), (*want_grads, student_bias.grad)):
+        assert rel_err(g, w) < 1e-9
+    assert not buffers[0].grad[1::2].any()
+
+
+def test_linear_kl_entropy_without_targets_emulated(emulated_ops):
+    """linear_kl(return_entropy=True): the student's entropy from the divergence scan, no targets."""
+    x = make_inputs(transformed=True, dtype=torch.float64)
+    biases = [x["heads"][side][0] for side in ("student", "teacher")]
+    (kl, entropy), _ = _linear_kl(cuda_backend, x, *biases, return_entropy=True)
+    (want_kl, want_entropy), _ = _linear_kl(reference, x, *biases, return_entropy=True)
+    torch.testing.assert_close(kl, want_kl, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(entropy, want_entropy, rtol=1e-9, atol=1e-9)
 
 
 def test_rows_per_chunk_respects_budget():

@@ -1,10 +1,12 @@
 """The "cuda" backend: chunked cuBLAS GEMMs + hand-written CUDA row-statistics kernels (``csrc/``).
 
-``scan``, per chunk of token rows: each view's logits ``z = W[:V] h`` from cuBLAS (fp32 output for
-bf16/fp16 operands) into one reusable fp32 (fp64 for float64 inputs) buffer per view, sized by
+``scan``, per chunk of token rows: each view's raw logits ``r = W[:V] h`` from cuBLAS (fp32 output
+for bf16/fp16 operands) into one reusable fp32 (fp64 for float64 inputs) buffer per view, sized by
 ``KernelOptions.chunk_budget_bytes`` (2 GiB for all views by default); one kernel pass for the
-statistics that, given row weights, writes ``row_grad / T * dD/dz`` in place over the student
-logits (packed bf16/fp16 for half-precision heads); then the GEMMs for d(hidden) and d(head).
+statistics that, given row weights, writes ``row_grad / T * dD/dr`` in place over the student
+logits (packed bf16/fp16 for half-precision heads); then the GEMMs for d(hidden) and d(head) and the
+column sum for d(bias).
+A head's logit transform (bias, scale, soft-cap) is applied by the kernels when they read the chunk's logits.
 ``gradients`` runs it again for other row weights.
 
 Loading: an installed ``vaopd_kernels._cuda_ext`` (built by setup.py), else a JIT build of
@@ -26,7 +28,7 @@ import torch
 
 from vaopd_kernels import environment
 from vaopd_kernels.backends._gemm import addmm_into, mm_into
-from vaopd_kernels.backends.base import Divergence, RowStats, compute_dtype
+from vaopd_kernels.backends.base import Divergence, LogitTransform, RowStats, compute_dtype
 from vaopd_kernels.results import Coefficients
 
 DEFAULT_CHUNK_BUDGET_BYTES = 2 << 30
@@ -114,19 +116,22 @@ def _load_ops():
 
 def _register_fakes() -> None:
     """Shape-only implementations so the ops trace under torch.compile / FakeTensor."""
-    def _fake_view_stats(views, targets, inv_temperature, want_entropy):
+    def _fake_view_stats(views, targets, inv_temperature, want_entropy, bias=None, scale=1.0, softcap=0.0):
         v = views[0]
         n, rows = len(views), v.shape[0]
         return (v.new_empty(n, rows), v.new_empty((n, rows) if targets is not None else (0, 0)),
                 v.new_empty((n, rows) if want_entropy else (0, 0)))
 
-    def _fake_divergence(student, teacher, targets, row_grad, divergence, beta, inv_temperature, grad_format):
+    def _fake_divergence(student, teacher, targets, row_grad, divergence, beta, inv_temperature, grad_format,
+                         student_bias=None, student_scale=1.0, student_softcap=0.0, teacher_bias=None,
+                         teacher_scale=1.0, teacher_softcap=0.0):
         rows = student.shape[0]
         lp = (rows,) if targets is not None else (0,)
         return (student.new_empty(rows), student.new_empty(rows), student.new_empty(lp),
                 student.new_empty(rows), student.new_empty(lp))
 
-    def _fake_logprob_grad(student, lse, targets, row_grad, inv_temperature, grad_format):
+    def _fake_logprob_grad(student, lse, targets, row_grad, inv_temperature, grad_format, bias=None, scale=1.0,
+                           softcap=0.0):
         return None
 
     def _fake_va_opd_coefficients(va, cu_seqlens, prompt_ids, high_fraction, high_weight, va_temperature, eps,
@@ -182,13 +187,19 @@ def supports_device(device: torch.device) -> bool:
 
 class _Head:
     """One LM head restricted to the tokenizer support; GEMMs in the operands' dtype when both are
-    bf16 (or both fp16) with fp32 results, else in the compute dtype."""
+    bf16 (or both fp16) with fp32 results, else in the compute dtype. ``transform``: its logit
+    transform as the kernels take it, (bias [V] in the compute dtype or None, scale, soft-cap or 0)."""
 
-    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, vocab_size: int, cdtype: torch.dtype):
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, transform: LogitTransform, vocab_size: int,
+                 cdtype: torch.dtype):
         same_half = hidden.dtype == weight.dtype and hidden.dtype in _HALF and cdtype == torch.float32
         self.op_dtype = hidden.dtype if same_half else cdtype
         self.hidden = hidden.detach()
         self.weight = weight.detach()[:vocab_size].to(self.op_dtype)  # [V, D]
+        # Cast once per scan (a [V] vector), so the kernels read the bias in their own type, unit-strided.
+        bias = transform.bias
+        bias = bias.detach()[:vocab_size].to(cdtype).contiguous() if bias is not None else None
+        self.transform = (bias, transform.scale, transform.softcap or 0.0)
 
     def rows(self, rows: slice) -> torch.Tensor:
         return self.hidden[rows].to(self.op_dtype)
@@ -200,9 +211,10 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
     ops = _load_ops()
     cdtype = compute_dtype(*views.floats)
     vocab_size, student, targets = views.vocab_size, views.student, views.targets
-    s_head = _Head(*student, vocab_size, cdtype) if student else None
-    t_head = _Head(*views.teacher, vocab_size, cdtype) if views.teacher else None
-    d_head = _Head(views.degraded, views.teacher[1], vocab_size, cdtype) if views.degraded is not None else None
+    s_head = _Head(*student, views.student_transform, vocab_size, cdtype) if student else None
+    t_head = _Head(*views.teacher, views.teacher_transform, vocab_size, cdtype) if views.teacher else None
+    d_head = _Head(views.degraded, views.teacher[1], views.teacher_transform, vocab_size, cdtype) \
+        if views.degraded is not None else None
     num_rows, device = (s_head or t_head).hidden.shape[0], (s_head or t_head).hidden.device
     inv_t = 1.0 / float(views.temperature)
 
@@ -216,14 +228,17 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
     if targets is not None:
         out.student_logprob, out.teacher_logprob, out.degraded_logprob = (
             new() if head else None for head in (s_head, t_head, d_head))
-        out.student_entropy = new() if s_head else None
+    want_entropy = s_head is not None and (targets is not None or views.student_entropy)
+    if want_entropy:
+        out.student_entropy = new()
     grad_half = None
     if row_grad is not None:
         grad_half = s_head.op_dtype if s_head.op_dtype in _HALF else None
         native = options.head_grad == "native" and grad_half is not None
+        has_bias = s_head.transform[0] is not None
         out.grads = (torch.empty(num_rows, student[0].shape[1], dtype=cdtype, device=device),
                      torch.zeros(vocab_size, student[1].shape[1], dtype=grad_half if native else cdtype, device=device),
-                     None)
+                     torch.zeros(vocab_size, dtype=cdtype, device=device) if has_bias else None)
         row_grad = row_grad.detach().to(device=device, dtype=cdtype).contiguous()
     grad_format = _GRAD_FORMAT[grad_half]
 
@@ -242,34 +257,40 @@ def _scan(views, *, options, divergence=None, beta: float = 0.5, row_grad: Optio
         z_s, z_t, z_d = z.get(s_head), z.get(t_head), z.get(d_head)
         if divergence is not None:
             kl, _, lp_s, ent, lp_t = ops.divergence(z_s, z_t, y, rg, int(divergence), float(beta), inv_t,
-                                                    grad_format)
+                                                    grad_format, *s_head.transform, *t_head.transform)
             out.kl[rows] = kl
             if y is not None:
-                out.student_logprob[rows], out.student_entropy[rows] = lp_s, ent
-                out.teacher_logprob[rows] = lp_t
+                out.student_logprob[rows], out.teacher_logprob[rows] = lp_s, lp_t
+            if want_entropy:
+                out.student_entropy[rows] = ent
         elif s_head is not None:
-            lse, lp, ent = ops.view_stats([z_s], y, inv_t, y is not None)
+            lse, lp, ent = ops.view_stats([z_s], y, inv_t, want_entropy, *s_head.transform)
             if y is not None:
-                out.student_logprob[rows], out.student_entropy[rows] = lp[0], ent[0]
+                out.student_logprob[rows] = lp[0]
+            if want_entropy:
+                out.student_entropy[rows] = ent[0]
             if rg is not None:
-                ops.logprob_grad(z_s, lse[0], y, rg, inv_t, grad_format)
+                ops.logprob_grad(z_s, lse[0], y, rg, inv_t, grad_format, *s_head.transform)
         elif y is not None:  # teacher-only pass: its views in one launch
-            _, lp, _ = ops.view_stats([z for z in (z_t, z_d) if z is not None], y, 1.0, False)
+            _, lp, _ = ops.view_stats([z for z in (z_t, z_d) if z is not None], y, 1.0, False, *t_head.transform)
             out.teacher_logprob[rows] = lp[0]
             if d_head is not None:
                 out.degraded_logprob[rows] = lp[1]
         if d_head is not None and y is not None and (divergence is not None or s_head is not None):
-            _, lp, _ = ops.view_stats([z_d], y, 1.0, False)
+            _, lp, _ = ops.view_stats([z_d], y, 1.0, False, *d_head.transform)
             out.degraded_logprob[rows] = lp[0]
         if visual:  # KL(p_t || p_d): the forward-KL kernel on logits already here, the degraded view as "student"
             out.visual_divergence[rows] = ops.divergence(z_d, z_t, None, None, int(Divergence.FORWARD), 0.5, 1.0,
-                                                         0)[0]
+                                                         0, *d_head.transform, *t_head.transform)[0]
 
         if rg is not None:
-            # z_s now holds row_grad / T * dD/dz (in place); chain rule through z = W h.
+            # z_s now holds row_grad / T * dD/dr (in place); chain rule through r = W h, and the bias
+            # enters as r + b: d(bias) is the column sum.
             grad_z = z_s if grad_half is None else z_s.view(grad_half)[:, :vocab_size]
             mm_into(out.grads[0][rows], grad_z, s_head.weight)
             addmm_into(out.grads[1], grad_z.T, s_head.rows(rows))
+            if out.grads[2] is not None:
+                out.grads[2].add_(grad_z.sum(0, dtype=cdtype))
     return out
 
 
@@ -277,7 +298,8 @@ def scan(views, *, divergence, beta, row_weight, options):
     with torch.no_grad():
         out = _scan(views, options=options, divergence=divergence, beta=beta, row_grad=row_weight)
     # the gradient pass reads no degraded view, and the targets for the log-prob only
-    out.saved = (replace(views, degraded=None, targets=views.targets if divergence is None else None), divergence, beta)
+    out.saved = (replace(views, degraded=None, targets=views.targets if divergence is None else None,
+                         student_entropy=False), divergence, beta)
     return out
 
 
