@@ -347,7 +347,8 @@ class VAOPDTrainer(DistillationTrainer):
         valid = loss_mask.to(device).bool()
         teacher_hidden = teacher_hidden.to(device)[valid].detach()
         # through the head module's forward, so that ZeRO-3 gathers the student's head for the kernel and again
-        # for its backward (the module's own hooks); elsewhere a plain call
+        # for its backward by the module's own hooks, not by DeepSpeed 0.19's detection of a parameter read inside
+        # the model's forward (which TRL relies on); elsewhere a plain call
         token_divergence, entropy = self._forward_redirection(
             head_module, head_module, self._token_divergence, unwrapped_student, student_hidden.to(device)[valid],
             teacher_hidden, self._teacher_head(teacher_hidden.dtype))
