@@ -213,6 +213,26 @@ def test_a_few_training_steps_run_end_to_end_and_log(tmp_path, method):
     assert "lm_head.weight" in moved and len(moved) > 10
 
 
+def test_lora_trains_only_the_adapter(tmp_path):
+    peft = pytest.importorskip("peft")  # the `peft` extra (installed by make test)
+    proc = tv.processor()
+    student, teacher = tv.models()
+    args = VAOPDConfig(**tv.config_kwargs(tmp_path, generation_kwargs=dict(suppress_tokens=tv.never_sample(proc)),
+                                          max_steps=2))
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    trainer = VAOPDTrainer(student, teacher, args=args, train_dataset=tv.dataset(4), processing_class=proc,
+                           peft_config=lora)
+    assert isinstance(trainer.model, peft.PeftModel)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and all(torch.isfinite(torch.tensor([e["loss"], e["entropy"]])).all() for e in logs)
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    adapter = {n for n in before if "lora_" in n}
+    # after two steps both LoRA factors moved (B starts at zero, so A's first gradient is zero); nothing else did
+    assert moved == adapter and len(adapter) == 4
+
+
 def test_config_checks_name_the_field(tmp_path):
     base = tv.config_kwargs(tmp_path)
     with pytest.raises(ValueError, match="method"):
