@@ -5,7 +5,7 @@ Usage (torchrun): _trl_deepspeed_worker.py STAGE METHOD OUT_PT
 """
 import os
 import sys
-import tempfile
+from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, "..", "trainer")]
@@ -36,22 +36,22 @@ def main(stage, method, out_path):
     PartialState(backend="gloo")
     student, teacher = tv.models()
     # persistence threshold 0: ZeRO-3 partitions even these tiny heads (by default it keeps small parameters whole)
-    deepspeed = {"zero_optimization": {"stage": int(stage), "stage3_param_persistence_threshold": 0}, "train_micro_batch_size_per_gpu": "auto",
-                 "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
-    args = VAOPDConfig(**tv.config_kwargs(__import__("pathlib").Path(tempfile.mkdtemp()), use_cpu=False,
-                                          deepspeed=deepspeed,
-                                          accelerator_config={"use_configured_state": True}, method=method, num_generations=2,
-                                          max_steps=2, max_grad_norm=1.0))
+    deepspeed = {"zero_optimization": {"stage": int(stage), "stage3_param_persistence_threshold": 0},
+                 "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                 "gradient_clipping": "auto"}
+    args = VAOPDConfig(**tv.config_kwargs(Path(out_path).parent / f"zero{stage}", use_cpu=False, deepspeed=deepspeed,
+                                          accelerator_config={"use_configured_state": True}, method=method,
+                                          num_generations=2, max_steps=2, max_grad_norm=1.0))
     trainer = FixedCompletions(student, teacher, args=args, train_dataset=tv.dataset(4),
                                processing_class=tv.processor())
     trainer.train()
     if trainer.accelerator.is_main_process:
-        logs = [e for e in trainer.state.log_history if "loss" in e]
+        heads = [m.get_output_embeddings().weight for m in (trainer.model, trainer.teacher_model.module)]
         torch.save({"world": trainer.accelerator.num_processes, "engine": type(trainer.model_wrapped).__name__,
-                    "stage": trainer.accelerator.state.deepspeed_plugin.zero_stage, "logs": logs,
-                    # outside a forward, a ZeRO-3 rank holds an empty placeholder for each parameter
-                    "head_numel": [m.get_output_embeddings().weight.numel() for m in (trainer.model,
-                                                                                    trainer.teacher_model.module)]}, out_path)
+                    "stage": trainer.accelerator.state.deepspeed_plugin.zero_stage,
+                    "logs": [e for e in trainer.state.log_history if "loss" in e],
+                    # outside a forward, a ZeRO-3 rank holds an empty placeholder for each partitioned parameter
+                    "head_numel": [w.numel() for w in heads]}, out_path)
     trainer.accelerator.wait_for_everyone()
     torch.distributed.destroy_process_group()
 
