@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # Never replace an existing torch; on a fresh machine take the CPU build that lies on disk.
 TORCH_PIN ?= torch==2.13.0
-EXTRAS ?= dev,triton,train,bench,deepspeed,trl
+EXTRAS ?= dev,triton,train,bench,deepspeed,trl,peft
 # Installed once; reinstalled when pyproject.toml changes.
 STAMP := .install.stamp
 

@@ -44,16 +44,37 @@ def _generation_batch(trainer, prompts: int, k: int):
     return trainer._generate_and_score_completions([ex for ex in tv.examples(prompts) for _ in range(k)])
 
 
-@pytest.mark.parametrize("beta", [1.0, 0.0, 0.5], ids=["reverse", "forward", "jsd"])
-def test_opd_loss_and_student_gradients_equal_trl(tmp_path, beta):
+def _against_trl(tmp_path, student, teacher, **kwargs):
+    """One generation batch's loss, student gradients and logged ``entropy`` under TRL's DistillationTrainer
+    and VAOPDTrainer (each on its own copy of the student)."""
     proc = tv.processor()
-    student, teacher = tv.models()
-    kwargs = dict(beta=beta, temperature=0.7, per_device_train_batch_size=4)
+    kwargs = dict(per_device_train_batch_size=4, **kwargs)
     theirs = _trainer(DistillationTrainer, DistillationConfig, tmp_path, student, teacher, proc, **kwargs)
     ours = _trainer(VAOPDTrainer, VAOPDConfig, tmp_path, tv.clone(student), teacher, proc, **kwargs)
     batch = _generation_batch(theirs, 4, 1)
     assert int(batch["completion_mask"].sum()) > 8
+    out = {}
+    for name, trainer in (("theirs", theirs), ("ours", ours)):
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        out[name] = {"loss": loss.item(), "grads": _grads(trainer.model),
+                     "entropy": trainer._metrics["train"]["entropy"][-1]}
+    return ours, batch, out["ours"], out["theirs"]
 
+
+def _assert_equal_to_trl(ours, theirs, label):
+    loss_rel = abs(ours["loss"] - theirs["loss"]) / abs(theirs["loss"])
+    grad_rel = {n: _rel(ours["grads"][n], g) for n, g in theirs["grads"].items()}
+    print(f"\nparity {label}: loss {theirs['loss']:.6g} rel diff {loss_rel:.2e}; max grad rel diff "
+          f"{max(grad_rel.values()):.2e} over {len(grad_rel)} tensors; entropy {theirs['entropy']:.6g}")
+    assert ours["grads"].keys() == theirs["grads"].keys() and len(theirs["grads"]) > 10
+    assert loss_rel <= 1e-5
+    assert max(grad_rel.values()) <= 1e-5, sorted(grad_rel.items(), key=lambda kv: -kv[1])[:3]
+    assert ours["entropy"] == pytest.approx(theirs["entropy"], rel=1e-5)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.0, 0.5], ids=["reverse", "forward", "jsd"])
+def test_opd_loss_and_student_gradients_equal_trl(tmp_path, monkeypatch, beta):
     calls = []
     real = vaopd_kernels.linear_kl
 
@@ -61,25 +82,42 @@ def test_opd_loss_and_student_gradients_equal_trl(tmp_path, beta):
         calls.append(kw.get("divergence"))
         return real(*args, **kw)
 
-    loss_theirs = theirs.compute_loss(theirs.model, batch)
-    loss_theirs.backward()
-    grads_theirs = _grads(theirs.model)
-    vtrl.vaopd_kernels.linear_kl = counted
-    try:
-        loss_ours = ours.compute_loss(ours.model, batch)
-    finally:
-        vtrl.vaopd_kernels.linear_kl = real
-    loss_ours.backward()
-    grads_ours = _grads(ours.model)
-
+    monkeypatch.setattr(vtrl.vaopd_kernels, "linear_kl", counted)
+    _, _, ours, theirs = _against_trl(tmp_path, *tv.models(), beta=beta, temperature=0.7)
     assert calls == [{0.0: "forward", 1.0: "reverse", 0.5: "jsd"}[beta]]
-    loss_rel = abs(loss_ours.item() - loss_theirs.item()) / abs(loss_theirs.item())
-    grad_rel = {n: _rel(grads_ours[n], g) for n, g in grads_theirs.items()}
-    print(f"\nparity beta={beta}: loss {loss_theirs.item():.6g} rel diff {loss_rel:.2e}; "
-          f"max grad rel diff {max(grad_rel.values()):.2e} over {len(grad_rel)} tensors")
-    assert grads_ours.keys() == grads_theirs.keys() and len(grads_theirs) > 10
-    assert loss_rel <= 1e-5
-    assert max(grad_rel.values()) <= 1e-5, sorted(grad_rel.items(), key=lambda kv: -kv[1])[:3]
+    _assert_equal_to_trl(ours, theirs, f"beta={beta}")
+
+
+def _transformed_heads(student, teacher):
+    """Heads with a bias on both sides, a Cohere-style logit scale on the student's and a Gemma-style soft-cap
+    (low enough to bend these small logits) on the teacher's, set where transformers keeps them."""
+    torch.manual_seed(2)
+    for model in (student, teacher):
+        plain = model.lm_head
+        model.lm_head = torch.nn.Linear(plain.in_features, plain.out_features, bias=True)
+        with torch.no_grad():
+            model.lm_head.weight.copy_(plain.weight)
+            model.lm_head.bias.normal_(0.0, 0.5)
+    student.config.get_text_config().logit_scale = 3.0
+    teacher.config.get_text_config().final_logit_softcapping = 2.0
+
+
+def test_heads_with_bias_scale_and_softcap_equal_trl(tmp_path):
+    student, teacher = tv.models()
+    _transformed_heads(student, teacher)
+    trainer, batch, ours, theirs = _against_trl(tmp_path, student, teacher, beta=0.5, temperature=0.7)
+    assert "lm_head.bias" in theirs["grads"]
+    _assert_equal_to_trl(ours, theirs, "transformed heads")
+
+    # the entropy metric by hand: the student's full logits, scaled, at the temperature
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    with torch.no_grad():
+        hidden = trainer._get_last_hidden_state(trainer.model, input_ids, attention, batch["completion_ids"].size(1),
+                                                **{k: batch[k] for k in vtrl.MULTIMODAL_KEYS if k in batch})
+        logits = 3.0 * trainer.model.lm_head(hidden[batch["completion_mask"].bool()]).double() / 0.7
+    entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1).mean()
+    assert ours["entropy"] == pytest.approx(float(entropy), rel=1e-5)
 
 
 def _reference_va_opd(batch, student, teacher, proc, prompts, k, visual_signal):
@@ -163,6 +201,9 @@ def test_a_few_training_steps_run_end_to_end_and_log(tmp_path, method):
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logs)
     assert all(e["vaopd/kl_mean"] > 0 for e in logs)
+    # TRL's metric: the student's mean entropy per completion token, at most log(vocabulary)
+    vocab = student.get_output_embeddings().weight.shape[0]
+    assert all(0.0 < e["entropy"] < torch.log(torch.tensor(float(vocab))) for e in logs)
     if method == "va_opd":
         for e in logs:
             assert 0.0 < e["vaopd/va_high_share"] <= 1.0
@@ -170,6 +211,26 @@ def test_a_few_training_steps_run_end_to_end_and_log(tmp_path, method):
             assert e["vaopd/kl_high_mean"] > 0 and e["vaopd/kl_low_mean"] > 0
     moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert "lm_head.weight" in moved and len(moved) > 10
+
+
+def test_lora_trains_only_the_adapter(tmp_path):
+    peft = pytest.importorskip("peft")  # the `peft` extra (installed by make test)
+    proc = tv.processor()
+    student, teacher = tv.models()
+    args = VAOPDConfig(**tv.config_kwargs(tmp_path, generation_kwargs=dict(suppress_tokens=tv.never_sample(proc)),
+                                          max_steps=2))
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    trainer = VAOPDTrainer(student, teacher, args=args, train_dataset=tv.dataset(4), processing_class=proc,
+                           peft_config=lora)
+    assert isinstance(trainer.model, peft.PeftModel)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and all(torch.isfinite(torch.tensor([e["loss"], e["entropy"]])).all() for e in logs)
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    adapter = {n for n in before if "lora_" in n}
+    # after two steps both LoRA factors moved (B starts at zero, so A's first gradient is zero); nothing else did
+    assert moved == adapter and len(adapter) == 4
 
 
 def test_config_checks_name_the_field(tmp_path):
@@ -197,10 +258,14 @@ def test_trainer_refuses_what_it_cannot_do(tmp_path):
     text_only = VAOPDConfig(**tv.config_kwargs(tmp_path), method="va_opd", num_generations=2)
     with pytest.raises(ValueError, match="processing_class"):
         VAOPDTrainer(student, teacher, args=text_only, train_dataset=tv.dataset(2), processing_class=proc.tokenizer)
-    # a soft-capped head (Gemma 2's default) is refused at construction, before any generation
-    teacher.config.get_text_config().final_logit_softcapping = 30.0
+    # a head the kernels cannot read is refused at construction, before any generation
+    teacher.config.get_text_config().final_logit_softcapping = -30.0
     args = VAOPDConfig(**tv.config_kwargs(tmp_path), method="va_opd", num_generations=2)
-    with pytest.raises(NotImplementedError, match="teacher_model: config.final_logit_softcapping = 30.0"):
+    with pytest.raises(ValueError, match="teacher_model.final_logit_softcapping: expected a finite number > 0"):
+        VAOPDTrainer(student, teacher, args=args, train_dataset=tv.dataset(2), processing_class=proc)
+    teacher.config.get_text_config().final_logit_softcapping = None
+    student.config.get_text_config().logit_scale = float("nan")
+    with pytest.raises(ValueError, match="model.logit_scale: expected a finite number"):
         VAOPDTrainer(student, teacher, args=args, train_dataset=tv.dataset(2), processing_class=proc)
 
 

@@ -18,7 +18,8 @@ Requires the ``trl`` extra (trl >= 1.16): ``pip install -e ".[trl]"`` from a clo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -28,9 +29,9 @@ from trl import DistillationConfig, DistillationTrainer
 from trl.trainer.utils import RepeatSampler, split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
 import vaopd_kernels
+from ..lm_head import LMHead
 from ..pixelate import pixelate
-from .heads import plain_lm_head
-from ..validation import check_objective_options, check_visual_signal
+from ..validation import check_head, check_objective_options, check_visual_signal
 
 METHODS = ("opd", "va_opd")
 # The per-completion vision fields TRL carries in a batch (DistillationTrainer._compute_loss reads the same ones).
@@ -94,12 +95,18 @@ def divergence_options(beta: float) -> Dict:
     return {"divergence": "jsd", "beta": beta}
 
 
-def full_head(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An LM head as one plain tensor in the hidden states' dtype: FSDP2 holds a DTensor shard (one all-gather
-    here; its backward scatters the gradient back), mixed precision may hold an fp32 master copy."""
+def full_head(weight: torch.Tensor, dtype: torch.dtype, copy: bool = False) -> torch.Tensor:
+    """An LM head's weight (or bias) as one plain tensor in the hidden states' dtype: FSDP2 holds a DTensor shard
+    (one all-gather here; its backward scatters the gradient back), mixed precision may hold an fp32 master copy."""
     if isinstance(weight, torch.distributed.tensor.DTensor):
         weight = weight.full_tensor()
-    return weight.to(dtype)
+    return weight.to(dtype, copy=copy)
+
+
+def plain_head(head: LMHead, dtype: torch.dtype, copy: bool = False) -> LMHead:
+    """``head`` with its weight and bias through ``full_head``."""
+    bias = None if head.bias is None else full_head(head.bias, dtype, copy)
+    return replace(head, weight=full_head(head.weight, dtype, copy), bias=bias)
 
 
 def _as_pil(image) -> Image.Image:
@@ -140,10 +147,6 @@ class VAOPDTrainer(DistillationTrainer):
                              "each prompt K times); got an IterableDataset")
         if args.method == "va_opd" and tools:
             raise ValueError("tools: not supported with method='va_opd' (tool images would not be pixelated)")
-        if args.deepspeed_plugin is not None and args.deepspeed_plugin.zero_stage == 3:
-            # ZeRO-3 materialises a head only inside its own module's forward; the kernels read it directly
-            # (and recompute from it in backward). Use ZeRO-1/2 or FSDP2.
-            raise ValueError("deepspeed: ZeRO-3 is not supported by VAOPDTrainer; use ZeRO stage 1/2 or FSDP2")
         self.vaopd = args
         self._divergence = divergence_options(args.beta)
         super().__init__(model, teacher_model, args, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -152,11 +155,42 @@ class VAOPDTrainer(DistillationTrainer):
         if self.teacher_model is None:
             raise ValueError("teacher_model: VAOPDTrainer needs a local teacher (its hidden states feed the kernels)")
         # a head the kernels cannot read is refused now, not at the first loss after a generation pass
-        plain_lm_head(self.accelerator.unwrap_model(self.model), "model")
-        plain_lm_head(self.accelerator.unwrap_model(self.teacher_model), "teacher_model")
+        self._checked_head(self.model, "model")
+        self._checked_head(self.teacher_model, "teacher_model")
         if args.method == "va_opd" and not self._is_vlm:
             raise ValueError("processing_class: method='va_opd' needs a processor with an image processor "
                              "(a vision-language model); got a tokenizer")
+
+    # ------------------------------------------------------------------ LM heads
+    @property
+    def _zero3(self) -> bool:
+        return self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+
+    def _gathered(self, head: LMHead):
+        """The head's full tensors for the context: ZeRO-3 holds a shard per rank outside a module's forward."""
+        if not self.is_deepspeed_enabled:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([t for t in (head.weight, head.bias) if t is not None])
+
+    def _checked_head(self, model, argument: str) -> None:
+        """``model``'s head with its bias, logit scale and soft-cap (LMHead.from_model); raises naming
+        ``argument`` and the field for one the kernels cannot read."""
+        model = self.accelerator.unwrap_model(model)
+        if getattr(model.get_output_embeddings(), "weight", None) is None:
+            raise ValueError(f"{argument}: {type(model).__name__} has no output embeddings (LM head)")
+        head = LMHead.from_model(model)
+        with self._gathered(head):
+            check_head(argument, head)
+
+    def _teacher_head(self, dtype: torch.dtype) -> LMHead:
+        """The teacher's head as plain detached tensors in ``dtype``."""
+        head = LMHead.from_model(self.accelerator.unwrap_model(self.teacher_model))
+        with self._gathered(head):
+            # a copy under ZeRO-3: the gathered tensors are taken back at the context's end, and the loss's
+            # backward reads the teacher's head again
+            return plain_head(head, dtype, copy=self._zero3).detach()
 
     # ------------------------------------------------------------------ K completions per prompt on one rank
     def _generation_batch_size(self) -> int:
@@ -259,10 +293,8 @@ class VAOPDTrainer(DistillationTrainer):
         valid = loss_mask.bool()
         lengths = valid.sum(1)
         cu_seqlens = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-        head = plain_lm_head(self.accelerator.unwrap_model(self.teacher_model), "teacher_model")
-        teacher_weight = full_head(head.weight, teacher_hidden.dtype).detach()
         hidden = teacher_hidden[valid]
-        va = vaopd_kernels.visual_advantage(hidden, teacher_degraded[valid], teacher_weight,
+        va = vaopd_kernels.visual_advantage(hidden, teacher_degraded[valid], self._teacher_head(hidden.dtype),
                                             batch["completion_ids"][valid], vocab_size=self.vaopd.vocab_size,
                                             visual_signal=self.vaopd.visual_signal,
                                             backend=self.vaopd.kernel_backend)
@@ -310,42 +342,50 @@ class VAOPDTrainer(DistillationTrainer):
         input_ids, attention_mask, loss_mask, keep, multimodal = self._model_inputs(inputs)
         student_hidden = self._get_last_hidden_state(unwrapped_student, input_ids, attention_mask, keep, **multimodal)
         teacher_hidden = inputs[TEACHER_HIDDEN] if TEACHER_HIDDEN in inputs else self._teacher_hidden(inputs)
-        student_head = plain_lm_head(unwrapped_student)
-        teacher_head = plain_lm_head(self.accelerator.unwrap_model(self.teacher_model), "teacher_model")
-        student_weight = full_head(student_head.weight, student_hidden.dtype)
-        teacher_weight = full_head(teacher_head.weight, teacher_hidden.dtype).detach()
-        valid = loss_mask.to(student_weight.device).bool()
-        va_opd = self.vaopd.method == "va_opd"
-        token_divergence = vaopd_kernels.linear_kl(
-            student_hidden.to(student_weight.device)[valid], student_weight,
-            teacher_hidden.to(teacher_weight.device)[valid].detach(), teacher_weight,
-            temperature=1.0 if va_opd else self.temperature, vocab_size=self.vaopd.vocab_size,
-            backend=self.vaopd.kernel_backend, **self._divergence)
+        head_module = unwrapped_student.get_output_embeddings()
+        device = head_module.weight.device
+        valid = loss_mask.to(device).bool()
+        teacher_hidden = teacher_hidden.to(device)[valid].detach()
+        # through the head module's forward, so that ZeRO-3 gathers the student's head for the kernel and again
+        # for its backward by the module's own hooks, not by DeepSpeed 0.19's detection of a parameter read inside
+        # the model's forward (which TRL relies on); elsewhere a plain call
+        token_divergence, entropy = self._forward_redirection(
+            head_module, head_module, self._token_divergence, unwrapped_student, student_hidden.to(device)[valid],
+            teacher_hidden, self._teacher_head(teacher_hidden.dtype))
         detached = token_divergence.detach().double()
-        if va_opd:
+        sums = [detached.sum(), torch.tensor(float(detached.numel()), dtype=torch.float64, device=device),
+                entropy.double().sum()]
+        if self.vaopd.method == "va_opd":
             loss = (inputs[TOKEN_WEIGHT][valid] * token_divergence).sum()
             if self.model.training:  # a global sum: undo DDP's mean over ranks
                 loss = loss * self.accelerator.num_processes
             high = inputs[HIGH_MASK][valid]
-            sums = torch.stack([detached.sum(), torch.tensor(float(detached.numel()), dtype=torch.float64,
-                                                             device=detached.device),
-                                detached[high].sum(), high.sum().double()])
+            sums += [detached[high].sum(), high.sum().double()]
         else:
             denominator = num_items_in_batch if num_items_in_batch is not None else valid.sum().clamp(min=1)
             if isinstance(denominator, torch.Tensor):
-                denominator = denominator.to(token_divergence.device)
+                denominator = denominator.to(device)
             loss = token_divergence.sum() / denominator
-            sums = torch.stack([detached.sum(), torch.tensor(float(detached.numel()), dtype=torch.float64,
-                                                             device=detached.device)])
-        return loss, sums
+        return loss, torch.stack(sums)
+
+    def _token_divergence(self, unwrapped_student, student_hidden, teacher_hidden, teacher_head):
+        """Per-token divergence and student entropy (at the loss's temperature) of the valid tokens."""
+        student_head = plain_head(LMHead.from_model(unwrapped_student), student_hidden.dtype)
+        return vaopd_kernels.linear_kl(
+            student_hidden, student_head, teacher_hidden, teacher_head,
+            temperature=1.0 if self.vaopd.method == "va_opd" else self.temperature,
+            vocab_size=self.vaopd.vocab_size, return_entropy=True, backend=self.vaopd.kernel_backend,
+            **self._divergence)
 
     def _log_divergence(self, sums: torch.Tensor) -> None:
-        """Mean divergence per token (and per VA group) of this micro-batch over all ranks, outside the forward."""
+        """Mean divergence per token (and per VA group) and TRL's ``entropy`` (the student's mean entropy per
+        token) of this micro-batch over all ranks, outside the forward."""
         mode = "train" if self.model.training else "eval"
         total = self.accelerator.gather_for_metrics(sums[None]).sum(0).tolist()
         metrics = self._metrics[mode]
         metrics["vaopd/kl_mean"].append(total[0] / max(total[1], 1.0))
-        if len(total) == 4:
-            low_tokens = total[1] - total[3]
-            metrics["vaopd/kl_high_mean"].append(total[2] / total[3] if total[3] else float("nan"))
-            metrics["vaopd/kl_low_mean"].append((total[0] - total[2]) / low_tokens if low_tokens else float("nan"))
+        metrics["entropy"].append(total[2] / total[1] if total[1] > 0 else 0.0)
+        if len(total) == 5:
+            low_tokens = total[1] - total[4]
+            metrics["vaopd/kl_high_mean"].append(total[3] / total[4] if total[4] else float("nan"))
+            metrics["vaopd/kl_low_mean"].append((total[0] - total[3]) / low_tokens if low_tokens else float("nan"))
