@@ -233,7 +233,15 @@ def prepare(accelerator: Accelerator, module, optimizer, scheduler, cfg: TrainCo
 
 
 def _fill_deepspeed_config(ds: dict, cfg: TrainConfig) -> None:
-    """Settings the trainer owns: clipping at ``max_grad_norm``, no DeepSpeed-side accumulation."""
+    """Settings the trainer owns: clipping at ``max_grad_norm``, no DeepSpeed-side accumulation;
+    ZeRO stage 1 or 2."""
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage == 3:
+        # Generation, evaluation, checkpoints and exact resume here read whole parameters on every
+        # rank (ZeRO-1/2) or gather FSDP2's root unit; ZeRO-3's per-submodule gathering is untested
+        # on all of them. FSDP2 (with teacher_sharding: fsdp2) is the sharded-parameter engine.
+        raise ValueError("deepspeed_config.zero_stage: 3 is not supported by the vaopd trainer; use ZeRO-1/2, "
+                         "or fsdp2.yaml to shard parameters (and teacher_sharding: fsdp2 for the teacher)")
     clip = ds.get("gradient_clipping", "auto")
     if clip == "auto":
         ds["gradient_clipping"] = cfg.max_grad_norm

@@ -5,7 +5,7 @@ in the root unit, whose parameters are gathered for the duration of the root for
 ``lm_head.weight`` there sees the full matrix. Anything else that reads the student's weights
 (generation, evaluation) goes through ``StudentLoss.run_on_student``, registered as a root forward
 method for the same reason. DeepSpeed ZeRO-3 gathers per submodule instead, which this does not
-cover: use ZeRO-2.
+cover: ZeRO-3 is refused (engines._fill_deepspeed_config); use ZeRO-2.
 """
 from __future__ import annotations
 

@@ -36,6 +36,8 @@ def test_deepspeed_config_takes_the_trainer_settings():
         engines._fill_deepspeed_config({"gradient_clipping": 1.0}, cfg)
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         engines._fill_deepspeed_config({"gradient_accumulation_steps": 4}, cfg)
+    with pytest.raises(ValueError, match="^deepspeed_config.zero_stage: 3 is not supported"):
+        engines._fill_deepspeed_config({"zero_optimization": {"stage": 3}}, cfg)
 
 
 class _Root(torch.nn.Module):
