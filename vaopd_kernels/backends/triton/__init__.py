@@ -1,8 +1,9 @@
 """The "triton" backend: fused Triton kernels, O(N) extra memory beyond one bounded workspace.
 
 ``scan`` launches the statistics kernel (stats.py; twice for JSD, whose mixture needs both
-normalisers first; the heads' logit transforms are applied in the kernels' epilogues) and, given row weights, the backward (backward.py, with matmul.py, over a
-bounded vocabulary-chunk workspace); ``gradients`` is the backward. No atomics: every output
+normalisers first) and, given row weights, the backward (backward.py, with matmul.py, over a
+bounded vocabulary-chunk workspace); ``gradients`` is the backward. The heads' logit transforms
+(bias, scale, soft-cap) are applied to each logit tile in the kernels, as is their derivative. No atomics: every output
 element has one writer, so results are deterministic (with ``backward_gemm="cublas"``, as
 deterministic as cuBLAS is on one GPU). Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (set before import).
 float64 inputs run in float32 (returned as float64 with fp32 accuracy).

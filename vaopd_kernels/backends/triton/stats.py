@@ -1,9 +1,9 @@
 """Forward row statistics: one pass over the vocabulary per token tile, O(N) outputs.
 
 ``_stats_kernel`` handles every forward need through constexpr flags (student view, teacher
-view, degraded teacher view, targets, which cross terms; each head's logit transform, bias, scale
-and soft-cap, applied to the raw tiles, ``_tiles.head_logits``). Per (token tile, vocabulary split) it
-keeps, per row and per view, a running max ``m`` and ``l = sum e^(z - m)``, plus
+view, degraded teacher view, targets, which cross terms, each head's logit transform: bias, scale,
+soft-cap, see ``_tiles.head_logits``). Per (token tile, vocabulary split) it keeps, per row and
+per view, a running max ``m`` and ``l = sum e^(z - m)``, plus
 
 - student: ``b = sum e^(z_s - m_s) z_s`` (entropy) and the target logit;
 - CROSS=DIV_REVERSE: ``a = sum e^(z_s - m_s)(z_s - z_t)`` and ``c = sum (e^(z_t - m_s) - e^(z_s - m_s))``
@@ -278,7 +278,8 @@ def _launch(*, vocab_size: int, student, teacher, degraded=None, targets=None, t
         HAS_S=student is not None, HAS_T=teacher is not None, HAS_D=degraded is not None,
         HAS_Y=targets is not None, CROSS=cross, MIN_T=min_t, VISUAL=visual, CAST_F32=C.INTERPRET,
         PRECISION=dot_precision(sh if student else None, th if teacher else None),
-        **head_args("s", student_transform, temperature, parts), **head_args("t", teacher_transform, temperature, parts))
+        **head_args("s", student_transform, temperature, parts),
+        **head_args("t", teacher_transform, temperature, parts))
     return parts
 
 
