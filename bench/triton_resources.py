@@ -40,8 +40,11 @@ N, V, DS, DT = 8192, 151_936, 2048, 4096
 COLS = backward._chunk_columns(N, V, 2, KernelOptions().triton_workspace_bytes)  # backward vocab chunk (bf16)
 _SHAPE = dict(N=N, V=V, Ds=DS, Dt=DT, stride_sh=DS, stride_sw=DS, stride_th=DT, stride_tw=DT)
 _REVERSE = _codes.DIV_REVERSE.value
+# plain heads; "soft-capped" launches turn every transform on (bias, soft-cap) on both heads
+_PLAIN = dict(S_BIAS=False, S_CAP=False, T_BIAS=False, T_CAP=False)
+_CAPPED = dict(S_BIAS=True, S_CAP=True, T_BIAS=True, T_CAP=True)
 _STATS = dict(HAS_S=False, HAS_T=False, HAS_D=False, HAS_Y=False, CROSS=_codes.DIV_NONE.value, MIN_T=False,
-              VISUAL=False)
+              VISUAL=False, **_PLAIN)
 _MATMUL = dict(stride_bk=DS, stride_bn=1, stride_cm=DS)
 LAUNCHES = {
     "stats: teacher + pixelated (VA)": (stats._stats_kernel, {**_STATS, "HAS_T": True, "HAS_D": True,
@@ -52,18 +55,22 @@ LAUNCHES = {
                                                                           "HAS_Y": True, "CROSS": _REVERSE}, _SHAPE, {}),
     "stats: three views (va_kl)": (stats._stats_kernel, {**_STATS, "HAS_S": True, "HAS_T": True,
                                                                "HAS_D": True, "HAS_Y": True, "CROSS": _REVERSE}, _SHAPE, {}),
+    "stats: three views (va_kl), soft-capped": (stats._stats_kernel, {
+        **_STATS, **_CAPPED, "HAS_S": True, "HAS_T": True, "HAS_D": True, "HAS_Y": True, "CROSS": _REVERSE},
+        _SHAPE, {}),
     # with the gradient filter on, the forward also keeps the teacher's smallest logit
     "stats: student + teacher, reverse KL, filtered": (stats._stats_kernel, {
         **_STATS, "HAS_S": True, "HAS_T": True, "HAS_Y": True, "CROSS": _REVERSE, "MIN_T": True}, _SHAPE, {}),
 }
 _FLAG_COLS = COLS // 64
 _MM_FLAGS = dict(LIST_STAGES=matmul._LIST_STAGES)
+_DZ_INTS = {**_SHAPE, "v_begin": 0, "v_end": COLS, "Vc": COLS, "stride_dz": COLS, "flag_cols": _FLAG_COLS}
+LAUNCHES["dlogits: reverse KL, soft-capped"] = (backward.dlogits_kernel, dict(
+    MODE=_REVERSE, FILTER=False, FLAG_BLOCK=64, **_CAPPED), _DZ_INTS, {})
 for _filter in (False, True):
     _tag, _flags = (", filtered" if _filter else ""), dict(FILTER=_filter, FLAG_BLOCK=64)
     LAUNCHES.update({
-        f"dlogits: reverse KL{_tag}": (backward.dlogits_kernel, dict(MODE=_REVERSE, **_flags),
-                                       {**_SHAPE, "v_begin": 0, "v_end": COLS, "Vc": COLS, "stride_dz": COLS,
-                                        "flag_cols": _FLAG_COLS}, {}),
+        f"dlogits: reverse KL{_tag}": (backward.dlogits_kernel, dict(MODE=_REVERSE, **_flags, **_PLAIN), _DZ_INTS, {}),
         f"matmul: d head = dz^T h{_tag}": (matmul._matmul_kernel, dict(ACCUMULATE=False, ORDER_B=_filter,
                                                                             ORDER_C=False, **_flags, **_MM_FLAGS),
                                            {**_MATMUL, "M": COLS, "N": DS, "K": N, "stride_am": 1, "stride_ak": COLS,
@@ -74,9 +81,10 @@ for _filter in (False, True):
                                              "stride_fm": _FLAG_COLS, "stride_fk": 1}, {"c_ptr": "*fp32"}),
     })
 _POINTER_TYPES = {"sh_ptr": "*bf16", "sw_ptr": "*bf16", "th_ptr": "*bf16", "td_ptr": "*bf16", "tw_ptr": "*bf16",
+                  "sb_ptr": "*bf16", "tb_ptr": "*bf16",
                   "a_ptr": "*bf16", "b_ptr": "*bf16", "dz_ptr": "*bf16", "y_ptr": "*i64", "flag_ptr": "*i8",
                   "order_ptr": "*i32", "live_ptr": "*i32"}
-_F32_SCALARS = {"inv_temp", "log_beta", "log_1m_beta", "one_m_beta", "filter_eps"}
+_F32_SCALARS = {"s_mul", "s_cap", "t_mul", "t_cap", "log_beta", "log_1m_beta", "one_m_beta", "filter_eps"}
 
 
 @dataclass

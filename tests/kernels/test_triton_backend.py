@@ -417,6 +417,42 @@ def test_changing_the_teacher_before_backward_raises(call):
         out.backward()
 
 
+# ----------------------------------------------------------------------------- transformed LM heads
+@pytest.mark.parametrize("divergence", ["reverse", "jsd"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_strided_bias_and_soft_cap(dtype, divergence):
+    """Heads with a non-contiguous bias (a column of a [V_head, 2] tensor), a logit scale and a
+    soft-cap that bends most logits, over two vocabulary splits and several backward chunks: the
+    divergence, entropy and gradients (the bias's too, in its dtype) match the float64 reference."""
+    _config.FORCE_SPLITS = 2
+    low, ref, _ = make(13, 24, 32, 150, dtype, seed=13)
+    g = torch.Generator().manual_seed(14)
+    biases = [torch.randn(w.shape[0], 2, generator=g).to(DEVICE, dtype)[:, 1] for w in (low[1], low[3])]
+    opts = dict(divergence=divergence, beta=0.3, temperature=1.3, vocab_size=150, return_entropy=True)
+
+    def run(tensors, bias_dtype, backend, options=None):
+        sb, tb = (b.detach().to(bias_dtype) for b in biases)  # the triton run's stay strided
+        assert sb.is_contiguous() == (bias_dtype != dtype)
+        sb.requires_grad_()
+        kl, entropy = vk.linear_kl(tensors[0], vk.LMHead(tensors[1], sb, 1.7, 4.0), tensors[2],
+                                   vk.LMHead(tensors[3], tb, 0.6, 2.5), backend=backend, options=options, **opts)
+        return kl, entropy, grads(kl, [tensors[0], tensors[1], sb])
+
+    got = run(low, dtype, "triton", vk.KernelOptions(triton_workspace_bytes=1))
+    want = run(ref, torch.float64, "reference")
+    assert got[2][2].dtype == dtype and got[2][2].shape == (low[1].shape[0],)
+    for name, a, b in zip(("kl", "entropy", "d hidden", "d weight", "d bias"), got[:2] + got[2], want[:2] + want[2]):
+        close(a, b, dtype, name)
+
+
+def test_gradient_filter_refuses_transformed_heads():
+    low, _, _ = make(5, 16, 16, 40, torch.float32)
+    head = vk.LMHead(low[1], logit_scale=2.0)
+    with pytest.raises(ValueError, match="gradient_filter_eps"):
+        vk.linear_kl(low[0], head, low[2], low[3], vocab_size=40, backend="triton",
+                     options=vk.KernelOptions(gradient_filter_eps=1e-3))
+
+
 # ----------------------------------------------------------------------------- GPU only
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (large shapes)")
 def test_large_bf16_gpu():

@@ -7,7 +7,8 @@ Cross-Entropy does for softmax blocks. For reverse
 KL the dlogits kernel also skips the teacher's recompute on tiles where that provably drops
 nothing more (:func:`teacher_skip_threshold`), and rows are visited grouped by confidence
 (:func:`confidence_order`) so that blocks hold rows alike. The gradients are APPROXIMATE: each
-entry moves by at most (entries dropped) x eps x max|w| (or max|h|) x row weight.
+entry moves by at most (entries dropped) x eps x max|w| (or max|h|) x row weight. Plain LM heads
+only: the backend refuses heads with a logit transform (that bound is for untransformed logits).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Forward row statistics: one pass over the vocabulary per token tile, O(N) outputs.
 
 ``_stats_kernel`` handles every forward need through constexpr flags (student view, teacher
-view, degraded teacher view, targets, which cross terms). Per (token tile, vocabulary split) it
-keeps, per row and per view, a running max ``m`` and ``l = sum e^(z - m)``, plus
+view, degraded teacher view, targets, which cross terms, each head's logit transform: bias, scale,
+soft-cap, see ``_tiles.head_logits``). Per (token tile, vocabulary split) it keeps, per row and
+per view, a running max ``m`` and ``l = sum e^(z - m)``, plus
 
 - student: ``b = sum e^(z_s - m_s) z_s`` (entropy) and the target logit;
 - CROSS=DIV_REVERSE: ``a = sum e^(z_s - m_s)(z_s - z_t)`` and ``c = sum (e^(z_t - m_s) - e^(z_s - m_s))``
@@ -22,16 +23,17 @@ from __future__ import annotations
 
 import enum
 import math
+from dataclasses import replace
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from vaopd_kernels.backends.base import RowStats
+from vaopd_kernels.backends.base import IDENTITY, LogitTransform, RowStats
 from vaopd_kernels.backends.triton import _config as C
 from vaopd_kernels.backends.triton._codes import DIV_FORWARD, DIV_JSD, DIV_NONE, DIV_REVERSE
-from vaopd_kernels.backends.triton._tiles import logaddexp, logits_tile, online_lse, pick, scaled
+from vaopd_kernels.backends.triton._tiles import head_logits, logaddexp, logits_tile, online_lse, pick
 
 # rows of the [NUM_STATS, S, N] partial-statistics buffer
 M_S, L_S, B_S, Y_S, M_T, L_T, Y_T, M_D, L_D, Y_D, A_X, C_X, LO_T, A_D, C_D = range(15)
@@ -62,14 +64,16 @@ _INTERPRETER_CONFIG = C.cfg(1, 1, BLOCK_N=16, BLOCK_V=32, BLOCK_D=32)
 
 
 @C.autotune(_CONFIGS, _INTERPRETER_CONFIG, ampere_configs=_AMPERE_CONFIGS,
-            key=["Ds", "Dt", "V", "HAS_S", "HAS_T", "HAS_D", "HAS_Y", "CROSS", "MIN_T", "VISUAL", "PRECISION"])
+            key=["Ds", "Dt", "V", "HAS_S", "HAS_T", "HAS_D", "HAS_Y", "CROSS", "MIN_T", "VISUAL", "PRECISION",
+                 "S_BIAS", "S_CAP", "T_BIAS", "T_CAP"])
 @triton.jit
-def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_ptr,
+def _stats_kernel(sh_ptr, sw_ptr, sb_ptr, th_ptr, td_ptr, tw_ptr, tb_ptr, y_ptr, lse_ptr, out_ptr,
                   N, V, Ds, Dt, stride_sh, stride_sw, stride_th, stride_tw,
-                  inv_temp, log_beta, log_1m_beta,
+                  s_mul, s_cap, t_mul, t_cap, log_beta, log_1m_beta,
                   HAS_S: tl.constexpr, HAS_T: tl.constexpr, HAS_D: tl.constexpr, HAS_Y: tl.constexpr,
                   CROSS: tl.constexpr, MIN_T: tl.constexpr, VISUAL: tl.constexpr, CAST_F32: tl.constexpr,
-                  PRECISION: tl.constexpr,
+                  PRECISION: tl.constexpr, S_BIAS: tl.constexpr, S_CAP: tl.constexpr, T_BIAS: tl.constexpr,
+                  T_CAP: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
@@ -108,9 +112,9 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
         if HAS_T:
             raw_t, raw_d = logits_tile(th_ptr, td_ptr, stride_th, tw_ptr, stride_tw, offs_n, n_mask, offs_v, v_mask,
                                        Dt, HAS_D, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
-            z_t = scaled(raw_t, v_mask, inv_temp)
+            z_t = head_logits(raw_t, tb_ptr, offs_v, v_mask, t_mul, t_cap, T_BIAS, T_CAP)
             if HAS_D:
-                z_d = scaled(raw_d, v_mask, inv_temp)
+                z_d = head_logits(raw_d, tb_ptr, offs_v, v_mask, t_mul, t_cap, T_BIAS, T_CAP)
                 m_d, l_d, _alpha_d, _e_d = online_lse(m_d, l_d, z_d)
                 if HAS_Y:
                     y_d += pick(z_d, offs_v, y)
@@ -124,7 +128,7 @@ def _stats_kernel(sh_ptr, sw_ptr, th_ptr, td_ptr, tw_ptr, y_ptr, lse_ptr, out_pt
         if HAS_S:
             raw, _unused = logits_tile(sh_ptr, sh_ptr, stride_sh, sw_ptr, stride_sw, offs_n, n_mask, offs_v, v_mask,
                                        Ds, False, CAST_F32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
-            z_s = scaled(raw, v_mask, inv_temp)
+            z_s = head_logits(raw, sb_ptr, offs_v, v_mask, s_mul, s_cap, S_BIAS, S_CAP)
         if CROSS == DIV_JSD:
             # second JSD pass: exact log-probabilities from the first pass's normalisers
             logp_s = z_s - lse_s[:, None]
@@ -190,6 +194,25 @@ def operands(*tensors):
     return [None if x is None else (x.to(cast) if cast else x).contiguous() for x in xs]
 
 
+def transform_operand(transform: LogitTransform) -> LogitTransform:
+    """``transform`` with its bias a detached, contiguous kernel operand (float64 as float32)."""
+    bias = transform.bias
+    if bias is None:
+        return transform
+    bias = bias.detach().to(torch.float32 if bias.dtype == torch.float64 else bias.dtype).contiguous()
+    return replace(transform, bias=bias)
+
+
+def head_args(side: str, transform: LogitTransform, temperature: float, dummy: torch.Tensor) -> dict:
+    """The kernel arguments of one head's transform (``_tiles.head_logits``) for ``side`` "s" or "t":
+    its bias (``dummy`` without one), mul = s / T (s / c with a soft-cap c) and cap = c / T."""
+    c = transform.softcap
+    return {f"{side}b_ptr": transform.bias if transform.bias is not None else dummy,
+            f"{side}_mul": transform.scale / (temperature if c is None else c),
+            f"{side}_cap": 0.0 if c is None else c / temperature,
+            f"{side.upper()}_BIAS": transform.bias is not None, f"{side.upper()}_CAP": c is not None}
+
+
 def dot_precision(*tensors) -> str:
     """IEEE fp32 dots for fp32 operands (exact, never TF32); half-precision operands ignore it."""
     fp32 = any(t is not None and t.dtype == torch.float32 for t in tensors)
@@ -233,8 +256,8 @@ def _accurate_gap(direct: torch.Tensor, c: torch.Tensor, l: torch.Tensor) -> tor
 
 
 def _launch(*, vocab_size: int, student, teacher, degraded=None, targets=None, temperature: float, cross: int,
-            beta: float = 0.5, lse: Optional[torch.Tensor] = None, min_t: bool = False,
-            visual: bool = False) -> torch.Tensor:
+            beta: float = 0.5, lse: Optional[torch.Tensor] = None, min_t: bool = False, visual: bool = False,
+            student_transform: LogitTransform = IDENTITY, teacher_transform: LogitTransform = IDENTITY) -> torch.Tensor:
     """The statistics kernel over all rows: the vocabulary splits' partial statistics [NUM_STATS, S, N]."""
     first = (student or teacher)[0]
     n, device = first.shape[0], first.device
@@ -249,12 +272,14 @@ def _launch(*, vocab_size: int, student, teacher, degraded=None, targets=None, t
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
     beta = min(max(beta, 1e-12), 1.0 - 1e-12)
     _stats_kernel[grid](
-        sh, sw, th, td, tw, y, lse_in, parts, n, vocab_size, sh.shape[1], th.shape[1],
-        sh.stride(0), sw.stride(0), th.stride(0), tw.stride(0),
-        1.0 / temperature, math.log(beta), math.log1p(-beta),
+        sh_ptr=sh, sw_ptr=sw, th_ptr=th, td_ptr=td, tw_ptr=tw, y_ptr=y, lse_ptr=lse_in, out_ptr=parts, N=n,
+        V=vocab_size, Ds=sh.shape[1], Dt=th.shape[1], stride_sh=sh.stride(0), stride_sw=sw.stride(0),
+        stride_th=th.stride(0), stride_tw=tw.stride(0), log_beta=math.log(beta), log_1m_beta=math.log1p(-beta),
         HAS_S=student is not None, HAS_T=teacher is not None, HAS_D=degraded is not None,
         HAS_Y=targets is not None, CROSS=cross, MIN_T=min_t, VISUAL=visual, CAST_F32=C.INTERPRET,
-        PRECISION=dot_precision(sh if student else None, th if teacher else None))
+        PRECISION=dot_precision(sh if student else None, th if teacher else None),
+        **head_args("s", student_transform, temperature, parts),
+        **head_args("t", teacher_transform, temperature, parts))
     return parts
 
 
@@ -267,11 +292,13 @@ def _kl_from_sums(parts, a_row: int, c_row: int, w, l, direct):
 
 def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, targets=None,
               temperature: float = 1.0, cross: int = DIV_NONE.value, teacher_min: bool = False,
-              visual: bool = False):
+              visual: bool = False, student_transform: LogitTransform = IDENTITY,
+              teacher_transform: LogitTransform = IDENTITY):
     """Launch the statistics kernel over all rows and merge the vocabulary splits.
 
-    ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`operands`;
-    ``degraded`` is the teacher's second hidden view. ``teacher_min`` (DIV_REVERSE): also find the
+    ``student``/``teacher`` are (hidden, weight) pairs already passed through :func:`operands`,
+    their transforms through :func:`transform_operand`; ``degraded`` is the teacher's second hidden
+    view (read through the teacher's head and transform). ``teacher_min`` (DIV_REVERSE): also find the
     teacher's smallest logit (the gradient filter's bound). ``visual`` (with ``degraded``): also
     KL(p_t || p_d) as ``visual_divergence``. Returns (``base.RowStats``: the KL for
     DIV_REVERSE/FORWARD, the student's entropy, log-probs with ``targets``; the
@@ -279,7 +306,8 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
     """
     min_t = teacher_min and cross == DIV_REVERSE.value
     parts = _launch(vocab_size=vocab_size, student=student, teacher=teacher, degraded=degraded, targets=targets,
-                    temperature=temperature, cross=cross, min_t=min_t, visual=visual)
+                    temperature=temperature, cross=cross, min_t=min_t, visual=visual,
+                    student_transform=student_transform, teacher_transform=teacher_transform)
     out, saved = RowStats(), parts.new_zeros(len(SavedRow), parts.shape[2])
     # a missing min_t reads as -inf: an infinite bound, so the teacher skip drops nothing
     saved[SavedRow.MIN_T] = parts[LO_T].amin(0) if min_t else -math.inf
@@ -309,9 +337,11 @@ def row_stats(*, vocab_size: int, student=None, teacher=None, degraded=None, tar
     return out, saved
 
 
-def jsd_sums(*, vocab_size: int, student, teacher, lse: torch.Tensor, temperature: float, beta: float):
+def jsd_sums(*, vocab_size: int, student, teacher, lse: torch.Tensor, temperature: float, beta: float,
+             student_transform: LogitTransform = IDENTITY, teacher_transform: LogitTransform = IDENTITY):
     """The second JSD pass, given ``lse`` [2, N] (lse_s, lse_t): (sum p_t (log p_t - log m),
     sum p_s (log p_s - log m))."""
     parts = _launch(vocab_size=vocab_size, student=student, teacher=teacher, temperature=temperature,
-                    cross=DIV_JSD.value, beta=beta, lse=lse)
+                    cross=DIV_JSD.value, beta=beta, lse=lse, student_transform=student_transform,
+                    teacher_transform=teacher_transform)
     return parts[A_X].sum(0), parts[C_X].sum(0)
