@@ -141,7 +141,8 @@ def _reference_va_opd(batch, student, teacher, proc, prompts, k, visual_signal):
     lengths = valid.sum(1)
     cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
     pid = torch.arange(prompts).repeat_interleave(k)
-    return vaopd_kernels.va_opd_loss(sh, student.lm_head.weight, th, teacher.lm_head.weight,
+    return vaopd_kernels.va_opd_loss(sh, vaopd_kernels.LMHead.from_model(student), th,
+                                     vaopd_kernels.LMHead.from_model(teacher),
                                      batch["completion_ids"][valid], cu, pid, teacher_hidden_degraded=thd,
                                      visual_signal=visual_signal, backend=_REFERENCE_BACKEND[visual_signal])
 
@@ -152,10 +153,13 @@ def _reference_va_opd(batch, student, teacher, proc, prompts, k, visual_signal):
 _REFERENCE_BACKEND = {"sampled": "reference", "divergence": "torch"}
 
 
-@pytest.mark.parametrize("visual_signal", ["sampled", "divergence"])
-def test_va_opd_equals_the_reference_and_accumulation_gives_the_full_batch_gradient(tmp_path, visual_signal):
+@pytest.mark.parametrize("visual_signal,heads", [("sampled", "plain"), ("divergence", "plain"),
+                                                  ("sampled", "transformed")])
+def test_va_opd_equals_the_reference_and_accumulation_gives_the_full_batch_gradient(tmp_path, visual_signal, heads):
     proc = tv.processor()
     student, teacher = tv.models()
+    if heads == "transformed":
+        _transformed_heads(student, teacher)
     prompts, k = 2, 3
     trainer = _trainer(VAOPDTrainer, VAOPDConfig, tmp_path, student, teacher, proc, method="va_opd",
                        num_generations=k, per_device_train_batch_size=3, gradient_accumulation_steps=2,
