@@ -342,12 +342,16 @@ def stage_trainer(ctx: Context) -> None:
 
 
 GPU_TESTS = ("tests/kernels/test_cuda_backend.py", "tests/kernels/test_triton_backend.py",
-             "tests/kernels/test_objective_native.py")
+             "tests/kernels/test_objective_native.py", "tests/kernels/test_lm_head.py",
+             "tests/kernels/test_contract.py")
+# The contract matrix's reference/torch/triton rows run on every CPU; only its cuda rows need the GPU.
+GPU_TEST_FILTER = "cuda or not test_contract"
 
 
 def stage_gpu_tests(ctx: Context) -> None:
     """The backends' test files on the GPU (they run the real kernels when CUDA is there: the cuda
-    contract matrix, the objective kernels, the triton cases), stopped with SIGINT at the limit
+    contract matrix with its transformed-head rows, the objective kernels, the triton cases, the
+    LM-head formula checks), stopped with SIGINT at the limit
     so pytest still prints its summary."""
     import os
     import signal
@@ -355,7 +359,8 @@ def stage_gpu_tests(ctx: Context) -> None:
     from bench import machine
 
     env = dict(os.environ, VAOPD_TRITON_AUTOTUNE="0")  # first config only: no autotuning per test shape
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *GPU_TESTS],
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", GPU_TEST_FILTER,
+                             *GPU_TESTS],
                             cwd=machine.REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.time()
     try:
