@@ -54,6 +54,13 @@ def main(stage, method, out_path):
                     "head_numel": [w.numel() for w in heads]}, out_path)
     trainer.accelerator.wait_for_everyone()
     torch.distributed.destroy_process_group()
+    # Gloo's worker threads can still hold finished async work (tensors with Python references) from
+    # ZeRO-3's collectives when the interpreter tears down, which then aborts the process now and then
+    # ("terminate called without an active exception", pytorch/pytorch#179291). The results are saved:
+    # leave without the interpreter's teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
