@@ -18,6 +18,7 @@ import vaopd_kernels
 from vaopd_kernels.integrations import trl as vtrl
 from vaopd_kernels.integrations.trl import VAOPDConfig, VAOPDTrainer
 from vaopd_kernels.pixelate import pixelate
+from vaopd_kernels.testing import rel_err
 
 
 def _trainer(cls, cfg_cls, tmp_path, student, teacher, proc, **overrides):
@@ -32,10 +33,6 @@ def _grads(model):
     out = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return out
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
 def _generation_batch(trainer, prompts: int, k: int):
@@ -64,7 +61,7 @@ def _against_trl(tmp_path, student, teacher, **kwargs):
 
 def _assert_equal_to_trl(ours, theirs, label):
     loss_rel = abs(ours["loss"] - theirs["loss"]) / abs(theirs["loss"])
-    grad_rel = {n: _rel(ours["grads"][n], g) for n, g in theirs["grads"].items()}
+    grad_rel = {n: rel_err(ours["grads"][n], g) for n, g in theirs["grads"].items()}
     print(f"\nparity {label}: loss {theirs['loss']:.6g} rel diff {loss_rel:.2e}; max grad rel diff "
           f"{max(grad_rel.values()):.2e} over {len(grad_rel)} tensors; entropy {theirs['entropy']:.6g}")
     assert ours["grads"].keys() == theirs["grads"].keys() and len(theirs["grads"]) > 10
@@ -187,8 +184,8 @@ def test_va_opd_equals_the_reference_and_accumulation_gives_the_full_batch_gradi
 
     assert abs(float(full) - float(reference.loss)) <= 1e-5 * abs(float(reference.loss))
     for name, g in grads_reference.items():
-        assert _rel(grads_full[name], g) <= 1e-4, name
-        assert _rel(grads_accumulated[name], g) <= 1e-4, name
+        assert rel_err(grads_full[name], g) <= 1e-4, name
+        assert rel_err(grads_accumulated[name], g) <= 1e-4, name
     # the weights are the paper's: per prompt, rollout weights sum to 1
     weight = batch[vtrl.TOKEN_WEIGHT].sum(1).view(prompts, k).sum(1)
     torch.testing.assert_close(weight, torch.full((prompts,), 1.0 / prompts), rtol=1e-5, atol=1e-6)
